@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Python 3.10: the only version the prebuilt Detectron2 wheel supports. Found via pyenv when not on PATH.
 PYTHON310 ?= $(shell .ci/find-python310)
 
-.PHONY: setup test test-fast demo benchmark clean
+.PHONY: setup test test-core demo benchmark clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,14 @@ $(STAMP): requirements-lock.txt setup.cfg setup.py
 test: setup
 	# In the project's own venv a missing Detectron2 is a failure, not a skip.
 	CROP_CLASSIFIER_REQUIRE_D2=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Core only (no Detectron2) on a current torch/Python, e.g. `make test-core CORE_PYTHON=python3.12`.
+CORE_PYTHON ?= python3.12
+CORE_VENV ?= .venv-core
+test-core:
+	@test -x $(CORE_VENV)/bin/python || $(CORE_PYTHON) -m venv $(CORE_VENV)
+	$(CORE_VENV)/bin/python -m pip install -q -e '.[test]'
+	$(CORE_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) tools/demo.py
