@@ -1,0 +1,199 @@
+"""Training/evaluation configuration: an fvcore ``CfgNode`` (Detectron2-style YAML with ``_BASE_``).
+
+``get_cfg()`` returns the defaults, which are the paper's recipe (Szegedy et al. 2016, Section 8) for a
+full-size run; ``load_config(file, opts)`` merges a YAML file and ``KEY VALUE`` overrides on top and
+freezes the result. Unknown keys are errors that name the key (and the file they came from).
+
+Dataset names (``DATASETS.TRAIN`` / ``DATASETS.TEST`` entries):
+
+* ``coco:ANN_JSON:IMAGE_DIR`` -- COCO instance annotations and their image folder; every non-crowd box
+  becomes one crop sample.
+* ``synthetic:DIR:N:SEED`` -- N synthetic scenes generated with ``SEED`` into ``DIR`` (only when
+  ``DIR`` does not hold them yet), then read as the COCO dataset they are written as.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from fvcore.common.config import CfgNode
+
+from .crops import DEFAULT_CONTEXT
+
+
+def get_cfg() -> CfgNode:
+    """The default configuration (a fresh copy each call)."""
+    _C = CfgNode()
+
+    _C.MODEL = CfgNode()
+    _C.MODEL.ARCH = "v3_79"  # v3_79 | v3_151 | v3_299
+    _C.MODEL.WIDTH = 1.0  # channel multiplier; 1.0 is the paper's network
+    # 0: derived from the class names (DATASETS.CLASS_NAMES, else the first training dataset's categories).
+    _C.MODEL.NUM_CLASSES = 0
+    _C.MODEL.AUX_LOGITS = True  # BN-auxiliary head on the 17x17 grid (paper Section 7)
+    _C.MODEL.AUX_LOSS_WEIGHT = 0.4
+    # Optional local ImageNet checkpoint (torchvision inception_v3 state dict or our checkpoint format);
+    # the 1000-class FC layers are skipped when NUM_CLASSES differs.
+    _C.MODEL.IMAGENET_WEIGHTS = ""
+    _C.MODEL.SYNC_BN = False  # convert BatchNorm to SyncBatchNorm when training on several processes
+    _C.MODEL.CHANNELS_LAST = True  # used on GPU only
+
+    _C.CROP = CfgNode()
+    _C.CROP.CONTEXT = DEFAULT_CONTEXT  # margin around each box, as a fraction of its side
+    _C.CROP.MODE = "square"  # square | letterbox
+
+    _C.INPUT = CfgNode()
+    _C.INPUT.SIZE = 0  # crop side in pixels; 0: the architecture's native input size (79/151/299)
+    _C.INPUT.AUGMENT = True  # low-resolution augmentation on training crops
+    # Training boxes are jittered to a random box with at least this IoU with the ground truth, so the
+    # classifier sees boxes like a detector's; 0 disables the jitter.
+    _C.INPUT.JITTER_IOU = 0.7
+
+    _C.DATASETS = CfgNode()
+    _C.DATASETS.TRAIN = ()
+    _C.DATASETS.TEST = ()
+    # Fixed class order; empty: the categories of the first training dataset, in their file order.
+    _C.DATASETS.CLASS_NAMES = ()
+    _C.DATASETS.MIN_BOX_SIZE = 0  # boxes whose shorter side is below this (pixels) are dropped
+
+    _C.DATALOADER = CfgNode()
+    _C.DATALOADER.NUM_WORKERS = 2
+    # Batches hold crops of as few images as possible, so each image is decoded once per batch.
+    _C.DATALOADER.GROUP_BY_IMAGE = True
+
+    _C.SOLVER = CfgNode()
+    _C.SOLVER.OPTIMIZER = "rmsprop"  # rmsprop | sgd
+    # Learning rate for a global batch of REFERENCE_BATCH_SIZE; the rate used is scaled linearly:
+    # lr = BASE_LR * IMS_PER_BATCH / REFERENCE_BATCH_SIZE (IMS_PER_BATCH is the global batch).
+    _C.SOLVER.BASE_LR = 0.045
+    _C.SOLVER.REFERENCE_BATCH_SIZE = 32
+    _C.SOLVER.IMS_PER_BATCH = 32  # global batch, split evenly over the processes
+    _C.SOLVER.RMSPROP_DECAY = 0.9
+    _C.SOLVER.RMSPROP_EPS = 1.0
+    _C.SOLVER.MOMENTUM = 0.9
+    _C.SOLVER.WEIGHT_DECAY = 4e-5
+    _C.SOLVER.LR_DECAY = 0.94  # multiply the rate by this ...
+    _C.SOLVER.LR_DECAY_EPOCHS = 2.0  # ... every this many epochs (staircase)
+    _C.SOLVER.WARMUP_EPOCHS = 0.0  # linear warm-up from 0 over this many epochs
+    _C.SOLVER.MAX_EPOCHS = 100
+    _C.SOLVER.CLIP_GRAD_NORM = 2.0  # global-norm clipping; 0 disables it
+    _C.SOLVER.LABEL_SMOOTHING = 0.1
+    _C.SOLVER.AMP = True  # mixed precision, on GPU only
+    _C.SOLVER.AMP_DTYPE = "float16"  # float16 (with a gradient scaler) | bfloat16
+    _C.SOLVER.CHECKPOINT_PERIOD = 1  # epochs between checkpoints
+    _C.SOLVER.CHECKPOINTS_TO_KEEP = 3  # older per-epoch checkpoints are deleted; 0 keeps all
+    _C.SOLVER.LOG_PERIOD = 20  # iterations between metric records
+
+    _C.TEST = CfgNode()
+    _C.TEST.IMS_PER_BATCH = 64
+    _C.TEST.EVAL_PERIOD = 1  # epochs between evaluations on DATASETS.TEST; 0: only after training
+
+    _C.OUTPUT_DIR = "output/crop_classifier"
+    _C.SEED = 0
+    _C.CUDNN_BENCHMARK = False
+    return _C
+
+
+def load_config(
+    config_file: Optional[Union[str, Path]] = None, opts: Optional[Sequence[str]] = None, *, freeze: bool = True
+) -> CfgNode:
+    """Defaults, then ``config_file`` (with its ``_BASE_`` chain), then ``KEY VALUE`` pairs in ``opts``."""
+    cfg = get_cfg()
+    if config_file is not None:
+        config_file = Path(config_file)
+        if not config_file.is_file():
+            raise FileNotFoundError(f"config file not found: {config_file}")
+        try:
+            cfg.merge_from_file(str(config_file))
+        except (KeyError, ValueError) as e:
+            raise type(e)(f"{config_file}: {_message(e)}") from None
+    if opts:
+        opts = list(opts)
+        if len(opts) % 2:
+            raise ValueError(f"config overrides must be KEY VALUE pairs; got an odd number: {opts}")
+        for key in opts[0::2]:
+            _check_key_exists(cfg, key)
+        try:
+            cfg.merge_from_list(opts)
+        except (KeyError, ValueError) as e:
+            raise type(e)(f"command-line override: {_message(e)}") from None
+    validate(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
+def _check_key_exists(cfg: CfgNode, full_key: str) -> None:
+    # yacs checks override keys with `assert` (AssertionError, or nothing under -O); raise a KeyError instead.
+    node = cfg
+    for part in full_key.split("."):
+        if not isinstance(node, CfgNode) or part not in node:
+            raise KeyError(f"Non-existent config key: {full_key}")
+        node = node[part]
+
+
+def validate(cfg: CfgNode) -> None:
+    """Value checks that the type checks of CfgNode do not cover; each error names the key."""
+    _check(cfg.MODEL.WIDTH > 0, "MODEL.WIDTH", cfg.MODEL.WIDTH, "> 0")
+    _check(cfg.MODEL.NUM_CLASSES >= 0, "MODEL.NUM_CLASSES", cfg.MODEL.NUM_CLASSES, ">= 0 (0: derived)")
+    _check(cfg.CROP.MODE in ("square", "letterbox"), "CROP.MODE", cfg.CROP.MODE, "square or letterbox")
+    _check(cfg.CROP.CONTEXT >= 0, "CROP.CONTEXT", cfg.CROP.CONTEXT, ">= 0")
+    _check(0 <= cfg.INPUT.JITTER_IOU < 1, "INPUT.JITTER_IOU", cfg.INPUT.JITTER_IOU, "in [0, 1)")
+    _check(cfg.INPUT.SIZE >= 0, "INPUT.SIZE", cfg.INPUT.SIZE, ">= 0 (0: native size)")
+    _check(cfg.SOLVER.OPTIMIZER in ("rmsprop", "sgd"), "SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER, "rmsprop or sgd")
+    _check(cfg.SOLVER.IMS_PER_BATCH > 0, "SOLVER.IMS_PER_BATCH", cfg.SOLVER.IMS_PER_BATCH, "> 0")
+    _check(cfg.SOLVER.REFERENCE_BATCH_SIZE > 0, "SOLVER.REFERENCE_BATCH_SIZE", cfg.SOLVER.REFERENCE_BATCH_SIZE, "> 0")
+    _check(cfg.SOLVER.BASE_LR > 0, "SOLVER.BASE_LR", cfg.SOLVER.BASE_LR, "> 0")
+    _check(cfg.SOLVER.LR_DECAY_EPOCHS > 0, "SOLVER.LR_DECAY_EPOCHS", cfg.SOLVER.LR_DECAY_EPOCHS, "> 0")
+    _check(cfg.SOLVER.MAX_EPOCHS > 0, "SOLVER.MAX_EPOCHS", cfg.SOLVER.MAX_EPOCHS, "> 0")
+    _check(0 <= cfg.SOLVER.LABEL_SMOOTHING < 1, "SOLVER.LABEL_SMOOTHING", cfg.SOLVER.LABEL_SMOOTHING, "in [0, 1)")
+    _check(cfg.SOLVER.CLIP_GRAD_NORM >= 0, "SOLVER.CLIP_GRAD_NORM", cfg.SOLVER.CLIP_GRAD_NORM, ">= 0 (0: off)")
+    _check(cfg.SOLVER.AMP_DTYPE in ("float16", "bfloat16"), "SOLVER.AMP_DTYPE", cfg.SOLVER.AMP_DTYPE,
+           "float16 or bfloat16")
+    _check(cfg.SOLVER.CHECKPOINT_PERIOD > 0, "SOLVER.CHECKPOINT_PERIOD", cfg.SOLVER.CHECKPOINT_PERIOD, "> 0")
+    _check(cfg.SOLVER.CHECKPOINTS_TO_KEEP >= 0, "SOLVER.CHECKPOINTS_TO_KEEP", cfg.SOLVER.CHECKPOINTS_TO_KEEP, ">= 0")
+    _check(cfg.SOLVER.LOG_PERIOD > 0, "SOLVER.LOG_PERIOD", cfg.SOLVER.LOG_PERIOD, "> 0")
+    _check(cfg.TEST.IMS_PER_BATCH > 0, "TEST.IMS_PER_BATCH", cfg.TEST.IMS_PER_BATCH, "> 0")
+    _check(cfg.DATALOADER.NUM_WORKERS >= 0, "DATALOADER.NUM_WORKERS", cfg.DATALOADER.NUM_WORKERS, ">= 0")
+    for key in ("TRAIN", "TEST"):
+        for name in cfg.DATASETS[key]:
+            parse_dataset_name(name, key=f"DATASETS.{key}")
+
+
+def _check(ok: bool, key: str, value: object, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"config key {key}: got {value!r}, expected {expected}")
+
+
+def _message(e: BaseException) -> str:
+    # KeyError's str() wraps the message in quotes; use the bare message.
+    return str(e.args[0]) if e.args else str(e)
+
+
+def parse_dataset_name(name: str, *, key: str = "DATASETS") -> dict:
+    """``coco:ANN_JSON:IMAGE_DIR`` or ``synthetic:DIR:N:SEED`` -> a dict with ``kind`` and its fields.
+
+    Paths may themselves hold ``:``; the numeric fields are split off from the right.
+    """
+    kind, sep, rest = str(name).partition(":")
+    usage = "expected coco:ANN_JSON:IMAGE_DIR or synthetic:DIR:NUM_IMAGES:SEED"
+    if not sep:
+        raise ValueError(f"{key}: dataset name {name!r} has no kind; {usage}")
+    if kind == "coco":
+        ann, sep, images = rest.rpartition(":")
+        if not sep or not ann or not images:
+            raise ValueError(f"{key}: dataset name {name!r} is malformed; {usage}")
+        return {"kind": "coco", "ann_file": ann, "image_dir": images}
+    if kind == "synthetic":
+        parts = rest.rsplit(":", 2)
+        if len(parts) != 3 or not parts[0]:
+            raise ValueError(f"{key}: dataset name {name!r} is malformed; {usage}")
+        try:
+            num, seed = int(parts[1]), int(parts[2])
+        except ValueError:
+            raise ValueError(f"{key}: dataset name {name!r}: NUM_IMAGES and SEED must be integers; {usage}") from None
+        if num <= 0:
+            raise ValueError(f"{key}: dataset name {name!r}: NUM_IMAGES must be > 0")
+        return {"kind": "synthetic", "dir": parts[0], "num_images": num, "seed": seed}
+    raise ValueError(f"{key}: unknown dataset kind {kind!r} in {name!r}; {usage}")
+
