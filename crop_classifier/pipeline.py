@@ -419,6 +419,7 @@ class SecondStage(nn.Module):
             eligible.append(e)
             crop_boxes.append(b[e])
         probs_e = self.classify(images, crop_boxes)
+        self.last_num_crops = [int(b.shape[0]) for b in crop_boxes]  # per image, for throughput reports
         results = []
         for b, c, s, e, pe in zip(boxes, det_classes, det_scores, eligible, probs_e):
             n = b.shape[0]

@@ -44,6 +44,7 @@ class DetectionsFile(FirstStage):
         cat_index = {int(c): i for i, c in enumerate(cat_ids)}
         id_to_key = {int(img["id"]): k for k, img in images_by_key(ann, annotations).items()} if ann else {}
         self.by_key: Dict[str, list] = {}
+        self.image_ids: Dict[str, int] = {}  # image ids the file uses, so refined results keep them
         for i, e in enumerate(entries):
             where = f"detections {path}: entry {i}"
             if not isinstance(e, dict) or "bbox" not in e or "category_id" not in e:
@@ -57,6 +58,8 @@ class DetectionsFile(FirstStage):
                                  f"{annotations or 'an annotations file (pass one to match image ids)'}")
             if int(e["category_id"]) not in cat_index:
                 raise ValueError(f"{where}: category_id {e['category_id']} is not a known category")
+            if "image_id" in e:
+                self.image_ids.setdefault(key, int(e["image_id"]))
             score = float(e.get("score", 1.0))
             if score < score_thresh:
                 continue

@@ -1,0 +1,110 @@
+"""COCO results and COCO box mAP (pycocotools) for the detector alone and for the two-stage output."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def assign_category_ids(names: Sequence[str], reference: Optional[Sequence[Mapping[str, Any]]] = None) -> Dict[str, int]:
+    """Output category ids, by name: a reference file's ids where it has the name (so results line up with its
+    annotations), new ids above its largest for names it lacks; without a reference, position + 1."""
+    if not reference:
+        return {n: i + 1 for i, n in enumerate(names)}
+    by_name = {str(c["name"]): int(c["id"]) for c in reference}
+    next_id = max(by_name.values(), default=0) + 1
+    out = {}
+    for n in names:
+        if n in by_name:
+            out[n] = by_name[n]
+        else:
+            out[n] = next_id
+            next_id += 1
+    return out
+
+
+def xyxy_to_xywh(b: Sequence[float]) -> List[float]:
+    x1, y1, x2, y2 = (float(v) for v in b)
+    return [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
+
+
+def _num(x: float) -> Optional[float]:
+    return None if x is None or not math.isfinite(float(x)) else round(float(x), 5)
+
+
+def fused_results(image_id: int, file_name: str, fused, output_names: Sequence[str], out_ids: Mapping[str, int],
+                  detector_names: Sequence[str], det_ids: Mapping[str, int], changed: np.ndarray) -> List[dict]:
+    """COCO results of one image's two-stage output, with the detector's own class/score and the classifier's."""
+    out = []
+    for i in range(len(fused)):
+        name = output_names[int(fused.classes[i])]
+        det_name = detector_names[int(fused.det_classes[i])]
+        out.append({
+            "image_id": int(image_id),
+            "file_name": file_name,
+            "category_id": out_ids[name],
+            "category_name": name,
+            "bbox": xyxy_to_xywh(fused.boxes[i].tolist()),
+            "score": _num(fused.scores[i]),
+            "det_category_id": det_ids[det_name],
+            "det_category_name": det_name,
+            "det_score": _num(fused.det_scores[i]),
+            "cls_score": _num(fused.cls_scores[i]),
+            "reclassified": bool(fused.classified[i]),
+            "changed": bool(changed[i]),
+        })
+    return out
+
+
+def detector_results(image_id: int, file_name: str, dets, detector_names: Sequence[str], det_ids: Mapping[str, int]) -> List[dict]:
+    return [{
+        "image_id": int(image_id),
+        "file_name": file_name,
+        "category_id": det_ids[detector_names[int(c)]],
+        "category_name": detector_names[int(c)],
+        "bbox": xyxy_to_xywh(b),
+        "score": _num(s),
+    } for b, c, s in zip(dets.boxes.tolist(), dets.classes.tolist(), dets.scores.tolist())]
+
+
+def coco_box_map(gt, results: Sequence[dict], img_ids: Sequence[int]) -> Dict[str, Any]:
+    """COCO box AP of ``results`` on ``img_ids`` (pycocotools), with per-category AP by name.
+
+    Results whose category the annotations lack are dropped (counted in ``dropped``).
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    cat_ids = set(gt.getCatIds())
+    kept = [dict(r) for r in results if r["category_id"] in cat_ids]
+    summary: Dict[str, Any] = {"images": len(img_ids), "detections": len(kept), "dropped": len(results) - len(kept)}
+    if not kept or not img_ids:
+        summary.update({k: 0.0 for k in STAT_NAMES})
+        summary["per_category_AP"] = {}
+        return summary
+    for r in kept:
+        r.pop("segmentation", None)
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(kept)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.imgIds = list(img_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    summary.update({k: round(float(v), 5) for k, v in zip(STAT_NAMES, ev.stats[:6])})
+    per_cat = {}
+    precision = ev.eval["precision"]  # [T, R, K, A, M]
+    for k, cid in enumerate(ev.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        if p.size:
+            per_cat[gt.cats[cid]["name"]] = round(float(np.mean(p)), 5)
+    summary["per_category_AP"] = per_cat
+    return summary

@@ -1,0 +1,303 @@
+"""The loop behind ``tools/infer.py``: inputs -> first stage -> second stage -> results, pictures, summary, eval."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..detectors import GroundTruthBoxes, build_first_stage
+from ..detectors.base import ImageRecord
+from ..detectors.coco_files import categories, images_by_key, load_annotations, xywh_to_xyxy
+from ..pipeline import SecondStage
+from ..utils.io import atomic_save_json, atomic_write_bytes
+from .coco_results import assign_category_ids, coco_box_map, detector_results, fused_results
+from .inputs import BadInput, batched, expand_inputs, iter_records
+
+logger = logging.getLogger(__name__)
+
+
+class UsageError(ValueError):
+    """A command-line problem the user must fix (exit code 2)."""
+
+
+@dataclass
+class InferOptions:
+    input: Sequence[str]
+    output: str
+    detector: str = "faster_rcnn"
+    classifier: Optional[str] = "v3_79"
+    classifier_weights: Optional[str] = None
+    detector_config: Optional[str] = None
+    detector_weights: Optional[str] = None
+    detector_opts: Sequence[str] = ()
+    device: Optional[str] = None
+    score_thresh: Optional[float] = None
+    fusion: str = "replace"
+    class_map: Optional[str] = None
+    reclassify: Sequence[str] = ()
+    min_box_size: float = 0.0
+    max_box_size: float = 0.0
+    context: Optional[float] = None
+    crop_mode: Optional[str] = None
+    nms_thresh: float = 0.5
+    batch_size: int = 4
+    crops_per_forward: int = 64
+    categories: Optional[str] = None
+    eval: Optional[str] = None
+    vis_limit: int = 50
+    vis_score_thresh: float = 0.3
+    video_stride: int = 1
+    progress: bool = True
+
+
+@dataclass
+class _Tally:
+    images: int = 0
+    boxes: int = 0
+    crops: int = 0
+    changed: int = 0
+    dropped: int = 0
+    t_detect: float = 0.0
+    t_second: float = 0.0
+    top1_hits: int = 0
+    top1_total: int = 0
+    det_results: List[dict] = field(default_factory=list)
+    results: List[dict] = field(default_factory=list)
+    eval_img_ids: List[int] = field(default_factory=list)
+
+
+def _device(name: Optional[str]) -> str:
+    if name:
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _encode_jpg(rgb: np.ndarray) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def _vis_name(file_name: str) -> str:
+    path, _, frame = file_name.partition("#")  # video frames: VIDEO#FRAME
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return f"{stem}_{frame}.jpg" if frame else f"{stem}.jpg"
+
+
+def build_stages(o: InferOptions, device: str):
+    """(first stage, second stage, reference categories or None)."""
+    if not o.classifier_weights:
+        raise UsageError("--classifier-weights is required: a crop_classifier checkpoint (tools/train.py writes "
+                         "OUTPUT_DIR/model_final.pth); inference never runs a randomly initialised classifier")
+    if not Path(o.classifier_weights).is_file():
+        raise UsageError(f"--classifier-weights {o.classifier_weights}: no such file")
+    ref_path = o.eval or (o.detector[3:] if o.detector.startswith("gt:") else None) or o.categories
+    ref_cats = categories_of(ref_path) if ref_path else None
+    try:
+        first = build_first_stage(
+            o.detector, config_file=o.detector_config, weights=o.detector_weights, device=device,
+            score_thresh=o.score_thresh, annotations=o.categories or o.eval, opts=o.detector_opts,
+        )
+    except (FileNotFoundError, KeyError) as e:
+        raise UsageError(str(e).strip("'\"")) from e
+    from ..models import CheckpointError
+
+    try:
+        second = SecondStage.from_checkpoint(
+            o.classifier_weights, first.class_names, arch=o.classifier, device=device,
+            context=o.context, crop_mode=o.crop_mode, class_map=o.class_map, fusion=o.fusion,
+            min_size=o.min_box_size, max_size=o.max_box_size, reclassify=list(o.reclassify) or None,
+            max_crops_per_forward=o.crops_per_forward, nms_thresh=o.nms_thresh,
+        )
+    except CheckpointError as e:
+        raise UsageError(f"--classifier-weights: {e}" + (" (use --classifier to name the checkpoint's architecture)"
+                                                        if "arch" in str(e) else "")) from e
+    return first, second, ref_cats
+
+
+def categories_of(path: str) -> List[dict]:
+    return list(load_annotations(path)["categories"])
+
+
+def run(o: InferOptions) -> Dict[str, Any]:
+    """Runs inference; returns the summary (``summary["bad_inputs"]`` non-empty -> the CLI exits 1)."""
+    device = _device(o.device)
+    if o.batch_size < 1 or o.video_stride < 1:
+        raise UsageError("--batch-size and --video-stride must be >= 1")
+    first, second, ref_cats = build_stages(o, device)
+    out_dir = Path(o.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vis_dir = out_dir / "vis"
+    output_names, det_names = second.output_class_names, first.class_names
+    out_ids = assign_category_ids(output_names, ref_cats)
+    det_ids = assign_category_ids(det_names, ref_cats)
+
+    gt = gt_boxes = None
+    gt_images: Dict[str, dict] = {}
+    if o.eval:
+        from pycocotools.coco import COCO
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt = COCO(o.eval)
+        gt_images = images_by_key(gt.dataset, o.eval)
+        gt_boxes = GroundTruthBoxes(o.eval)
+    elif isinstance(first, GroundTruthBoxes):
+        gt_images = first.images
+    elif o.categories:
+        gt_images = images_by_key(load_annotations(o.categories), o.categories)
+    known_ids = {k: int(i["id"]) for k, i in gt_images.items()}
+    for k, i in getattr(first, "image_ids", {}).items():  # a detections file's own image ids
+        known_ids.setdefault(k, i)
+    next_id = max(known_ids.values(), default=0) + 1
+
+    files, bad = expand_inputs(o.input)
+    tally = _Tally()
+    t_start = time.perf_counter()
+    records = iter_records(files, bad, video_stride=o.video_stride)
+    try:
+        from tqdm import tqdm
+
+        records = tqdm(records, total=len(files), desc="infer", unit="img", disable=not o.progress)
+    except ImportError:
+        pass
+    for batch in batched(records, o.batch_size):
+        kept: List[ImageRecord] = []
+        for r in batch:
+            if isinstance(first, GroundTruthBoxes) and r.key not in first.images:
+                bad.append(BadInput(r.file_name, f"not an image of {first.path} (gt: first stage)"))
+                continue
+            if r.key in known_ids:
+                r.image_id = known_ids[r.key]
+            else:
+                r.image_id, next_id = next_id, next_id + 1
+            kept.append(r)
+        if kept:
+            _process(kept, first, second, o, tally, output_names, det_names, out_ids, det_ids, gt_boxes, vis_dir)
+    wall = time.perf_counter() - t_start
+
+    atomic_save_json(out_dir / "predictions.json", tally.results)
+    atomic_save_json(out_dir / "detector_predictions.json", tally.det_results)
+    summary: Dict[str, Any] = {
+        "detector": o.detector,
+        "classifier": o.classifier,
+        "classifier_weights": str(o.classifier_weights),
+        "fusion": second.fusion,
+        "class_map": second.class_map.describe(),
+        "device": device,
+        "images": tally.images,
+        "boxes": tally.boxes,
+        "crops": tally.crops,
+        "boxes_changed": tally.changed,
+        "boxes_dropped": tally.dropped,
+        "seconds": round(wall, 3),
+        "images_per_s": round(tally.images / wall, 3) if wall > 0 else None,
+        "crops_per_s": round(tally.crops / tally.t_second, 2) if tally.t_second > 0 else None,
+        "detector_seconds": round(tally.t_detect, 3),
+        "second_stage_seconds": round(tally.t_second, 3),
+        "categories": [{"id": out_ids[n], "name": n} for n in output_names],
+        "detector_categories": [{"id": det_ids[n], "name": n} for n in det_names],
+        "bad_inputs": [{"path": b.path, "reason": b.reason} for b in bad],
+    }
+    if gt is not None:
+        summary["eval"] = evaluate(gt, tally, o.eval)
+        atomic_save_json(out_dir / "eval.json", summary["eval"])
+    atomic_save_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def _process(records, first, second: SecondStage, o: InferOptions, tally: _Tally, output_names, det_names,
+             out_ids, det_ids, gt_boxes: Optional[GroundTruthBoxes], vis_dir: Path) -> None:
+    t0 = time.perf_counter()
+    dets = first.detect(records)
+    t1 = time.perf_counter()
+    images = [torch.from_numpy(r.image).permute(2, 0, 1) for r in records]
+    fused = second(
+        images,
+        [torch.from_numpy(d.boxes) for d in dets],
+        [torch.from_numpy(d.classes) for d in dets],
+        [torch.from_numpy(d.scores) for d in dets],
+    )
+    t2 = time.perf_counter()
+    tally.t_detect += t1 - t0
+    tally.t_second += t2 - t1
+    for r, d, f, n_crops in zip(records, dets, fused, second.last_num_crops):
+        f = f.to("cpu")
+        changed = second.changed(f).numpy()
+        tally.images += 1
+        tally.boxes += len(d)
+        tally.crops += n_crops
+        tally.changed += int(changed.sum())
+        tally.dropped += len(d) - len(f)
+        tally.det_results += detector_results(r.image_id, r.file_name, d, det_names, det_ids)
+        tally.results += fused_results(r.image_id, r.file_name, f, output_names, out_ids, det_names, det_ids, changed)
+        if tally.images <= o.vis_limit:
+            from .visualize import draw
+
+            pic = draw(r.image, f, output_names, det_names, changed, o.vis_score_thresh)
+            atomic_write_bytes(vis_dir / _vis_name(r.file_name), _encode_jpg(pic))
+    if gt_boxes is not None:
+        _crop_top1(records, second, gt_boxes, tally)
+
+
+def _crop_top1(records, second: SecondStage, gt_boxes: GroundTruthBoxes, tally: _Tally) -> None:
+    """Classifier top-1 on the ground-truth boxes of the evaluated images whose class the classifier knows."""
+    cls_index = {n: i for i, n in enumerate(second.classifier_classes)}
+    images, boxes, labels = [], [], []
+    for r in records:
+        if r.key not in gt_boxes.images or "#" in r.file_name:
+            continue
+        tally.eval_img_ids.append(r.image_id)
+        d = gt_boxes.detect([r])[0]
+        names = [gt_boxes.class_names[c] for c in d.classes]
+        keep = [i for i, n in enumerate(names) if n in cls_index]
+        images.append(torch.from_numpy(r.image).permute(2, 0, 1))
+        boxes.append(torch.from_numpy(d.boxes[keep]))
+        labels.append(torch.tensor([cls_index[names[i]] for i in keep], dtype=torch.long))
+    if not images:
+        return
+    for p, y in zip(second.classify(images, boxes), labels):
+        tally.top1_hits += int((p.argmax(1).cpu() == y).sum())
+        tally.top1_total += len(y)
+
+
+def evaluate(gt, tally: _Tally, ann_path: str) -> Dict[str, Any]:
+    img_ids = sorted(set(tally.eval_img_ids))
+    res = {
+        "annotations": ann_path,
+        "detector_only": coco_box_map(gt, [r for r in tally.det_results if r["image_id"] in set(img_ids)], img_ids),
+        "two_stage": coco_box_map(gt, [r for r in tally.results if r["image_id"] in set(img_ids)], img_ids),
+        "crop_top1": round(tally.top1_hits / tally.top1_total, 5) if tally.top1_total else None,
+        "crop_top1_boxes": tally.top1_total,
+    }
+    return res
+
+
+def format_summary(s: Dict[str, Any]) -> str:
+    lines = [
+        f"images: {s['images']}  boxes: {s['boxes']}  crops classified: {s['crops']}  "
+        f"boxes changed: {s['boxes_changed']}  dropped: {s['boxes_dropped']}",
+        f"speed: {s['images_per_s']} images/s, {s['crops_per_s']} crops/s (second stage) on {s['device']}",
+    ]
+    ev = s.get("eval")
+    if ev:
+        lines.append(f"COCO box mAP on {ev['two_stage']['images']} images ({ev['annotations']}):")
+        lines.append(f"  {'':16}" + "".join(f"{k:>8}" for k in ("AP", "AP50", "AP75")))
+        for key, label in (("detector_only", "detector only"), ("two_stage", "two-stage")):
+            lines.append(f"  {label:16}" + "".join(f"{ev[key][k]:8.4f}" for k in ("AP", "AP50", "AP75")))
+        if ev["crop_top1"] is not None:
+            lines.append(f"  crop top-1 on {ev['crop_top1_boxes']} ground-truth boxes: {ev['crop_top1']:.4f}")
+    if s["bad_inputs"]:
+        lines.append(f"{len(s['bad_inputs'])} input(s) could not be processed:")
+        lines += [f"  {b['path']}: {b['reason']}" for b in s["bad_inputs"]]
+    return "\n".join(lines)

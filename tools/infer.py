@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Two-stage inference: a detector's boxes, re-classified by a crop classifier at full resolution.
+
+    tools/infer.py --detector faster_rcnn --classifier v3_79 --classifier-weights clf.pth \\
+        --input images/ video.mp4 "more/*.jpg" --output out/ [--eval annotations.json]
+
+First stages (--detector): faster_rcnn (Detectron2 model zoo COCO Faster R-CNN R50-FPN, or your own
+config with --detector-config), detections:FILE.json (any detector's COCO results), gt:ANNOTATIONS.json
+(ground-truth boxes, to evaluate the classifier alone).
+Writes OUTPUT/predictions.json (COCO results + file_name, detector class/score, classifier score),
+OUTPUT/detector_predictions.json, OUTPUT/vis/*.jpg, OUTPUT/summary.json and, with --eval, OUTPUT/eval.json.
+Exit status: 0 ok, 1 some inputs could not be read (listed; the rest were processed), 2 usage error.
+"""
+import argparse
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from crop_classifier.inference import InferOptions, UsageError, format_summary, run  # noqa: E402
+from crop_classifier.pipeline import FUSION_MODES  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", nargs="+", required=True, help="image files, folders, globs, video files")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--detector", default="faster_rcnn",
+                   help="faster_rcnn | detections:FILE.json | gt:ANNOTATIONS.json (default: faster_rcnn)")
+    p.add_argument("--detector-config", help="a Detectron2 YAML of your own (default: the model zoo's "
+                   "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml)")
+    p.add_argument("--detector-weights", help="local detector weights (default: MODEL.WEIGHTS of the config; "
+                   "the model zoo URL needs a network)")
+    p.add_argument("--detector-opts", nargs="*", default=[], metavar="KEY VALUE",
+                   help="Detectron2 config overrides, e.g. MODEL.ROI_HEADS.NMS_THRESH_TEST 0.6")
+    p.add_argument("--classifier", default="v3_79", help="architecture the checkpoint must have (v3_79, v3_151, v3_299)")
+    p.add_argument("--classifier-weights", help="crop_classifier checkpoint; its metadata decides classes, input "
+                   "size and crop semantics (required)")
+    p.add_argument("--fusion", default="replace", choices=FUSION_MODES)
+    p.add_argument("--class-map", help='detector class -> classifier classes, e.g. "vehicle=car,bus,truck;animal=*" '
+                   "(default: same names)")
+    p.add_argument("--reclassify", nargs="*", default=[], help="only these detector classes (default: all mapped)")
+    p.add_argument("--score-thresh", type=float, help="detector score threshold (Detectron2 / detections file)")
+    p.add_argument("--min-box-size", type=float, default=0.0, help="shorter side under this (px): not re-classified")
+    p.add_argument("--max-box-size", type=float, default=0.0, help="longer side over this (px): not re-classified")
+    p.add_argument("--context", type=float, help="context margin (default: the checkpoint's)")
+    p.add_argument("--crop-mode", choices=("square", "letterbox"), help="default: the checkpoint's")
+    p.add_argument("--nms-thresh", type=float, default=0.5, help="class-wise NMS after replace (0: off)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per detector batch")
+    p.add_argument("--crops-per-forward", type=int, default=64, help="crops per classifier forward")
+    p.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    p.add_argument("--categories", help="COCO annotations whose categories name/number the classes "
+                   "(needed by detections: files without category_name)")
+    p.add_argument("--eval", metavar="ANNOTATIONS.json",
+                   help="COCO box mAP of the detector alone vs the two-stage output, and crop top-1")
+    p.add_argument("--vis-limit", type=int, default=50, help="pictures to write (0: none)")
+    p.add_argument("--vis-score-thresh", type=float, default=0.3)
+    p.add_argument("--video-stride", type=int, default=1, help="every Nth video frame")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if len(args.detector_opts) % 2:
+        print("error: --detector-opts takes KEY VALUE pairs", file=sys.stderr)
+        return 2
+    opts = InferOptions(
+        input=args.input, output=args.output, detector=args.detector, classifier=args.classifier,
+        classifier_weights=args.classifier_weights, detector_config=args.detector_config,
+        detector_weights=args.detector_weights, detector_opts=args.detector_opts, device=args.device,
+        score_thresh=args.score_thresh, fusion=args.fusion, class_map=args.class_map, reclassify=args.reclassify,
+        min_box_size=args.min_box_size, max_box_size=args.max_box_size, context=args.context,
+        crop_mode=args.crop_mode, nms_thresh=args.nms_thresh, batch_size=args.batch_size,
+        crops_per_forward=args.crops_per_forward, categories=args.categories, eval=args.eval,
+        vis_limit=args.vis_limit, vis_score_thresh=args.vis_score_thresh, video_stride=args.video_stride,
+        progress=not args.no_progress,
+    )
+    try:
+        summary = run(opts)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # first-stage problems (offline weights, bad files) deserve one clear line
+        if type(e).__name__ in ("WeightsUnavailableError", "CheckpointError") or isinstance(e, (ValueError, FileNotFoundError)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+    print(format_summary(summary))
+    print(f"outputs: {os.path.join(args.output, 'predictions.json')}, summary.json"
+          + (", eval.json" if args.eval else "") + (", vis/" if args.vis_limit else ""))
+    return 1 if summary["bad_inputs"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
