@@ -1,0 +1,1 @@
+"""Speed and resolution trade-off benchmarks behind ``tools/benchmark.py`` (see docs/benchmarks.md)."""

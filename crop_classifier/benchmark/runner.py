@@ -1,0 +1,145 @@
+"""Runs the benchmark sections with one preset's settings and writes benchmark.json / .md / PNGs.
+
+Presets: ``full`` (about 15 minutes on 2 cores), ``quick`` (about 3 minutes: fewer batches, rounds and
+training steps, same figures), ``tiny`` (seconds; for the test suite: tiny widths, no timing value).
+benchmark.json is rewritten atomically after every section, so an interrupted run keeps what finished.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+
+from crop_classifier.utils.io import atomic_save_json
+
+from .env import environment
+from .report import write_report
+from .targets import evaluate_targets
+
+SECTIONS = ("models", "crops", "pipeline", "tradeoff", "memory")
+
+PRESETS: Dict[str, Dict[str, dict]] = {
+    "full": {
+        "models": dict(width=1.0, batches=(1, 8, 32, 128), eager_batches=(8, 32),
+                       rounds={1: 3, 8: 3, 32: 3, 128: 2}, min_round_s=0.5, matmul_n=2048),
+        "crops": dict(box_counts=(1, 10, 100, 1000), sizes=(79, 224), rounds=7, min_round_s=0.2),
+        "pipeline": dict(box_counts=(1, 20, 100), variants=("v3_79", "v3_151", "v3_299"), widths=(1.0, 0.5),
+                         image_wh=(640, 426), min_size_test=800, rounds=2),
+        "tradeoff": dict(width=0.125, epochs=4, synthetic_train=120, synthetic_test=40, coco_test_fraction=0.25,
+                         datasets=("synthetic", "coco128")),
+        "memory": dict(num_images=1000, warmup=50, sample_every=50),
+    },
+    "quick": {
+        "models": dict(width=1.0, batches=(1, 8, 32), eager_batches=(8,), rounds={1: 2, 8: 2, 32: 1},
+                       min_round_s=0.3, matmul_n=2048),
+        "crops": dict(box_counts=(1, 10, 100, 1000), sizes=(79,), rounds=5, min_round_s=0.1),
+        "pipeline": dict(box_counts=(1, 20, 100), variants=("v3_79",), widths=(0.5,), image_wh=(640, 426),
+                         min_size_test=800, rounds=1),
+        "tradeoff": dict(width=0.125, epochs=1, synthetic_train=40, synthetic_test=20, datasets=("synthetic",)),
+        "memory": dict(num_images=1000, warmup=30, sample_every=100, max_boxes=8),
+    },
+    "tiny": {
+        "models": dict(width=0.0625, batches=(1, 2), eager_batches=(2,), rounds={1: 1, 2: 1}, min_round_s=0.0,
+                       matmul_n=128),
+        "crops": dict(box_counts=(1, 10, 100), sizes=(79,), rounds=1, min_round_s=0.0),
+        "pipeline": dict(box_counts=(1, 3), variants=("v3_79",), widths=(0.0625,), image_wh=(320, 213),
+                         min_size_test=128, rounds=1, config_file="configs/d2/tiny_R18_FPN_random.yaml"),
+        "tradeoff": dict(width=0.0625, epochs=1, synthetic_train=4, synthetic_test=2, datasets=("synthetic",),
+                         image_size=256, batch_size=16, max_train_crops=48),
+        "memory": dict(num_images=20, warmup=2, sample_every=5, max_boxes=3),
+    },
+}
+
+
+def _run_section(name: str, settings: dict, device: str, compile: bool, work_dir: Path, log) -> dict:
+    if name == "models":
+        from .models import run_models
+
+        return run_models(device=device, compile=compile, log=log, **settings)
+    if name == "crops":
+        from .crops import run_crops
+
+        return run_crops(device=device, log=log, **settings)
+    if name == "pipeline":
+        from .pipeline import run_pipeline
+
+        return run_pipeline(device=device, log=log, **settings)
+    if name == "tradeoff":
+        from .tradeoff import run_tradeoff
+
+        return run_tradeoff(device=device, work_dir=work_dir / "tradeoff_data", log=log, **settings)
+    if name == "memory":
+        from .memory import run_memory
+
+        return run_memory(device=device, log=log, **settings)
+    raise ValueError(f"unknown benchmark section {name!r}; valid: {', '.join(SECTIONS)}")
+
+
+def run_benchmark(
+    output: os.PathLike,
+    *,
+    preset: str = "full",
+    device: str = "cpu",
+    only: Optional[Sequence[str]] = None,
+    compile: bool = False,
+    overrides: Optional[Dict[str, dict]] = None,
+    work_dir: Optional[os.PathLike] = None,
+    command: Optional[str] = None,
+    log: Callable[[str], None] = print,
+) -> Dict[str, object]:
+    """Run the sections in ``only`` (default: all) and write the outputs into ``output``."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    only = list(only or SECTIONS)
+    bad = [s for s in only if s not in SECTIONS]
+    if bad:
+        raise ValueError(f"unknown section(s) {bad}; valid: {', '.join(SECTIONS)}")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch.cuda.is_available() is False on this machine")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(work_dir) if work_dir else out / "work"
+    settings = copy.deepcopy(PRESETS[preset])
+    for k, v in (overrides or {}).items():
+        settings.setdefault(k, {}).update(v)
+
+    results: Dict[str, object] = {
+        "preset": preset, "device": device, "sections": only, "complete": False,
+        "command": command or " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "environment": environment(device),
+        "settings": {k: _jsonable(settings[k]) for k in only},
+    }
+    t_all = time.perf_counter()
+    for name in only:
+        log(f"[benchmark] {name} ...")
+        t0 = time.perf_counter()
+        try:
+            section = _run_section(name, settings[name], device, compile, work, log)
+        except Exception as e:  # one failing section must not lose the others' figures
+            traceback.print_exc()
+            section = {"error": f"{type(e).__name__}: {e}"}
+        section["section_seconds"] = time.perf_counter() - t0
+        results[name] = section
+        log(f"[benchmark] {name} done in {section['section_seconds']:.0f} s")
+        results["targets"] = evaluate_targets(results)
+        atomic_save_json(out / "benchmark.json", results)
+    results["total_seconds"] = time.perf_counter() - t_all
+    results["environment"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    results["complete"] = True
+    results["plots"] = write_report(results, out)
+    atomic_save_json(out / "benchmark.json", results)
+    return results
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v

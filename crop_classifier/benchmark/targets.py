@@ -1,0 +1,92 @@
+"""The issue's targets, checked against one run's figures (ratios from the same run and machine)."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+from .models import REFERENCE
+
+VARIANTS = ("v3_79", "v3_151", "v3_299")
+
+
+def _target(name: str, value: Optional[float], threshold: float, *, higher_is_better: bool = True,
+            detail: str = "", unit: str = "x") -> Dict[str, object]:
+    if value is None:
+        status = "not measured"
+    else:
+        status = "met" if (value >= threshold if higher_is_better else value <= threshold) else "missed"
+    return {"target": name, "value": value, "threshold": threshold, "unit": unit,
+            "comparison": ">=" if higher_is_better else "<=", "status": status, "detail": detail}
+
+
+def _models_targets(m: Dict[str, object]) -> List[Dict[str, object]]:
+    out = []
+    if m.get("device") != "cpu":
+        return out
+    ratios = m.get("ratios", [])
+    opt_vs_eager = {r["batch"]: r["throughput_ratio"] for r in ratios
+                    if r["model"] == "v3_299" and r["mode"] == "optimized" and r["vs_mode"] == "eager"}
+    same = {(r["mode"], r["batch"]): r["throughput_ratio"] for r in ratios
+            if r["model"] == "v3_299" and r["mode"] == r["vs_mode"]}
+    if opt_vs_eager:
+        worst_b = min(opt_vs_eager, key=opt_vs_eager.get)
+        detail = "; ".join(
+            [f"batch {b}: x{v:.2f} (ours optimized vs torchvision eager)" for b, v in sorted(opt_vs_eager.items())]
+            + [f"batch {b} {mode} vs {mode}: x{v:.2f}" for (mode, b), v in sorted(same.items(), key=lambda kv: kv[0][1])])
+        out.append(_target("v3_299 throughput vs torchvision inception_v3, same batch, CPU (worst batch)",
+                           opt_vs_eager[worst_b], 1.0, detail=detail))
+    rows32 = [r for r in m.get("rows", []) if r["batch"] == 32 and r["mode"] == "optimized" and r["model"] in VARIANTS]
+    if rows32:
+        worst = min(rows32, key=lambda r: r["efficiency"])
+        ref = [r for r in m["rows"] if r["batch"] == 32 and r["model"] == REFERENCE]
+        detail = "; ".join([f"{r['model']}: {100 * r['efficiency']:.0f} % ({r['gflops']:.0f} of "
+                            f"{r['matmul_gflops']:.0f} GFLOP/s)" for r in rows32]
+                           + [f"torchvision {r['mode']}: {100 * r['efficiency']:.0f} %" for r in ref])
+        out.append(_target("classifier GFLOP/s / matmul GFLOP/s at batch 32, CPU (worst variant)",
+                           worst["efficiency"], 0.5, detail=detail, unit="fraction"))
+    return out
+
+
+def _crops_targets(c: Dict[str, object]) -> List[Dict[str, object]]:
+    rows = [r for r in c.get("rows", []) if r["boxes"] == 100]
+    if not rows:
+        return []
+    gpu = c.get("device", "cpu") != "cpu"
+    r = min(rows, key=lambda r: r["size"])
+    detail = "; ".join(f"{x['size']} px: ours x{x['speedup_ours']:.2f}, no antialias x{x['speedup_ours_no_antialias']:.2f}"
+                       for x in rows)
+    return [_target(f"crops at 100 boxes vs per-box loop, {'GPU' if gpu else 'CPU'} ({r['size']} px)",
+                    r["speedup_ours"], 20.0 if gpu else 1.0, detail=detail)]
+
+
+def _pipeline_targets(p: Dict[str, object]) -> List[Dict[str, object]]:
+    rows = [r for r in p.get("rows", []) if r["boxes"] == 20]
+    if not rows:
+        return []
+    out = []
+    worst = min(rows, key=lambda r: r["gflops_ratio"])
+    detail = "; ".join(f"{r['variant']} w{r['width']}: {r['second_stage_gflops']:.0f} vs {r['detector_gflops']:.0f}"
+                       for r in rows)
+    out.append(_target("second stage GFLOP/s / detector GFLOP/s at 20 boxes (worst variant/width)",
+                       worst["gflops_ratio"], 1.0, detail=detail))
+    if p.get("device", "cpu") != "cpu":
+        worst = max(rows, key=lambda r: r["second_stage_vs_detector"])
+        out.append(_target("GPU: second stage latency / detector latency at 20 boxes (worst variant/width)",
+                           worst["second_stage_vs_detector"], 0.10, higher_is_better=False, unit="fraction"))
+    return out
+
+
+def _memory_targets(mem: Dict[str, object]) -> List[Dict[str, object]]:
+    if "growth_mb" not in mem:
+        return []
+    return [_target(f"RSS growth over {mem['images']} images", mem["growth_mb"], 50.0, higher_is_better=False,
+                    unit="MB", detail=f"slope {mem['slope_mb_per_1000_images']:.1f} MB per 1000 images")]
+
+
+def evaluate_targets(results: Dict[str, object]) -> List[Dict[str, object]]:
+    out: List[Dict[str, object]] = []
+    for key, fn in (("models", _models_targets), ("crops", _crops_targets), ("pipeline", _pipeline_targets),
+                    ("memory", _memory_targets)):
+        section = results.get(key)
+        if isinstance(section, dict) and "error" not in section:
+            out.extend(fn(section))
+    return out

@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Speed and resolution trade-off benchmarks; writes benchmark.json, benchmark.md and PNG plots.
+
+    tools/benchmark.py --output DIR [--quick] [--device cpu|cuda] [--only models,crops,pipeline,tradeoff,memory]
+
+The full run takes about 15 minutes on 2 CPU cores, --quick about 3. Ratios (against torchvision, the
+per-box crop loop, a dense matmul, the detector) come from interleaved timings in the same run; absolute
+figures depend on the machine and its load. See docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# albumentations (imported by the data package) checks PyPI on import; benchmarks stay offline and quiet.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from crop_classifier.benchmark.runner import SECTIONS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for benchmark.json/.md and plots")
+    p.add_argument("--quick", action="store_true", help="about 3 minutes on 2 cores: fewer batches/rounds/steps")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # test-suite settings: seconds, no meaning
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--only", default=",".join(SECTIONS), metavar="LIST",
+                   help=f"comma-separated sections (default all): {','.join(SECTIONS)}")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd classifiers (models section)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--tradeoff-epochs", type=int, default=0, help="override the trade-off training epochs")
+    p.add_argument("--tradeoff-width", type=float, default=0.0, help="override the trade-off model width")
+    p.add_argument("--work-dir", metavar="DIR", help="cache for generated data (default OUTPUT/work)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from crop_classifier.benchmark.runner import SECTIONS, run_benchmark
+
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    bad = [s for s in only if s not in SECTIONS]
+    if bad or not only:
+        print(f"error: --only {args.only!r}: unknown section(s) {bad}; valid: {','.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    if args.quick and args.tiny:
+        print("error: --quick and --tiny are exclusive", file=sys.stderr)
+        return 2
+    if args.threads < 0:
+        print(f"error: --threads must be >= 0, got {args.threads}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {}
+    if args.tradeoff_epochs or args.tradeoff_width:
+        overrides["tradeoff"] = {k: v for k, v in (("epochs", args.tradeoff_epochs), ("width", args.tradeoff_width))
+                                 if v}
+    preset = "tiny" if args.tiny else "quick" if args.quick else "full"
+    try:
+        results = run_benchmark(args.output, preset=preset, device=args.device, only=only, compile=args.compile,
+                                overrides=overrides, work_dir=args.work_dir,
+                                command=" ".join(["tools/benchmark.py"] + (argv if argv is not None else sys.argv[1:])))
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {os.path.join(args.output, 'benchmark.json')}, benchmark.md and "
+          f"{len(results.get('plots', {}))} plots in {results['total_seconds']:.0f} s")
+    for t in results.get("targets", []):
+        print(f"  [{t['status']}] {t['target']}: {t['value'] if t['value'] is None else round(t['value'], 3)} "
+              f"(needs {t['comparison']} {t['threshold']})")
+    failed = [s for s in only if "error" in results.get(s, {})]
+    if failed:
+        print(f"error: section(s) failed: {', '.join(failed)} (see benchmark.json)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
