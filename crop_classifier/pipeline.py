@@ -5,8 +5,10 @@ file, ground-truth boxes) hands this module the same thing, so the fusion rules 
 
 * ``ClassMap`` says which classifier classes each detector class stands for (by name). A detector class
   maps to a *set* of classifier classes: ``{"vehicle": ["car", "bus", "truck"]}`` is coarse-to-fine,
-  ``"*"`` means every classifier class, and without an entry a detector class maps to the classifier class
-  of the same name. A detector class with neither passes through untouched.
+  ``"*"`` means every classifier class, a ``"*"`` key is the entry of every detector class not named
+  (``"*=*"``: the classifier may pick any of its classes for any box, the same-class-space case), and
+  without an entry a detector class maps to the classifier class of the same name. A detector class
+  with none of these passes through untouched.
 * Fusion, for a box of detector class ``d`` (score ``s``) whose crop gets classifier probabilities ``p``
   and whose set is ``S = map[d]``:
     - ``replace``: class ``k* = argmax_{k in S} p_k``, score ``s * p_k*`` (the decision is taken within S);
@@ -104,7 +106,7 @@ class ClassMap:
         mapping = parse_class_map(mapping)
         cls_index = {n: i for i, n in enumerate(self.classifier_classes)}
         det_index = {n: i for i, n in enumerate(self.detector_classes)}
-        unknown = [d for d in mapping if d not in det_index]
+        unknown = [d for d in mapping if d not in det_index and d != ALL_CLASSES]
         if unknown:
             raise ValueError(f"class map names detector classes {unknown} that the detector does not have "
                              f"(detector classes: {self.detector_classes[:20]}{' ...' if len(self.detector_classes) > 20 else ''})")
@@ -120,6 +122,14 @@ class ClassMap:
                     else:
                         raise ValueError(f"class map entry {name!r} -> {target!r}: the classifier has no class "
                                          f"{target!r} (classifier classes: {self.classifier_classes})")
+            elif ALL_CLASSES in mapping:  # "*=..." : the entry for every detector class not named
+                for target in mapping[ALL_CLASSES]:
+                    if target == ALL_CLASSES:
+                        sets[d, :] = True
+                    elif target in cls_index:
+                        sets[d, cls_index[target]] = True
+                    else:
+                        raise ValueError(f"class map entry '*' -> {target!r}: the classifier has no class {target!r}")
             elif name in cls_index:
                 sets[d, cls_index[name]] = True
         self.sets = sets

@@ -50,6 +50,9 @@ def test_class_map_coarse_to_fine_star_and_parsing():
     assert m.targets("animal") == ["car", "bus", "truck", "cat"]
     assert m.targets("person") == []
     assert m.output_class_names == ["car", "bus", "truck", "cat", "vehicle", "animal", "person"]
+    # "*" as a key: the entry of every detector class without its own
+    m = ClassMap(["car", "bus", "person"], ["car", "bus"], "*=*; person=bus")
+    assert m.describe() == {"car": ["car", "bus"], "bus": ["car", "bus"], "person": ["bus"]}
 
 
 @pytest.mark.parametrize(
