@@ -1,8 +1,13 @@
 """Classifier speed: parameters, GMACs (fvcore), crops/s and latency per batch, peak memory, and the
 achieved GFLOP/s as a fraction of a dense matmul measured in the same rounds.
 
-All models of one (mode, batch) group are timed interleaved together with the matmul, so the ratios the
+All entries of one batch size are timed interleaved together with the dense GEMMs, so the ratios the
 targets talk about (v3_299 vs torchvision, classifier vs matmul) come from the same seconds of machine time.
+
+Two dense GEMMs are timed: ``torch.mm`` (MKL on CPU, cuBLAS on GPU) and, on CPU, the same product through
+oneDNN (``torch.utils.mkldnn`` linear), the library that runs the convolutions. They can differ by 2x:
+MKL does not use its AVX-512 kernels on AMD CPUs, oneDNN does. Efficiency is taken against the faster
+of the two, so it is never flattered by a slow reference.
 """
 from __future__ import annotations
 
@@ -136,7 +141,7 @@ def run_models(
     compile: bool = False,
     log: Callable[[str], None] = print,
 ) -> Dict[str, object]:
-    """Measure every (model, mode) at every batch. Per batch, all entries and the matmul are timed in
+    """Measure every (model, mode) at every batch. Per batch, all entries and the dense GEMMs are timed in
     ``rounds[batch]`` interleaved rounds (default 3); within a round an entry is called often enough to
     take ``min_round_s`` (small batches). Plain eager runs only for ``eager_models`` at ``eager_batches``
     (the like-for-like comparison with torchvision); every other figure is the optimized inference form."""
@@ -157,8 +162,7 @@ def run_models(
             if mode.name != "eager" or n in eager_models:
                 prepared[(n, mode.name)] = (mode, mode.prepare(m).to(device))
 
-    a = torch.randn(matmul_n, matmul_n, device=device)
-    b = torch.randn(matmul_n, matmul_n, device=device)
+    gemms = dense_gemms(matmul_n, device)
     matmul_flop = 2.0 * matmul_n**3
 
     rows: List[Dict[str, object]] = []
@@ -188,14 +192,16 @@ def run_models(
                 t = time_fn(call, warmup=0, min_iters=1, max_iters=1, min_time=0.0, device=device).median
             repeats[key] = max(1, min(20, int(min_round_s / max(t, 1e-6))))
             fns[key] = call
-        fns["matmul"] = lambda: torch.mm(a, b)
-        repeats["matmul"] = 3
+        for g, fn in gemms.items():
+            fns[g] = fn
+            repeats[g] = 3
         n_rounds = rounds.get(bs, 3)
-        log(f"  models batch {bs}: {len(fns) - 1} entries + matmul, {n_rounds} interleaved rounds")
-        timings = time_interleaved(fns, rounds=n_rounds, warmup=0, repeats=repeats, device=device)
-        mm = timings.pop("matmul")
-        mm_gflops = matmul_flop / mm.median / 1e9
-        matmul_runs.append({"batch": bs, "gflops": mm_gflops, "n_calls": mm.n})
+        log(f"  models batch {bs}: {len(fns) - len(gemms)} entries + {', '.join(gemms)}, {n_rounds} interleaved rounds")
+        timings = time_interleaved(fns, rounds=n_rounds, warmup=1 if bs == batches[0] else 0, repeats=repeats,
+                                   device=device)
+        gemm_gflops = {g: matmul_flop / timings.pop(g).median / 1e9 for g in gemms}
+        mm_gflops = max(gemm_gflops.values())
+        matmul_runs.append({"batch": bs, "gflops": mm_gflops, **{f"{g}_gflops": v for g, v in gemm_gflops.items()}})
         for (n, mode_name), t in timings.items():
             gflops = 2.0 * info[n]["gmacs"] * bs / t.median
             rows.append({
@@ -220,6 +226,30 @@ def run_models(
         "modes": {m.name: m.note for m in modes},
         "rows": rows, "ratios": ratios, "matmul": matmul_runs, "matmul_n": matmul_n,
     }
+
+
+def dense_gemms(n: int, device: str) -> Dict[str, Callable[[], object]]:
+    """``n x n x n`` fp32 products: ``torch.mm``, and on CPU the oneDNN one (see the module docstring)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    fns: Dict[str, Callable[[], object]] = {"torch_mm": lambda: torch.mm(a, b)}
+    if torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available():
+        try:
+            from torch.utils import mkldnn as mkldnn_utils
+
+            lin = mkldnn_utils.to_mkldnn(nn.Linear(n, n, bias=False).eval())
+            xm = a.to_mkldnn()
+            with torch.no_grad():
+                lin(xm)
+
+            def onednn():
+                with torch.no_grad():
+                    return lin(xm)
+
+            fns["onednn_mm"] = onednn
+        except (RuntimeError, AttributeError, ImportError):  # a build without the mkldnn tensor type
+            pass
+    return fns
 
 
 def _round_medians(t: Timing, repeats: int) -> Timing:

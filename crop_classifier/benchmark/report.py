@@ -174,8 +174,10 @@ def _models_md(m: Dict) -> str:
         [[r["model"], r["mode"], r["batch"], r["crops_per_s"], r["latency_p50_ms"], r["latency_p95_ms"],
           r["gflops"], f"{100 * r['efficiency']:.0f} %", r["peak_mem_mb"], r["n_calls"]]
          for r in sorted(m["rows"], key=lambda r: (r["batch"], r["model"], r["mode"]))]))
-    parts.append("Matmul " + ", ".join(f"batch {x['batch']}: {x['gflops']:.0f} GFLOP/s" for x in m["matmul"])
-                 + f" ({m['matmul_n']}³ fp32, timed in the same rounds).")
+    parts.append(f"Dense {m['matmul_n']}³ fp32 GEMM timed in the same rounds (GFLOP/s; efficiency = classifier "
+                 "GFLOP/s / the faster of the two): " + "; ".join(
+                     f"batch {x['batch']}: " + ", ".join(f"{k[:-len('_gflops')]} {v:.0f}" for k, v in x.items()
+                                                         if k.endswith("_gflops")) for x in m["matmul"]) + ".")
     if m.get("ratios"):
         parts.append("Throughput relative to torchvision's `inception_v3` (per-round paired medians):\n\n" + _table(
             ["model", "mode", "vs torchvision mode", "batch", "ratio"],

@@ -1,0 +1,203 @@
+"""tools/benchmark.py on tiny settings (structure and consistency of the figures, never their speed), and the
+benchmark helpers' logic."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crop_classifier.benchmark.crops import per_box_loop, random_boxes, random_image
+from crop_classifier.benchmark.models import MODEL_NAMES, REFERENCE, build_model, count_gmacs
+from crop_classifier.benchmark.targets import evaluate_targets
+from crop_classifier.benchmark.timing import PeakRSS, Timing, paired_ratio, percentile, time_interleaved
+
+REPO = Path(__file__).resolve().parents[1]
+HAVE_D2 = importlib.util.find_spec("detectron2") is not None
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("benchmark_tool", REPO / "tools" / "benchmark.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    rc = _tool().main(["--output", str(out), "--tiny", "--only", "models,crops,tradeoff,memory",
+                       "--work-dir", str(tmp_path_factory.mktemp("work"))])
+    return rc, out, json.loads((out / "benchmark.json").read_text())
+
+
+def test_tiny_run_writes_every_output(tiny_run):
+    rc, out, res = tiny_run
+    assert rc == 0
+    assert res["complete"] is True and res["preset"] == "tiny"
+    assert res["sections"] == ["models", "crops", "tradeoff", "memory"]
+    env = res["environment"]
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"].startswith(
+        torch.__version__.split("+")[0])
+    assert env["cpu_count"] >= 1 and env["torch_threads"] >= 1
+    # Plots of the sections that ran (pipeline did not) are real PNGs, and no temporary file is left behind.
+    assert set(res["plots"]) == {"throughput", "crops", "tradeoff"}
+    for name in res["plots"].values():
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    md = (out / "benchmark.md").read_text()
+    for title in ("## Classifiers", "## Crops", "## Resolution trade-off", "## Memory"):
+        assert title in md
+    assert "## Pipeline" not in md
+
+
+def test_tiny_models_section(tiny_run):
+    _, _, res = tiny_run
+    m = res["models"]
+    # torchvision's reference has no width knob, so a width-reduced run covers our three variants only.
+    assert set(m["info"]) == {"v3_79", "v3_151", "v3_299"}
+    assert m["info"]["v3_79"]["params"] == m["info"]["v3_299"]["params"]  # the stems carry no parameters
+    assert m["info"]["v3_79"]["params_with_aux"] > m["info"]["v3_79"]["params"]
+    got = {(r["model"], r["mode"], r["batch"]) for r in m["rows"]}
+    expected = {(n, "optimized", b) for n in ("v3_79", "v3_151", "v3_299") for b in (1, 2)} | {("v3_299", "eager", 2)}
+    assert got == expected
+    for r in m["rows"]:
+        assert r["latency_p95_ms"] >= r["latency_p50_ms"] > 0
+        assert r["crops_per_s"] == pytest.approx(r["batch"] / (r["latency_p50_ms"] / 1e3))
+        gmacs = m["info"][r["model"]]["gmacs"]
+        assert r["gflops"] == pytest.approx(2 * gmacs * r["batch"] * r["crops_per_s"] / r["batch"])
+        assert r["efficiency"] == pytest.approx(r["gflops"] / r["matmul_gflops"])
+
+
+def test_tiny_crops_tradeoff_memory_sections(tiny_run):
+    _, _, res = tiny_run
+    crops = res["crops"]["rows"]
+    assert [r["boxes"] for r in crops] == [1, 10, 100]
+    for r in crops:
+        assert r["loop_ms"] > 0 and r["ours_ms"] > 0
+        assert r["speedup_ours"] > 0 and r["speedup_roi_align"] > 0
+    # The crop target is evaluated from the 100-box row.
+    crop_t = [t for t in res["targets"] if t["target"].startswith("crops at 100 boxes")]
+    assert len(crop_t) == 1 and crop_t[0]["value"] == crops[2]["speedup_ours"]
+
+    t = res["tradeoff"]
+    names = [r["name"] for r in t["rows"]]
+    assert names == ["v3_79", "v3_151", "v3_299", "v3_299 upsampled", "v3_299 stem @79"]
+    by = {r["name"]: r for r in t["rows"]}
+    for r in t["rows"]:
+        assert 0.0 <= r["top1"] <= r["top5"] <= 1.0
+        assert r["steps"] >= 1 and r["test_crops"] > 0
+    # Cost ordering the comparison rests on: upsampling to 299 costs what v3_299 costs; shrinking is far cheaper.
+    assert by["v3_299 upsampled"]["gmacs"] >= by["v3_299"]["gmacs"]
+    assert by["v3_299 stem @79"]["gmacs"] < 0.2 * by["v3_79"]["gmacs"]
+    assert t["datasets"]["synthetic"]["train_crops"] == by["v3_79"]["train_crops"] <= 48
+
+    mem = res["memory"]
+    assert mem["images"] == 20 and len(mem["samples"]) >= 2
+    assert mem["growth_mb"] == pytest.approx(mem["rss_end_mb"] - mem["rss_after_warmup_mb"])
+
+
+@pytest.mark.detectron2
+def test_tiny_pipeline_section(tmp_path):
+    rc = _tool().main(["--output", str(tmp_path), "--tiny", "--only", "pipeline"])
+    assert rc == 0
+    p = json.loads((tmp_path / "benchmark.json").read_text())["pipeline"]
+    assert p["detector_gflop"] > 0 and p["detections_at_score_0"] >= 3
+    assert [(r["boxes"], r["variant"]) for r in p["rows"]] == [(1, "v3_79"), (3, "v3_79")]
+    for r in p["rows"]:
+        assert 0 < r["second_stage_share"] < 1
+        assert r["total_ms"] == pytest.approx(r["detector_ms"] + r["second_stage_ms"])
+    assert (tmp_path / "pipeline_share.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_bad_arguments_are_reported(tmp_path, capsys):
+    tool = _tool()
+    assert tool.main(["--output", str(tmp_path), "--only", "models,speed"]) == 2
+    assert "unknown section(s) ['speed']" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert tool.main(["--output", str(tmp_path), "--tiny", "--device", "cuda", "--only", "crops"]) == 2
+        assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+    assert not (tmp_path / "benchmark.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def test_per_box_loop_is_the_square_padded_resize():
+    img = random_image(200, 120, seed=3)
+    bgr = np.ascontiguousarray(img[:, :, ::-1])
+    box = np.array([[50, 40, 70, 50]], dtype=np.float32)  # 20x10: square side 20*1.3+30 = 56 around (60, 45)
+    out = per_box_loop(bgr, box, 16)
+    assert out.shape == (1, 3, 16, 16) and out.dtype == torch.float32
+    import cv2
+
+    expected = cv2.resize(img[17:73, 32:88], (16, 16)).transpose(2, 0, 1).astype(np.float32) / 255
+    np.testing.assert_allclose(out[0].numpy(), expected, atol=1e-6)
+    assert per_box_loop(bgr, np.zeros((0, 4), np.float32), 16).shape == (0, 3, 16, 16)
+
+
+def test_random_boxes_lie_in_the_image():
+    b = random_boxes(500, 1280, 720, seed=1)
+    assert b.shape == (500, 4)
+    assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= 1280).all() and (b[:, 3] <= 720).all()
+    assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+    side = np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
+    assert 35 < np.median(side) < 80  # COCO-like: median side near 55 px
+    np.testing.assert_array_equal(b, random_boxes(500, 1280, 720, seed=1))
+
+
+def test_timing_statistics_and_pairing():
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([0.0, 10.0], 95) == pytest.approx(9.5)
+    t = Timing([0.1, 0.3, 0.2])
+    assert t.median == 0.2 and t.best == 0.1 and t.summary()["n"] == 3
+    # Per-round ratios: a burst slowing both sides of one round does not move the paired ratio.
+    a, b = Timing([2.0, 2.0, 20.0]), Timing([1.0, 1.0, 10.0])
+    assert paired_ratio(a, b) == 2.0
+    calls = []
+    out = time_interleaved({"x": lambda: calls.append("x"), "y": lambda: calls.append("y")}, rounds=2, warmup=1,
+                           repeats={"y": 2})
+    assert calls == ["x", "y", "x", "y", "y", "x", "y", "y"]
+    assert out["x"].n == 2 and out["y"].n == 4
+
+
+def test_peak_rss_sees_a_large_allocation():
+    with PeakRSS() as peak:
+        big = torch.ones(64 * 2**20 // 4)  # 64 MB, every page touched
+        assert float(big[-1]) == 1.0
+    assert peak.delta_mb > 40
+
+
+def test_reference_model_and_flop_counts():
+    assert MODEL_NAMES[-1] == REFERENCE
+    with pytest.raises(ValueError, match="width 1.0 only"):
+        build_model(REFERENCE, width=0.5)
+    small = build_model("v3_79", width=0.0625)
+    assert count_gmacs(small, 79) < count_gmacs(build_model("v3_79", width=0.125), 79)
+
+
+def _models_section(eff, ratio):
+    return {"device": "cpu",
+            "rows": [{"model": m, "mode": "optimized", "batch": 32, "efficiency": e, "gflops": 100 * e,
+                      "matmul_gflops": 100.0} for m, e in zip(("v3_79", "v3_151", "v3_299"), eff)],
+            "ratios": [{"model": "v3_299", "mode": "optimized", "vs_mode": "eager", "batch": 8,
+                        "throughput_ratio": ratio}]}
+
+
+def test_targets_are_judged_against_their_thresholds():
+    t = evaluate_targets({"models": _models_section((0.7, 0.6, 0.55), 1.3),
+                          "memory": {"growth_mb": 60.0, "images": 1000, "slope_mb_per_1000_images": 55.0},
+                          "crops": {"device": "cpu", "rows": [{"boxes": 100, "size": 79, "speedup_ours": 0.8,
+                                                               "speedup_ours_no_antialias": 1.1}]},
+                          "pipeline": {"error": "RuntimeError: no detectron2"}})
+    by = {x["target"].split(" ")[0]: x for x in t}
+    assert by["v3_299"]["status"] == "met" and by["v3_299"]["value"] == 1.3
+    assert by["classifier"]["status"] == "met" and by["classifier"]["value"] == 0.55  # the worst variant
+    assert by["crops"]["status"] == "missed"
+    assert by["RSS"]["status"] == "missed"
+    assert not any(x["target"].startswith("second stage") for x in t)  # a failed section is not judged
+    t2 = evaluate_targets({"models": _models_section((0.7, 0.45, 0.6), 0.9)})
+    assert [x["status"] for x in t2] == ["missed", "missed"]
