@@ -1,0 +1,1 @@
+"""Data: COCO-format detection data -> crop samples, synthetic scenes, crop augmentation, samplers."""

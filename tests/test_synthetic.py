@@ -1,0 +1,141 @@
+"""Synthetic scenes: determinism, COCO validity, idempotent generation, and fine classes that need resolution."""
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from crop_classifier.data import synthetic
+from crop_classifier.data.synthetic import (
+    ANNOTATION_FILE,
+    COARSE_CLASSES,
+    COARSE_OF,
+    MARKS,
+    SYNTHETIC_CLASSES,
+    draw_object,
+    generate_scenes,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def files(d: Path):
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_other_seed_other_scenes(tmp_path):
+    a = generate_scenes(tmp_path / "a", 3, seed=5, image_size=256)
+    b = generate_scenes(tmp_path / "b", 3, seed=5, image_size=256)
+    c = generate_scenes(tmp_path / "c", 3, seed=6, image_size=256)
+    assert a == tmp_path / "a" / ANNOTATION_FILE
+    fa, fb, fc = files(a.parent), files(b.parent), files(c.parent)
+    assert fa == fb and len(fa) == 4
+    assert all(fa[k] != fc[k] for k in fa)
+    # Another split name is another random stream; more images extend a set without changing it.
+    d = generate_scenes(tmp_path / "d", 4, seed=5, image_size=256, split_name="val")
+    assert files(d.parent)["images/000001.jpg"] != fa["images/000001.jpg"]
+    e = generate_scenes(tmp_path / "e", 4, seed=5, image_size=256)
+    fe = files(e.parent)
+    assert all(fe[f"images/00000{i}.jpg"] == fa[f"images/00000{i}.jpg"] for i in (1, 2, 3))
+
+
+def test_coco_json_is_valid_and_matches_the_images(tmp_path):
+    from pycocotools.coco import COCO
+
+    ann = generate_scenes(tmp_path, 6, seed=0)
+    data = json.loads(ann.read_text())
+    assert [c["name"] for c in data["categories"]] == list(SYNTHETIC_CLASSES)
+    assert [c["id"] for c in data["categories"]] == list(range(1, len(SYNTHETIC_CLASSES) + 1))
+    assert all(c["supercategory"] == COARSE_OF[c["name"]] for c in data["categories"])
+    assert set(COARSE_OF.values()) == set(COARSE_CLASSES) and len(SYNTHETIC_CLASSES) == len(COARSE_CLASSES) * len(MARKS)
+    coco = COCO(str(ann))
+    per_image = {im["id"]: 0 for im in data["images"]}
+    for a in data["annotations"]:
+        x, y, w, h = a["bbox"]
+        assert 0 <= x and 0 <= y and x + w <= 512 and y + h <= 512
+        assert 12 <= max(w, h) <= 1.3 * synthetic.MAX_OBJECT
+        assert a["iscrowd"] == 0 and 0 < a["area"] <= w * h + 1
+        poly = np.array(a["segmentation"][0]).reshape(-1, 2)
+        assert np.allclose(poly.min(0), [x, y], atol=0.02) and np.allclose(poly.max(0), [x + w, y + h], atol=0.02)
+        per_image[a["image_id"]] += 1
+    assert all(1 <= n <= 15 for n in per_image.values()) and np.mean(list(per_image.values())) >= 3
+    for im in data["images"]:
+        pixels = cv2.imread(str(ann.parent / im["file_name"]))
+        assert pixels.shape == (im["height"], im["width"], 3) == (512, 512, 3)
+    # Objects never overlap, so every mark is whole.
+    for img_id in per_image:
+        boxes = [coco.anns[i]["bbox"] for i in coco.getAnnIds(imgIds=[img_id])]
+        for i, (x1, y1, w1, h1) in enumerate(boxes):
+            for x2, y2, w2, h2 in boxes[i + 1:]:
+                assert x1 + w1 <= x2 or x2 + w2 <= x1 or y1 + h1 <= y2 or y2 + h2 <= y1
+
+
+def test_generation_is_idempotent_and_refreshes_other_scenes(tmp_path):
+    ann = generate_scenes(tmp_path, 3, seed=1, image_size=128)
+    stamp = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.j*")}
+    assert generate_scenes(tmp_path, 3, seed=1, image_size=128) == ann
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.j*")} == stamp  # untouched
+    generate_scenes(tmp_path, 2, seed=2, image_size=128)  # other scenes: regenerated, stale image removed
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["000001.jpg", "000002.jpg"]
+    assert json.loads(ann.read_text())["info"]["seed"] == 2
+    (tmp_path / "images" / "000002.jpg").unlink()  # incomplete: regenerated
+    generate_scenes(tmp_path, 2, seed=2, image_size=128)
+    assert (tmp_path / "images" / "000002.jpg").is_file()
+
+
+def test_refuses_to_overwrite_foreign_annotations(tmp_path):
+    (tmp_path / ANNOTATION_FILE).write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    with pytest.raises(FileExistsError, match="not written by"):
+        generate_scenes(tmp_path, 1)
+    with pytest.raises(ValueError, match="num_images"):
+        generate_scenes(tmp_path / "x", 0)
+
+
+def _observe(size, mark, angle, fill, ink, offset, rng):
+    """An object as the scenes show it (blur, noise, JPEG), its mark region cut out and normalised."""
+    canvas = np.full((160, 160, 3), 120, np.uint8)
+    draw_object(canvas, 80 + offset[0], 80 + offset[1], size, "circle", mark, angle=angle, fill=fill, ink=ink)
+    img = cv2.GaussianBlur(canvas, (0, 0), synthetic.BLUR_SIGMA).astype(np.float32)
+    if rng is not None:
+        img = np.clip(img + rng.normal(0, synthetic.NOISE_SIGMA, img.shape), 0, 255).astype(np.uint8)
+        img = cv2.imdecode(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, synthetic.JPEG_QUALITY])[1], 1)
+    h = size * 0.3
+    region = img[int(80 - h):int(80 + h) + 1, int(80 - h):int(80 + h) + 1].astype(np.float32).mean(2)
+    region = cv2.resize(region, (24, 24), interpolation=cv2.INTER_AREA)
+    return (region - region.mean()) / (region.std() + 1e-3)
+
+
+def _template_accuracy(size, trials=32, seed=0):
+    """Nearest-template fine-class accuracy with the angle unknown (templates at 12 angles): an ideal
+    observer's view of how visible the marks are at this object size. Chance is 1/4."""
+    rng = np.random.default_rng(seed)
+    angles = np.linspace(0, math.pi / 2, 12, endpoint=False)
+    templates = [[_observe(size, m, a, (60, 160, 220), (30, 30, 30), (0, 0), None) for a in angles] for m in MARKS]
+    hits = 0
+    for t in range(trials):
+        k = t % len(MARKS)
+        fill = tuple(int(v) for v in rng.uniform(150, 240, 3))
+        ink = tuple(int(v) for v in rng.uniform(0, 50, 3))
+        seen = _observe(size, MARKS[k], rng.uniform(0, 2 * math.pi), fill, ink, rng.uniform(-0.5, 0.5, 2), rng)
+        dist = [min(np.abs(seen - tp).mean() for tp in per_mark) for per_mark in templates]
+        hits += int(np.argmin(dist) == k)
+    return hits / trials
+
+
+def test_fine_classes_need_resolution():
+    small, large = _template_accuracy(16), _template_accuracy(72)
+    assert small <= 0.45, small  # about chance: every mark is the same grey disk
+    assert large >= 0.75, large
+
+
+def test_make_synthetic_tool(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("make_synthetic", REPO / "tools" / "make_synthetic.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--output", str(tmp_path), "--num-images", "2", "--seed", "3", "--size", "128"]) == 0
+    assert "2 images" in capsys.readouterr().out
+    assert files(tmp_path) == files(generate_scenes(tmp_path / "again", 2, seed=3, image_size=128).parent)
+    assert tool.main(["--output", str(tmp_path / "bad"), "--num-images", "0"]) == 2
