@@ -334,7 +334,9 @@ def _cv2_into(img, sample, content, valid, mode, size, antialias, chunk_size, ou
     m = min(chunk_size, n)
     stage = np.empty((m, size, size, 3), dtype=img.dtype)
     # Split each chunk into preallocated planes, then convert plane by plane into the NCHW
-    # output: contiguous copies, about 4x faster than a strided NHWC -> NCHW conversion.
+    # output: contiguous copies, about 4x faster than a strided NHWC -> NCHW conversion. NumPy,
+    # not torch: torch's intra-op thread pool stalls for milliseconds on a busy machine.
+    dst = out.numpy()
     planes = [np.empty((m * size, size), dtype=img.dtype) for _ in range(3)]
     for s in range(0, n, chunk_size):
         e = min(s + chunk_size, n)
@@ -343,11 +345,11 @@ def _cv2_into(img, sample, content, valid, mode, size, antialias, chunk_size, ou
         pl = planes if k == m else [p[: k * size] for p in planes]
         cv2.split(st.reshape(k * size, size, 3), pl)
         for c in range(3):
-            src = torch.from_numpy(pl[c]).view(k, size, size)
+            src = pl[c].reshape(k, size, size)
             if img.dtype == np.uint8:
-                torch.div(src, 255, out=out[s:e, c])
+                np.divide(src, np.float32(255), out=dst[s:e, c])
             else:
-                out[s:e, c].copy_(src)
+                np.copyto(dst[s:e, c], src, casting="same_kind")
 
 
 # ----------------------------------------------------------------------------- roi_align backend
@@ -410,8 +412,10 @@ def extract_crops(
     if len(sample) == 0:
         return out
     if backend == "cv2":
+        if out.dtype == torch.bfloat16:  # NumPy has no bfloat16
+            out = out.float()
         _cv2_into(_as_hwc_numpy(image), sample, content, valid, mode, size, antialias, chunk_size, out)
-        return out
+        return out.to(_out_dtype(image))
     img_f = _as_chw_float(image, device)
     rois = _rois(sample, np.zeros(len(sample)), img_f.dtype, device)
     res = out if img_f.dtype == out.dtype else torch.empty_like(out, dtype=img_f.dtype)
