@@ -372,6 +372,12 @@ def _finish_roi(out, sample, content, valid, mode, size) -> None:
         out[torch.from_numpy(~valid).to(out.device)] = 0
 
 
+def _numpy_backed(n: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised ``[n, 3, S, S]`` CPU tensor on NumPy memory (float32 for bfloat16)."""
+    np_dtype = np.float32 if dtype == torch.bfloat16 else torch.empty(0, dtype=dtype).numpy().dtype
+    return torch.from_numpy(np.empty((n, 3, size, size), dtype=np_dtype))
+
+
 def _rois(sample: np.ndarray, batch_index: np.ndarray, dtype, device) -> torch.Tensor:
     rois = np.concatenate([batch_index[:, None].astype(np.float64), sample], axis=1)
     return torch.from_numpy(rois).to(device=device, dtype=dtype)
@@ -412,10 +418,11 @@ def extract_crops(
     if len(sample) == 0:
         return out
     if backend == "cv2":
-        if out.dtype == torch.bfloat16:  # NumPy has no bfloat16
-            out = out.float()
-        _cv2_into(_as_hwc_numpy(image), sample, content, valid, mode, size, antialias, chunk_size, out)
-        return out.to(_out_dtype(image))
+        # NumPy allocates large arrays on huge pages: first-touching them is ~5x cheaper than a
+        # fresh torch.empty (60 ms vs 10 ms for 1000 crops of 79 px). NumPy has no bfloat16.
+        arr = _numpy_backed(len(sample), size, out.dtype)
+        _cv2_into(_as_hwc_numpy(image), sample, content, valid, mode, size, antialias, chunk_size, arr)
+        return arr.to(out.dtype)
     img_f = _as_chw_float(image, device)
     rois = _rois(sample, np.zeros(len(sample)), img_f.dtype, device)
     res = out if img_f.dtype == out.dtype else torch.empty_like(out, dtype=img_f.dtype)
@@ -444,6 +451,8 @@ def extract_crops_batch(
     ``extract_crops`` per image.
     """
     size = _check_size(size)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     images, boxes = list(images), list(boxes)
     if len(images) != len(boxes):
         raise ValueError(f"got {len(images)} images but {len(boxes)} box sets")
@@ -457,9 +466,16 @@ def extract_crops_batch(
     if len(devices) > 1 or len(dtypes) > 1:
         raise ValueError(f"images must share one device and output dtype, got {devices} / {dtypes}")
     device, dtype = devices.pop(), dtypes.pop()
-    kw = dict(context=context, mode=mode, antialias=antialias, chunk_size=chunk_size)
     if _resolve_backend(backend, device) == "cv2":
-        return torch.cat([extract_crops(im, bx, size, backend="cv2", **kw) for im, bx in zip(images, boxes)])
+        per = [crop_boxes(bx, _image_hw(im), context=context, mode=mode) for im, bx in zip(images, boxes)]
+        arr = _numpy_backed(sum(len(p[0]) for p in per), size, dtype)
+        start = 0
+        for im, (sample, content, valid) in zip(images, per):
+            if len(sample):
+                part = arr[start:start + len(sample)]
+                _cv2_into(_as_hwc_numpy(im), sample, content, valid, mode, size, antialias, chunk_size, part)
+                start += len(sample)
+        return arr.to(dtype)
     box_list = [_as_box_array(bx) for bx in boxes]
     counts = [len(bx) for bx in box_list]
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist()
