@@ -52,19 +52,20 @@ def test_enlarging_matches_cv2_bilinear_reference():
     s = 79
     # OpenCV reference on the full image: output pixel u samples x1 + (u + 0.5) * w / S (pixel i
     # covers [i, i + 1)), bilinearly, neighbours outside the box included.
-    m = np.array([[(x2 - x1) / s, 0, x1 - 0.5 + 0.5 * (x2 - x1) / s], [0, (y2 - y1) / s, y1 - 0.5 + 0.5 * (y2 - y1) / s]])
-    ref = cv2.warpAffine(img.astype(np.float32) / 255, m, (s, s), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-    ref = torch.from_numpy(ref).permute(2, 0, 1)
+    def bilinear(x1, y1, x2, y2):
+        sx, sy = (x2 - x1) / s, (y2 - y1) / s
+        m = np.array([[sx, 0, x1 - 0.5 + 0.5 * sx], [0, sy, y1 - 0.5 + 0.5 * sy]])
+        out = cv2.warpAffine(img.astype(np.float32) / 255, m, (s, s), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        return torch.from_numpy(out).permute(2, 0, 1)
+
+    ref = bilinear(x1, y1, x2, y2)
     box = torch.tensor([[x1, y1, x2, y2]], dtype=torch.float32)
     roi = extract_crops(chw(img), box, s, backend="roi_align")[0]
     assert torch.allclose(roi, ref, atol=1e-3)  # OpenCV quantises coordinates to 1/32 px
     # The cv2 backend resizes the whole-pixel box [40, 31, 72, 55] alone: the same up to that
     # rounding and the edge ring, where it repeats the box's edge pixels instead of reading on.
-    e = np.array([40, 31, 72, 55])
-    m2 = np.array([[(e[2] - e[0]) / s, 0, e[0] - 0.5 + 0.5 * (e[2] - e[0]) / s], [0, (e[3] - e[1]) / s, e[1] - 0.5 + 0.5 * (e[3] - e[1]) / s]])
-    ref2 = cv2.warpAffine(img.astype(np.float32) / 255, m2, (s, s), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
     fast = extract_crops(chw(img), box, s, backend="cv2")[0]
-    assert (fast - torch.from_numpy(ref2).permute(2, 0, 1))[:, 2:-2, 2:-2].abs().max() <= 1.5 / 255
+    assert (fast - bilinear(40, 31, 72, 55))[:, 2:-2, 2:-2].abs().max() <= 1.5 / 255
     assert (fast - ref).abs().mean() < CV2_TOLERANCE / 2
 
 
@@ -202,6 +203,15 @@ def test_chunking_is_exactly_equivalent(backend, mode):
     whole = extract_crops(chw(img), boxes, 24, context=0.1, mode=mode, backend=backend)
     chunked = extract_crops(chw(img), boxes, 24, context=0.1, mode=mode, backend=backend, chunk_size=4)
     assert torch.equal(whole, chunked)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_thousands_of_boxes_in_chunks(backend):
+    img = smooth_image(seed=4)
+    boxes = random_inside_boxes(np.random.default_rng(9), 3000, 240, 320, lo=2, hi=60)
+    a = extract_crops(chw(img), boxes, 8, backend=backend, chunk_size=256)
+    assert a.shape == (3000, 3, 8, 8)
+    assert torch.equal(a[::97], extract_crops(chw(img), boxes[::97], 8, backend=backend))
 
 
 def test_uint8_and_float_inputs_agree():

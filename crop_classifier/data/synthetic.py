@@ -8,8 +8,9 @@ in ink, so the classes share their coarse appearance and differ only in structur
 of about 7 % of the object's size. The scene's blur (sigma 0.9 px), noise and JPEG wipe that out
 below ~30 px (the fine class is genuinely ambiguous: every mark is the same grey disk), it starts
 to show at 30-40 px and is plain from ~50 px (tests/test_synthetic.py measures this with an
-ideal template observer: chance at 16-24 px, about 0.9 from 48 px). The coarse shape stays visible at every size: a detector can be trained on the
-coarse classes (``supercategory``) or the fine ones (``name``).
+ideal template observer: chance at 16-24 px, about 0.9 from 48 px). The coarse shape stays
+visible at every size: a detector can be trained on the coarse classes (``supercategory``) or
+the fine ones (``name``).
 
 Layout written by ``generate_scenes(out_dir, ...)``::
 
