@@ -19,7 +19,7 @@ Geometry (both backends):
 
 The CPU path (``backend="cv2"``, the ``"auto"`` choice on CPU) resizes only the uint8 box
 regions with OpenCV and converts just the crops to float; converting a whole 1280x720 image to
-float and running ``roi_align`` on CPU costs 10-30 ms for 100 boxes, this path about 1-2 ms. It
+float and running ``roi_align`` on CPU costs 40-60 ms for 100 boxes, this path 2-3 ms. It
 rounds the box edges to whole pixels (at most half a source pixel of shift) and anti-aliases
 mipmap style (2x pixel averaging while the box is >= 2x the output, then bilinear), so it gives
 the same crops as roi_align within ``CV2_TOLERANCE`` for boxes inside the image; where a box
