@@ -154,6 +154,7 @@ def validate(cfg: CfgNode) -> None:
     _check(cfg.SOLVER.CHECKPOINTS_TO_KEEP >= 0, "SOLVER.CHECKPOINTS_TO_KEEP", cfg.SOLVER.CHECKPOINTS_TO_KEEP, ">= 0")
     _check(cfg.SOLVER.LOG_PERIOD > 0, "SOLVER.LOG_PERIOD", cfg.SOLVER.LOG_PERIOD, "> 0")
     _check(cfg.TEST.IMS_PER_BATCH > 0, "TEST.IMS_PER_BATCH", cfg.TEST.IMS_PER_BATCH, "> 0")
+    _check(cfg.SEED >= 0, "SEED", cfg.SEED, ">= 0")
     _check(cfg.DATALOADER.NUM_WORKERS >= 0, "DATALOADER.NUM_WORKERS", cfg.DATALOADER.NUM_WORKERS, ">= 0")
     for key in ("TRAIN", "TEST"):
         for name in cfg.DATASETS[key]:

@@ -1,0 +1,80 @@
+"""Datasets and loaders from the config's dataset names (see ``crop_classifier.config``)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from fvcore.common.config import CfgNode
+from torch.utils.data import DataLoader
+
+from ..config import parse_dataset_name
+from ..data import (CocoSamples, CropDataset, ImageGroupedBatchSampler, build_train_transform, collate_identity,
+                    generate_scenes, load_coco_samples)
+from .distributed import main_process_first
+
+logger = logging.getLogger(__name__)
+
+
+def load_dataset(name: str, *, class_names: Optional[Sequence[str]] = None, min_size: float = 0) -> CocoSamples:
+    """Crop samples of one dataset name; ``synthetic:`` scenes are generated first when missing.
+
+    Synthetic scene ``i`` depends on ``(SEED, basename(DIR), i)``: folders named differently (train/val)
+    hold different scenes even with the same seed.
+    """
+    spec = parse_dataset_name(name)
+    if spec["kind"] == "coco":
+        return load_coco_samples(spec["ann_file"], spec["image_dir"], class_names=class_names, min_size=min_size)
+    out_dir = Path(spec["dir"])
+    with main_process_first():  # one process generates, the others then read
+        ann = generate_scenes(out_dir, spec["num_images"], seed=spec["seed"], split_name=out_dir.name)
+    return load_coco_samples(ann, out_dir, class_names=class_names, min_size=min_size)
+
+
+def load_datasets(names: Sequence[str], *, class_names: Optional[Sequence[str]] = None,
+                  min_size: float = 0) -> Tuple[List, List[str]]:
+    """Concatenated samples of several datasets and their class names. Without ``class_names`` the first
+    dataset's categories define them, and the others are read against that list."""
+    samples: List = []
+    for name in names:
+        ds = load_dataset(name, class_names=class_names, min_size=min_size)
+        class_names = list(ds.class_names)
+        samples.extend(ds.samples)
+        logger.info("dataset %s: %d crops of %d classes", name, len(ds.samples), len(ds.class_names))
+    return samples, list(class_names or [])
+
+
+def build_train_loader(cfg: CfgNode, samples: Sequence, input_size: int, *, per_rank_batch: int,
+                       num_replicas: int = 1, rank: int = 0) -> DataLoader:
+    """Shuffled batches of augmented crops, grouped by image, split over ``num_replicas`` processes.
+
+    Call ``loader.batch_sampler.set_epoch(e)`` before each epoch. Workers are not persistent: each epoch's
+    are seeded from the torch generator, which the trainer seeds per epoch.
+    """
+    dataset = CropDataset(
+        samples, input_size, context=cfg.CROP.CONTEXT, mode=cfg.CROP.MODE, train=True,
+        jitter_iou=cfg.INPUT.JITTER_IOU or None,
+        transform=build_train_transform(input_size) if cfg.INPUT.AUGMENT else None, seed=cfg.SEED,
+    )
+    sampler = ImageGroupedBatchSampler(
+        samples, per_rank_batch, shuffle=True, seed=cfg.SEED, drop_last=True,
+        num_replicas=num_replicas, rank=rank,
+    )
+    if len(sampler) == 0:
+        raise ValueError(
+            f"the training set has {len(samples)} crops, fewer than one batch of {per_rank_batch} per process; "
+            "lower SOLVER.IMS_PER_BATCH or add data"
+        )
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                      collate_fn=collate_identity, pin_memory=torch.cuda.is_available())
+
+
+def build_test_loader(cfg: CfgNode, samples: Sequence, input_size: int, *, context: float, mode: str) -> DataLoader:
+    """Deterministic batches of un-augmented crops, in sample order (grouped by image when consecutive)."""
+    dataset = CropDataset(samples, input_size, context=context, mode=mode, train=False)
+    sampler = ImageGroupedBatchSampler(samples, cfg.TEST.IMS_PER_BATCH, shuffle=False, drop_last=False)
+    # Its own generator: evaluating never advances the training run's random streams.
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                      collate_fn=collate_identity, pin_memory=torch.cuda.is_available(),
+                      generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,134 @@
+"""Classification metrics (top-1, top-5, per-class accuracy, confusion matrix) and their outputs."""
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Any, Dict, Sequence, Tuple
+
+import torch
+from tqdm import tqdm
+
+from ..utils.io import atomic_save_json, atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+
+def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[K, K]`` counts; row = true class, column = predicted class."""
+    idx = labels.long() * num_classes + preds.long()
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> Dict[str, Any]:
+    """Metrics of ``scores [N, K]`` (logits or probabilities) against ``labels [N]``.
+
+    ``top5`` uses ``min(5, K)`` guesses. A class without samples has per-class accuracy ``None`` and is left
+    out of ``mean_class_accuracy``.
+    """
+    num_classes = len(class_names)
+    if scores.ndim != 2 or scores.shape[1] != num_classes:
+        raise ValueError(f"scores must be [N, {num_classes}] for {num_classes} class names, got {tuple(scores.shape)}")
+    if labels.shape != scores.shape[:1]:
+        raise ValueError(f"labels must be [N] = [{scores.shape[0]}], got {tuple(labels.shape)}")
+    n = int(labels.numel())
+    if n == 0:
+        raise ValueError("cannot compute metrics on an empty evaluation set")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]")
+    k = min(5, num_classes)
+    topk = scores.topk(k, dim=1).indices
+    hit_k = (topk == labels[:, None]).any(dim=1)
+    preds = topk[:, 0]
+    cm = confusion_matrix(preds, labels, num_classes)
+    support = cm.sum(dim=1)
+    correct = cm.diagonal()
+    per_class = {
+        name: (float(correct[i]) / float(support[i]) if support[i] > 0 else None) for i, name in enumerate(class_names)
+    }
+    present = [v for v in per_class.values() if v is not None]
+    return {
+        "num_samples": n,
+        "top1": float(correct.sum()) / n,
+        "top5": float(hit_k.sum()) / n,
+        "top5_k": k,
+        "mean_class_accuracy": sum(present) / len(present),
+        "per_class_accuracy": per_class,
+        "per_class_support": {name: int(support[i]) for i, name in enumerate(class_names)},
+        "class_names": list(class_names),
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str], path: Path,
+                          title: str = "Confusion matrix") -> Path:
+    """Row-normalised confusion matrix as a PNG, written atomically (matplotlib's Agg canvas, no GUI)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cm_t = torch.as_tensor(cm, dtype=torch.float64)
+    rows = cm_t.sum(dim=1, keepdim=True).clamp(min=1)
+    norm = (cm_t / rows).numpy()
+    k = len(class_names)
+    side = min(4 + 0.25 * k, 24)
+    fig = Figure(figsize=(side, side))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(111)
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    font = max(4, min(10, int(300 / max(k, 1))))
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xticklabels(class_names, rotation=90, fontsize=font)
+    ax.set_yticklabels(class_names, fontsize=font)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    if k <= 20:  # counts are readable only on small matrices
+        for i in range(k):
+            for j in range(k):
+                if cm_t[i, j] > 0:
+                    ax.text(j, i, int(cm_t[i, j]), ha="center", va="center", fontsize=font,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader, device: torch.device, *, amp_dtype=None,
+            channels_last: bool = False, progress: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Runs ``model`` (put in eval mode) over ``loader``; returns (logits [N, K] float32 on CPU, labels [N])."""
+    model.eval()
+    all_scores, all_labels = [], []
+    for images, labels in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float16, enabled=amp_dtype is not None):
+            logits = model(images)
+        all_scores.append(logits.float().cpu())
+        all_labels.append(labels.cpu())
+    if not all_scores:
+        raise ValueError("the evaluation loader produced no batches (empty dataset?)")
+    return torch.cat(all_scores), torch.cat(all_labels)
+
+
+def write_results(metrics: Dict[str, Any], output_dir: Path, *, extra: Dict[str, Any] = None) -> Dict[str, Path]:
+    """``results.json`` (atomic) and ``confusion_matrix.png`` in ``output_dir``."""
+    output_dir = Path(output_dir)
+    results = dict(metrics)
+    if extra:
+        results.update(extra)
+    paths = {
+        "results": atomic_save_json(output_dir / "results.json", results),
+        "confusion_matrix": plot_confusion_matrix(
+            metrics["confusion_matrix"], metrics["class_names"], output_dir / "confusion_matrix.png",
+            title=f"top-1 {metrics['top1']:.1%} on {metrics['num_samples']} crops",
+        ),
+    }
+    logger.info("evaluation: top-1 %.2f%%, top-5 %.2f%%, mean class accuracy %.2f%% (%d crops) -> %s",
+                100 * metrics["top1"], 100 * metrics["top5"], 100 * metrics["mean_class_accuracy"],
+                metrics["num_samples"], output_dir)
+    return paths

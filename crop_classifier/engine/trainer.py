@@ -1,0 +1,310 @@
+"""The training loop: the paper's recipe with AMP, DDP, per-epoch checkpoints and exact resume."""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from fvcore.common.config import CfgNode
+from tqdm import tqdm
+
+from ..models import build_classifier, classifier_from_checkpoint, load_imagenet_weights, model_meta
+from ..utils.io import atomic_write_text
+from . import distributed as du
+from .checkpoint import EpochCheckpointer, capture_rng_state, restore_rng_state
+from .data import build_test_loader, build_train_loader, load_datasets
+from .evaluation import compute_metrics, predict, write_results
+from .losses import InceptionLoss
+from .metrics import MetricsWriter
+from .optim import build_lr_scheduler, build_optimizer, clip_gradients, scaled_lr
+
+logger = logging.getLogger(__name__)
+
+# Meta keys a resumed run's checkpoint must share with the config it resumes under.
+RESUME_META_KEYS = ("arch", "num_classes", "class_names", "input_size", "width", "crop")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; training stopped without writing a checkpoint."""
+
+
+def seed_everything(*keys: int) -> None:
+    """Seeds Python, NumPy and torch from a tuple of integers (e.g. seed, epoch, rank)."""
+    seed = int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _grad_scaler(enabled: bool):
+    # torch.amp.GradScaler is the current name (torch >= 2.3); torch.cuda.amp's is deprecated there.
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
+class Trainer:
+    """Builds everything a run needs from the config; ``train()`` runs it.
+
+    Attributes tests and tools use: ``model`` (DDP-wrapped when distributed), ``module`` (the bare
+    classifier), ``optimizer``, ``scheduler``, ``meta``, ``start_epoch``, ``checkpointer``.
+    """
+
+    def __init__(self, cfg: CfgNode, *, resume: bool = False, progress: bool = True):
+        self.cfg = cfg
+        du.init_from_env()
+        self.rank, self.world_size = du.get_rank(), du.get_world_size()
+        self.is_main = du.is_main_process()
+        self.device = du.training_device()
+        self.progress = progress and self.is_main
+        self.output_dir = Path(cfg.OUTPUT_DIR)
+        if cfg.SOLVER.IMS_PER_BATCH % self.world_size:
+            raise ValueError(f"config key SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) is the global batch and "
+                             f"must divide evenly over {self.world_size} processes")
+        self.per_rank_batch = cfg.SOLVER.IMS_PER_BATCH // self.world_size
+        seed_everything(cfg.SEED)  # the same initial weights on every process
+        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
+        on_gpu = self.device.type == "cuda"
+        self.amp_dtype = getattr(torch, cfg.SOLVER.AMP_DTYPE) if (on_gpu and cfg.SOLVER.AMP) else None
+        self.channels_last = on_gpu and cfg.MODEL.CHANNELS_LAST
+
+        # ---- data
+        if not cfg.DATASETS.TRAIN:
+            raise ValueError("config key DATASETS.TRAIN is empty: name at least one training dataset")
+        train_samples, class_names = load_datasets(
+            cfg.DATASETS.TRAIN, class_names=list(cfg.DATASETS.CLASS_NAMES) or None,
+            min_size=cfg.DATASETS.MIN_BOX_SIZE)
+        self.class_names = class_names
+        self.test_samples = (load_datasets(cfg.DATASETS.TEST, class_names=class_names,
+                                           min_size=cfg.DATASETS.MIN_BOX_SIZE)[0] if cfg.DATASETS.TEST else [])
+        num_classes = cfg.MODEL.NUM_CLASSES or len(class_names)
+        if num_classes != len(class_names):
+            raise ValueError(f"config key MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES} but the datasets define "
+                             f"{len(class_names)} classes; set it to 0 to derive it")
+
+        # ---- model
+        module = build_classifier(cfg.MODEL.ARCH, num_classes, width=cfg.MODEL.WIDTH, aux_logits=cfg.MODEL.AUX_LOGITS)
+        if cfg.MODEL.IMAGENET_WEIGHTS:
+            load_imagenet_weights(module, cfg.MODEL.IMAGENET_WEIGHTS)
+        self.input_size = cfg.INPUT.SIZE or module.input_size
+        self.meta = model_meta(module, cfg.MODEL.ARCH, class_names, context=float(cfg.CROP.CONTEXT), mode=cfg.CROP.MODE)
+        self.meta["input_size"] = int(self.input_size)
+        module.to(self.device)
+        if self.channels_last:
+            module.to(memory_format=torch.channels_last)
+        if self.world_size > 1 and cfg.MODEL.SYNC_BN:
+            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        self.module = self.model = module
+        if self.world_size > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                module, device_ids=[self.device.index] if on_gpu else None)
+
+        # ---- loaders, optimisation
+        self.train_loader = build_train_loader(cfg, train_samples, self.input_size, per_rank_batch=self.per_rank_batch,
+                                               num_replicas=self.world_size, rank=self.rank)
+        self.test_loader = (build_test_loader(cfg, self.test_samples, self.input_size, context=cfg.CROP.CONTEXT,
+                                              mode=cfg.CROP.MODE) if self.test_samples else None)
+        self.iters_per_epoch = len(self.train_loader)
+        self.optimizer = build_optimizer(cfg, self.module)
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer, self.iters_per_epoch)
+        self.scaler = _grad_scaler(self.amp_dtype == torch.float16)
+        self.criterion = InceptionLoss(cfg.SOLVER.LABEL_SMOOTHING, cfg.MODEL.AUX_LOSS_WEIGHT)
+        self.checkpointer = EpochCheckpointer(self.output_dir, keep=cfg.SOLVER.CHECKPOINTS_TO_KEEP)
+        self.metrics = MetricsWriter(self.output_dir, enabled=self.is_main)
+        self.start_epoch = 0
+        self.last_eval: Optional[Dict[str, Any]] = None
+
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.output_dir / "config.yaml", cfg.dump())
+        logger.info("training %s (width %s, %d classes, %dx%d crops) on %d crops, %d iterations/epoch, "
+                    "global batch %d over %d process(es), peak lr %.4g, device %s",
+                    cfg.MODEL.ARCH, cfg.MODEL.WIDTH, num_classes, self.input_size, self.input_size,
+                    len(train_samples), self.iters_per_epoch, cfg.SOLVER.IMS_PER_BATCH, self.world_size,
+                    scaled_lr(cfg), self.device)
+        if resume:
+            self.resume()
+
+    # ------------------------------------------------------------------------------------------ resume
+    def resume(self) -> bool:
+        """Continue from ``last_checkpoint`` in OUTPUT_DIR: weights, optimiser, schedule, scaler, epoch and
+        random states. Returns False (training starts from scratch) when there is no checkpoint."""
+        ckpt = self.checkpointer.load_last(
+            expected_meta={k: self.meta[k] for k in RESUME_META_KEYS if k in self.meta})
+        if ckpt is None:
+            logger.info("--resume: no checkpoint in %s; starting from scratch", self.output_dir)
+            return False
+        if ckpt.get("iters_per_epoch") != self.iters_per_epoch:
+            logger.warning("%s was written with %s iterations per epoch, this run has %d: the schedule shifts",
+                           ckpt["path"], ckpt.get("iters_per_epoch"), self.iters_per_epoch)
+        self.module.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.start_epoch = int(ckpt["epoch"])
+        if len(ckpt["rng"]) == self.world_size:
+            restore_rng_state(ckpt["rng"][self.rank])
+        logger.info("resumed from %s after epoch %d", ckpt["path"], self.start_epoch)
+        return True
+
+    # ------------------------------------------------------------------------------------------ training
+    def train(self) -> Dict[str, Any]:
+        """Runs epochs ``start_epoch .. MAX_EPOCHS``; returns a summary (final metrics and file paths)."""
+        cfg = self.cfg
+        max_epochs = cfg.SOLVER.MAX_EPOCHS
+        try:
+            for epoch in range(self.start_epoch, max_epochs):
+                self.train_one_epoch(epoch)
+                done = epoch + 1
+                last = done == max_epochs
+                if self.test_loader is not None and (last or (cfg.TEST.EVAL_PERIOD and done % cfg.TEST.EVAL_PERIOD == 0)):
+                    self.evaluate(done)
+                if last or done % cfg.SOLVER.CHECKPOINT_PERIOD == 0:
+                    self.save_checkpoint(done)
+            final = None
+            if self.is_main:
+                final = self.checkpointer.save_final(self.module, self.meta)
+                logger.info("wrote %s", final)
+            du.barrier()
+        finally:
+            self.metrics.close()
+        return {"model_final": final, "last_checkpoint": self.checkpointer.last_path() if self.is_main else None,
+                "eval": self.last_eval, "epochs": max_epochs}
+
+    def train_one_epoch(self, epoch: int) -> Dict[str, float]:
+        cfg = self.cfg
+        # Every epoch's random streams (sampler order, workers, crop jitter, augmentation, dropout) are a
+        # function of (SEED, epoch, rank) alone, so a resumed run repeats them exactly.
+        seed_everything(cfg.SEED, epoch, self.rank)
+        self.model.train()
+        self.train_loader.batch_sampler.set_epoch(epoch)
+        n_iter = len(self.train_loader)
+        totals = {"loss": 0.0, "correct": 0, "seen": 0}
+        window = {"loss": 0.0, "grad_norm": 0.0, "steps": 0}
+        t_epoch = t_window = time.perf_counter()
+        bar = tqdm(self.train_loader, total=n_iter, desc=f"epoch {epoch + 1}/{cfg.SOLVER.MAX_EPOCHS}",
+                   disable=not self.progress, dynamic_ncols=True)
+        for i, (images, labels) in enumerate(bar):
+            images = images.to(self.device, non_blocking=True)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            labels = labels.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float16,
+                                enabled=self.amp_dtype is not None):
+                outputs = self.model(images)
+                loss = self.criterion(outputs, labels)
+            # Averaged over processes: every process sees the same value, so all of them stop together.
+            loss_value = float(du.all_reduce_sum(loss.detach().float().clone())) / self.world_size
+            if not math.isfinite(loss_value):
+                self._stop_on_non_finite(loss_value, epoch, i)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the loss-scaled ones
+            grad_norm = float(clip_gradients(self.module.parameters(), cfg.SOLVER.CLIP_GRAD_NORM))
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+
+            logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+            batch = labels.numel()
+            totals["loss"] += loss_value * batch
+            totals["correct"] += int((logits.argmax(1) == labels).sum())
+            totals["seen"] += batch
+            window["loss"] += loss_value
+            window["grad_norm"] += grad_norm
+            window["steps"] += 1
+            if (i + 1) % cfg.SOLVER.LOG_PERIOD == 0 or i + 1 == n_iter:
+                now = time.perf_counter()
+                step = epoch * n_iter + i + 1
+                rec = {"epoch": epoch + (i + 1) / n_iter, "lr": lr, "loss": window["loss"] / window["steps"],
+                       "grad_norm": window["grad_norm"] / window["steps"],
+                       "img_per_s": window["steps"] * cfg.SOLVER.IMS_PER_BATCH / max(now - t_window, 1e-9)}
+                self.metrics.write("train", step, rec)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.3g}")
+                window = {"loss": 0.0, "grad_norm": 0.0, "steps": 0}
+                t_window = now
+        elapsed = time.perf_counter() - t_epoch
+        summary = {"epoch": epoch + 1, "loss": totals["loss"] / max(totals["seen"], 1),
+                   "top1": totals["correct"] / max(totals["seen"], 1), "lr": self.optimizer.param_groups[0]["lr"],
+                   "time_s": elapsed, "img_per_s": totals["seen"] * self.world_size / max(elapsed, 1e-9)}
+        self.metrics.write("epoch", (epoch + 1) * n_iter, summary)
+        logger.info("epoch %d: loss %.4f, train top-1 %.2f%% (this process's crops), %.1f s",
+                    epoch + 1, summary["loss"], 100 * summary["top1"], elapsed)
+        return summary
+
+    def _stop_on_non_finite(self, value: float, epoch: int, it: int) -> None:
+        last = self.checkpointer.last_path()
+        kept = f"the last good checkpoint is kept: {last}" if last else "no checkpoint had been written yet"
+        raise NonFiniteLossError(
+            f"training loss is not finite ({value}) at epoch {epoch + 1}, iteration {it + 1}: training stopped and no checkpoint "
+            f"was written after it; {kept}. Lower SOLVER.BASE_LR (or raise SOLVER.WARMUP_EPOCHS) and resume with "
+            f"--resume.")
+
+    def save_checkpoint(self, epoch: int) -> Optional[Path]:
+        """Checkpoint after ``epoch`` completed epochs, with everything ``resume`` restores."""
+        rng: List[Any] = [capture_rng_state()]
+        if self.world_size > 1:
+            rng = [None] * self.world_size
+            dist.all_gather_object(rng, capture_rng_state())
+        path = None
+        if self.is_main:
+            extra = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "scaler": self.scaler.state_dict(), "rng": rng, "iters_per_epoch": self.iters_per_epoch,
+                     "world_size": self.world_size, "config": self.cfg.dump()}
+            path = self.checkpointer.save(epoch, self.module, self.meta, extra)
+        du.barrier()
+        return path
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def evaluate(self, epoch: int) -> Optional[Dict[str, Any]]:
+        """Evaluates on DATASETS.TEST on the main process (the others wait); writes ``inference/``."""
+        metrics = None
+        if self.is_main:
+            scores, labels = predict(self.module, self.test_loader, self.device, amp_dtype=self.amp_dtype,
+                                     channels_last=self.channels_last, progress=self.progress)
+            metrics = compute_metrics(scores, labels, self.class_names)
+            write_results(metrics, self.output_dir / "inference", extra={"epoch": epoch})
+            self.metrics.write("eval", epoch * self.iters_per_epoch,
+                               {"epoch": epoch, "top1": metrics["top1"], "top5": metrics["top5"],
+                                "mean_class_accuracy": metrics["mean_class_accuracy"]})
+            self.last_eval = {k: metrics[k] for k in ("top1", "top5", "mean_class_accuracy", "num_samples")}
+        du.barrier()
+        return metrics
+
+
+def train(cfg: CfgNode, *, resume: bool = False, progress: bool = True) -> Dict[str, Any]:
+    """Trains the configured classifier; see ``Trainer``."""
+    return Trainer(cfg, resume=resume, progress=progress).train()
+
+
+def evaluate_checkpoint(cfg: CfgNode, weights: Path, *, output_dir: Optional[Path] = None,
+                        progress: bool = True) -> Dict[str, Any]:
+    """Evaluates a checkpoint on ``DATASETS.TEST``; writes ``results.json`` and ``confusion_matrix.png``.
+
+    The checkpoint decides the classes, input size and crop settings (so crops match training); its
+    architecture and width must match the config's.
+    """
+    if not cfg.DATASETS.TEST:
+        raise ValueError("config key DATASETS.TEST is empty: name the dataset(s) to evaluate on")
+    device = du.training_device()
+    model, meta = classifier_from_checkpoint(weights, map_location=device,
+                                             expected_meta={"arch": cfg.MODEL.ARCH, "width": cfg.MODEL.WIDTH})
+    crop = meta.get("crop") or {"context": cfg.CROP.CONTEXT, "mode": cfg.CROP.MODE}
+    samples, _ = load_datasets(cfg.DATASETS.TEST, class_names=meta["class_names"], min_size=cfg.DATASETS.MIN_BOX_SIZE)
+    loader = build_test_loader(cfg, samples, meta["input_size"], context=crop["context"], mode=crop["mode"])
+    on_gpu = device.type == "cuda"
+    scores, labels = predict(model, loader, device,
+                             amp_dtype=getattr(torch, cfg.SOLVER.AMP_DTYPE) if on_gpu and cfg.SOLVER.AMP else None,
+                             progress=progress)
+    metrics = compute_metrics(scores, labels, meta["class_names"])
+    out = Path(output_dir) if output_dir else Path(cfg.OUTPUT_DIR) / "inference"
+    paths = write_results(metrics, out, extra={"weights": str(weights), "datasets": list(cfg.DATASETS.TEST),
+                                                "crop": crop, "input_size": meta["input_size"]})
+    return {**metrics, "paths": {k: str(v) for k, v in paths.items()}}
