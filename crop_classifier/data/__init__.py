@@ -7,13 +7,14 @@
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_identity, num_workers=2)
     for epoch in ...: sampler.set_epoch(epoch); for images, labels in loader: ...
 """
-from .coco import CocoSamples, CropDataset, Sample, collate_identity, jitter_boxes, load_coco_samples, read_rgb
+from .coco import CocoSamples, CropDataset, Sample, collate_identity, jitter_boxes, load_coco_samples
+from .images import ImageReadError, read_rgb
 from .sampler import ImageGroupedBatchSampler
 from .synthetic import COARSE_OF, SYNTHETIC_CLASSES, generate_scenes
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_train_transform, normalize
 
 __all__ = [
-    "COARSE_OF", "CocoSamples", "CropDataset", "IMAGENET_MEAN", "IMAGENET_STD", "ImageGroupedBatchSampler",
+    "COARSE_OF", "CocoSamples", "CropDataset", "IMAGENET_MEAN", "IMAGENET_STD", "ImageGroupedBatchSampler", "ImageReadError",
     "SYNTHETIC_CLASSES", "Sample", "build_train_transform", "collate_identity", "generate_scenes", "jitter_boxes",
     "load_coco_samples", "normalize", "read_rgb",
 ]

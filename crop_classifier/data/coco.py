@@ -14,11 +14,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 import torch
 
 from ..crops import CROP_MODES, DEFAULT_CONTEXT, extract_crops, extract_crops_hwc
+from .images import read_rgb  # the one robust reader (EXIF, 16-bit, CMYK, truncation, pixel limit)
 from .transforms import normalize
 
 __all__ = ["CocoSamples", "CropDataset", "Sample", "collate_identity", "jitter_boxes", "load_coco_samples",
@@ -204,15 +204,6 @@ def jitter_boxes(boxes: np.ndarray, min_iou: float, rng: np.random.Generator, *,
 
 
 # ----------------------------------------------------------------------------------------- dataset
-
-
-def read_rgb(path: str) -> np.ndarray:
-    """An image file as an RGB uint8 ``HxWx3`` array; a clear error naming the file otherwise."""
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        why = "no such file" if not os.path.exists(path) else "not a readable image"
-        raise FileNotFoundError(f"{path}: {why}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def collate_identity(batch):
