@@ -95,7 +95,7 @@ def test_tiny_crops_tradeoff_memory_sections(tiny_run):
     # Cost ordering the comparison rests on: upsampling to 299 costs what v3_299 costs; shrinking is far cheaper.
     assert by["v3_299 upsampled"]["gmacs"] >= by["v3_299"]["gmacs"]
     assert by["v3_299 stem @79"]["gmacs"] < 0.2 * by["v3_79"]["gmacs"]
-    assert t["datasets"]["synthetic"]["train_crops"] == by["v3_79"]["train_crops"] <= 48
+    assert t["datasets"]["synthetic"]["train_crops"] == by["v3_79"]["train_crops"] <= 16
 
     mem = res["memory"]
     assert mem["images"] == 20 and len(mem["samples"]) >= 2
@@ -175,8 +175,9 @@ def test_reference_model_and_flop_counts():
     assert MODEL_NAMES[-1] == REFERENCE
     with pytest.raises(ValueError, match="width 1.0 only"):
         build_model(REFERENCE, width=0.5)
-    small = build_model("v3_79", width=0.0625)
-    assert count_gmacs(small, 79) < count_gmacs(build_model("v3_79", width=0.125), 79)
+    # fvcore's multiply-adds of one 3x3 conv, 3 -> 8 channels, on 10x10: 8x8 outputs x 8 channels x 27.
+    conv = torch.nn.Conv2d(3, 8, 3, bias=False)
+    assert count_gmacs(conv, 10) * 1e9 == pytest.approx(8 * 8 * 8 * 27)
 
 
 def _models_section(eff, ratio):

@@ -17,7 +17,7 @@ import gc
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -139,9 +139,12 @@ def run_models(
     min_round_s: float = 0.5,
     matmul_n: int = 2048,
     compile: bool = False,
+    profile: Sequence[Tuple[str, str, int]] = (),
     log: Callable[[str], None] = print,
 ) -> Dict[str, object]:
-    """Measure every (model, mode) at every batch. Per batch, all entries and the dense GEMMs are timed in
+    """``profile``: (model, mode, batch) entries to run once more under torch.profiler.
+
+    Measure every (model, mode) at every batch. Per batch, all entries and the dense GEMMs are timed in
     ``rounds[batch]`` interleaved rounds (default 3); within a round an entry is called often enough to
     take ``min_round_s`` (small batches). Plain eager runs only for ``eager_models`` at ``eager_batches``
     (the like-for-like comparison with torchvision); every other figure is the optimized inference form."""
@@ -168,6 +171,8 @@ def run_models(
     rows: List[Dict[str, object]] = []
     ratios: List[Dict[str, object]] = []
     matmul_runs: List[Dict[str, object]] = []
+    profiles: List[Dict[str, object]] = []
+    skipped: List[Dict[str, object]] = []
     for bs in batches:
         fns, peaks, repeats = {}, {}, {}
         for (n, mode_name), (mode, model) in prepared.items():
@@ -186,7 +191,14 @@ def run_models(
             # The warm-up call (oneDNN/cuDNN primitive creation, compilation) doubles as the memory probe;
             # its time (an over-estimate) sizes the repeats so each round spends ~min_round_s per entry.
             t0 = time.perf_counter()
-            peaks[key] = _peak_memory_mb(call, device)
+            try:
+                peaks[key] = _peak_memory_mb(call, device)
+            except Exception as e:  # e.g. torch.compile without a working compiler: skip that entry only
+                if mode_name == "eager" or mode_name == "optimized":
+                    raise
+                log(f"  models: {n} {mode_name} failed at batch {bs}: {type(e).__name__}: {e}")
+                skipped.append({"model": n, "mode": mode_name, "batch": bs, "error": f"{type(e).__name__}: {e}"})
+                continue
             t = time.perf_counter() - t0
             if t < 2 * min_round_s:  # cheap enough: a warm call sizes the repeats better
                 t = time_fn(call, warmup=0, min_iters=1, max_iters=1, min_time=0.0, device=device).median
@@ -211,6 +223,9 @@ def run_models(
                 "gflops": gflops, "matmul_gflops": mm_gflops, "efficiency": gflops / mm_gflops,
                 "peak_mem_mb": peaks[(n, mode_name)],
             })
+        for n, mode_name, pb in profile:
+            if pb == bs and (n, mode_name) in fns:
+                profiles.append({"model": n, "mode": mode_name, "batch": bs, "ops": profile_ops(fns[(n, mode_name)])})
         # Side-by-side ratios from the very same rounds: per-round medians, then the median ratio.
         per_round = {k: _round_medians(t, repeats[k]) for k, t in timings.items()}
         for (n, mode_name), t in per_round.items():
@@ -224,8 +239,24 @@ def run_models(
     return {
         "device": device, "width": width, "num_classes": 1000, "info": info,
         "modes": {m.name: m.note for m in modes},
-        "rows": rows, "ratios": ratios, "matmul": matmul_runs, "matmul_n": matmul_n,
+        "rows": rows, "ratios": ratios, "matmul": matmul_runs, "matmul_n": matmul_n, "profiles": profiles,
+        "skipped": skipped,
     }
+
+
+def profile_ops(call: Callable[[], object], *, top: int = 10) -> List[Dict[str, object]]:
+    """torch.profiler's operator table of one call (after the timed rounds, so primitives are warm):
+    where the time goes, for the write-up of what limits a figure."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as prof:
+        call()
+    events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [{"op": e.key, "calls": e.count, "self_ms": e.self_cpu_time_total / 1e3,
+             "share": e.self_cpu_time_total / total} for e in events[:top]]
 
 
 def dense_gemms(n: int, device: str) -> Dict[str, Callable[[], object]]:

@@ -178,6 +178,10 @@ def _models_md(m: Dict) -> str:
                  "GFLOP/s / the faster of the two): " + "; ".join(
                      f"batch {x['batch']}: " + ", ".join(f"{k[:-len('_gflops')]} {v:.0f}" for k, v in x.items()
                                                          if k.endswith("_gflops")) for x in m["matmul"]) + ".")
+    for prof in m.get("profiles", []):
+        parts.append(f"torch.profiler, {prof['model']} {prof['mode']} batch {prof['batch']} (self CPU time):\n\n"
+                     + _table(["op", "calls", "self ms", "share"],
+                              [[o["op"], o["calls"], o["self_ms"], f"{100 * o['share']:.1f} %"] for o in prof["ops"]]))
     if m.get("ratios"):
         parts.append("Throughput relative to torchvision's `inception_v3` (per-round paired medians):\n\n" + _table(
             ["model", "mode", "vs torchvision mode", "batch", "ratio"],

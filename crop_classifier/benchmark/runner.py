@@ -27,7 +27,8 @@ SECTIONS = ("models", "crops", "pipeline", "tradeoff", "memory")
 PRESETS: Dict[str, Dict[str, dict]] = {
     "full": {
         "models": dict(width=1.0, batches=(1, 8, 32, 128), eager_batches=(8, 32),
-                       rounds={1: 3, 8: 3, 32: 3, 128: 2}, min_round_s=0.5, matmul_n=2048),
+                       rounds={1: 3, 8: 3, 32: 3, 128: 2}, min_round_s=0.5, matmul_n=2048,
+                       profile=(("v3_79", "optimized", 32), ("tv_inception_v3", "eager", 32))),
         "crops": dict(box_counts=(1, 10, 100, 1000), sizes=(79, 224), rounds=7, min_round_s=0.2),
         "pipeline": dict(box_counts=(1, 20, 100), variants=("v3_79", "v3_151", "v3_299"), widths=(1.0, 0.5),
                          image_wh=(640, 426), min_size_test=800, rounds=2),
@@ -46,12 +47,12 @@ PRESETS: Dict[str, Dict[str, dict]] = {
     },
     "tiny": {
         "models": dict(width=0.0625, batches=(1, 2), eager_batches=(2,), rounds={1: 1, 2: 1}, min_round_s=0.0,
-                       matmul_n=128),
+                       matmul_n=128, profile=(("v3_79", "optimized", 2),)),
         "crops": dict(box_counts=(1, 10, 100), sizes=(79,), rounds=1, min_round_s=0.0),
         "pipeline": dict(box_counts=(1, 3), variants=("v3_79",), widths=(0.0625,), image_wh=(320, 213),
                          min_size_test=128, rounds=1, config_file="configs/d2/tiny_R18_FPN_random.yaml"),
-        "tradeoff": dict(width=0.0625, epochs=1, synthetic_train=4, synthetic_test=2, datasets=("synthetic",),
-                         image_size=256, batch_size=16, max_train_crops=48),
+        "tradeoff": dict(width=0.0625, epochs=1, synthetic_train=3, synthetic_test=2, datasets=("synthetic",),
+                         image_size=160, batch_size=8, max_train_crops=16),
         "memory": dict(num_images=20, warmup=2, sample_every=5, max_boxes=3),
     },
 }
