@@ -283,9 +283,15 @@ def _cv2_fill(img: np.ndarray, sample: np.ndarray, skip: np.ndarray, size: int, 
             continue
         region = img[rr0:rr1, cc0:cc1]
         if cc0 != c0 or rr0 != r0 or cc1 != c1 or rr1 != r1:
+            # The box's own pixels outside the image read as zero (roi_align's padding); the block-grid
+            # extension past the box's far edge repeats the edge instead, so a box inside the image
+            # never averages in zeros from beyond the image border.
+            zr, zb = max(c0 + w - W, 0), max(r0 + h - H, 0)
             region = cv2.copyMakeBorder(
-                np.ascontiguousarray(region), rr0 - r0, r1 - rr1, cc0 - c0, c1 - cc1, cv2.BORDER_CONSTANT, value=0
+                np.ascontiguousarray(region), rr0 - r0, zb, cc0 - c0, zr, cv2.BORDER_CONSTANT, value=0
             )
+            if c1 - cc1 > zr or r1 - rr1 > zb:
+                region = cv2.copyMakeBorder(region, 0, r1 - rr1 - zb, 0, c1 - cc1 - zr, cv2.BORDER_REPLICATE)
         if fx == 1 and fy == 1:
             cv2.resize(region, dsize, dst=dst, interpolation=linear)
             continue
