@@ -143,6 +143,19 @@ def test_metrics_on_a_hand_made_example():
         compute_metrics(scores, torch.tensor([0, 1, 2, 0, 6]), names)
 
 
+def test_accuracy_by_box_size():
+    scores = torch.eye(3)[[0, 1, 2, 0, 1]]  # predictions 0 1 2 0 1
+    labels = torch.tensor([0, 0, 2, 0, 2])   # correct   y n y y n
+    sizes = torch.tensor([10.0, 20.0, 40.0, 200.0, 47.9])
+    bins = compute_metrics(scores, labels, ["a", "b", "c"], box_sizes=sizes)["accuracy_by_box_size"]
+    assert bins == [
+        {"min_px": 0, "max_px": 16, "num_samples": 1, "top1": 1.0},
+        {"min_px": 16, "max_px": 24, "num_samples": 1, "top1": 0.0},
+        {"min_px": 32, "max_px": 48, "num_samples": 2, "top1": 0.5},
+        {"min_px": 128, "max_px": None, "num_samples": 1, "top1": 1.0},
+    ]
+
+
 def test_top5_with_fewer_than_five_classes():
     m = compute_metrics(torch.tensor([[0.1, 0.9], [0.8, 0.2]]), torch.tensor([0, 0]), ["a", "b"])
     assert (m["top1"], m["top5"], m["top5_k"]) == (0.5, 1.0, 2)

@@ -75,6 +75,7 @@ def test_checkpoint_contents_and_final_model(scenes, tmp_path):
     results = json.loads((tmp_path / "inference" / "results.json").read_text())
     assert results["epoch"] == 2 and 0.0 <= results["top1"] <= 1.0 and len(results["confusion_matrix"]) == 12
     assert out["eval"]["top1"] == results["top1"]
+    assert sum(b["num_samples"] for b in results["accuracy_by_box_size"]) == results["num_samples"] == 4
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     kinds = {r["kind"] for r in read_metrics(tmp_path / "metrics.jsonl")}
     assert kinds == {"train", "epoch", "eval"}

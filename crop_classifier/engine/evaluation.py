@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from pathlib import Path
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm import tqdm
@@ -13,6 +14,9 @@ from ..utils.io import atomic_save_json, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
+#: Edges (pixels, shorter box side in the original image) of the accuracy-by-size breakdown.
+SIZE_BIN_EDGES = (0, 16, 24, 32, 48, 64, 96, 128, math.inf)
+
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``[K, K]`` counts; row = true class, column = predicted class."""
@@ -20,11 +24,26 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> Dict[str, Any]:
+def accuracy_by_size(correct: torch.Tensor, box_sizes: torch.Tensor,
+                     edges: Sequence[float] = SIZE_BIN_EDGES) -> List[Dict[str, Any]]:
+    """Top-1 per box-size bin ``[lo, hi)``; bins without boxes are left out."""
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (box_sizes >= lo) & (box_sizes < hi)
+        n = int(inside.sum())
+        if n:
+            out.append({"min_px": lo, "max_px": hi if math.isfinite(hi) else None, "num_samples": n,
+                        "top1": float(correct[inside].sum()) / n})
+    return out
+
+
+def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], *,
+                    box_sizes: Optional[torch.Tensor] = None) -> Dict[str, Any]:
     """Metrics of ``scores [N, K]`` (logits or probabilities) against ``labels [N]``.
 
     ``top5`` uses ``min(5, K)`` guesses. A class without samples has per-class accuracy ``None`` and is left
-    out of ``mean_class_accuracy``.
+    out of ``mean_class_accuracy``. With ``box_sizes [N]`` (shorter box side, pixels) the result also holds
+    ``accuracy_by_box_size``.
     """
     num_classes = len(class_names)
     if scores.ndim != 2 or scores.shape[1] != num_classes:
@@ -47,6 +66,11 @@ def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, class_names: Seq
         name: (float(correct[i]) / float(support[i]) if support[i] > 0 else None) for i, name in enumerate(class_names)
     }
     present = [v for v in per_class.values() if v is not None]
+    extra = {}
+    if box_sizes is not None:
+        if box_sizes.shape != labels.shape:
+            raise ValueError(f"box_sizes must be [N] = [{n}], got {tuple(box_sizes.shape)}")
+        extra["accuracy_by_box_size"] = accuracy_by_size(preds == labels, box_sizes)
     return {
         "num_samples": n,
         "top1": float(correct.sum()) / n,
@@ -57,6 +81,7 @@ def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, class_names: Seq
         "per_class_support": {name: int(support[i]) for i, name in enumerate(class_names)},
         "class_names": list(class_names),
         "confusion_matrix": cm.tolist(),
+        **extra,
     }
 
 
@@ -113,6 +138,13 @@ def predict(model: torch.nn.Module, loader, device: torch.device, *, amp_dtype=N
     if not all_scores:
         raise ValueError("the evaluation loader produced no batches (empty dataset?)")
     return torch.cat(all_scores), torch.cat(all_labels)
+
+
+def box_sizes_in_loader_order(loader, samples: Sequence) -> torch.Tensor:
+    """Shorter side of each sample's box, in the order ``loader``'s batch sampler yields the samples."""
+    order = [i for batch in loader.batch_sampler for i in batch]
+    return torch.tensor([float(min(samples[i][1][2] - samples[i][1][0], samples[i][1][3] - samples[i][1][1]))
+                         for i in order])
 
 
 def write_results(metrics: Dict[str, Any], output_dir: Path, *, extra: Dict[str, Any] = None) -> Dict[str, Path]:

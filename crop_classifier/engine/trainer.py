@@ -19,7 +19,7 @@ from ..utils.io import atomic_write_text
 from . import distributed as du
 from .checkpoint import EpochCheckpointer, capture_rng_state, restore_rng_state
 from .data import build_test_loader, build_train_loader, load_datasets
-from .evaluation import compute_metrics, predict, write_results
+from .evaluation import box_sizes_in_loader_order, compute_metrics, predict, write_results
 from .losses import InceptionLoss
 from .metrics import MetricsWriter
 from .optim import build_lr_scheduler, build_optimizer, clip_gradients, scaled_lr
@@ -72,17 +72,17 @@ class Trainer:
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
         on_gpu = self.device.type == "cuda"
         self.amp_dtype = getattr(torch, cfg.SOLVER.AMP_DTYPE) if (on_gpu and cfg.SOLVER.AMP) else None
-        self.channels_last = on_gpu and cfg.MODEL.CHANNELS_LAST
+        self.channels_last = cfg.MODEL.CHANNELS_LAST
 
         # ---- data
         if not cfg.DATASETS.TRAIN:
             raise ValueError("config key DATASETS.TRAIN is empty: name at least one training dataset")
         train_samples, class_names = load_datasets(
             cfg.DATASETS.TRAIN, class_names=list(cfg.DATASETS.CLASS_NAMES) or None,
-            min_size=cfg.DATASETS.MIN_BOX_SIZE)
+            min_size=cfg.DATASETS.MIN_BOX_SIZE_TRAIN)
         self.class_names = class_names
         self.test_samples = (load_datasets(cfg.DATASETS.TEST, class_names=class_names,
-                                           min_size=cfg.DATASETS.MIN_BOX_SIZE)[0] if cfg.DATASETS.TEST else [])
+                                           min_size=cfg.DATASETS.MIN_BOX_SIZE_TEST)[0] if cfg.DATASETS.TEST else [])
         num_classes = cfg.MODEL.NUM_CLASSES or len(class_names)
         if num_classes != len(class_names):
             raise ValueError(f"config key MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES} but the datasets define "
@@ -269,7 +269,8 @@ class Trainer:
         if self.is_main:
             scores, labels = predict(self.module, self.test_loader, self.device, amp_dtype=self.amp_dtype,
                                      channels_last=self.channels_last, progress=self.progress)
-            metrics = compute_metrics(scores, labels, self.class_names)
+            metrics = compute_metrics(scores, labels, self.class_names,
+                                      box_sizes=box_sizes_in_loader_order(self.test_loader, self.test_samples))
             write_results(metrics, self.output_dir / "inference", extra={"epoch": epoch})
             self.metrics.write("eval", epoch * self.iters_per_epoch,
                                {"epoch": epoch, "top1": metrics["top1"], "top5": metrics["top5"],
@@ -297,13 +298,15 @@ def evaluate_checkpoint(cfg: CfgNode, weights: Path, *, output_dir: Optional[Pat
     model, meta = classifier_from_checkpoint(weights, map_location=device,
                                              expected_meta={"arch": cfg.MODEL.ARCH, "width": cfg.MODEL.WIDTH})
     crop = meta.get("crop") or {"context": cfg.CROP.CONTEXT, "mode": cfg.CROP.MODE}
-    samples, _ = load_datasets(cfg.DATASETS.TEST, class_names=meta["class_names"], min_size=cfg.DATASETS.MIN_BOX_SIZE)
+    samples, _ = load_datasets(cfg.DATASETS.TEST, class_names=meta["class_names"], min_size=cfg.DATASETS.MIN_BOX_SIZE_TEST)
     loader = build_test_loader(cfg, samples, meta["input_size"], context=crop["context"], mode=crop["mode"])
     on_gpu = device.type == "cuda"
+    if cfg.MODEL.CHANNELS_LAST:
+        model.to(memory_format=torch.channels_last)
     scores, labels = predict(model, loader, device,
                              amp_dtype=getattr(torch, cfg.SOLVER.AMP_DTYPE) if on_gpu and cfg.SOLVER.AMP else None,
-                             progress=progress)
-    metrics = compute_metrics(scores, labels, meta["class_names"])
+                             channels_last=cfg.MODEL.CHANNELS_LAST, progress=progress)
+    metrics = compute_metrics(scores, labels, meta["class_names"], box_sizes=box_sizes_in_loader_order(loader, samples))
     out = Path(output_dir) if output_dir else Path(cfg.OUTPUT_DIR) / "inference"
     paths = write_results(metrics, out, extra={"weights": str(weights), "datasets": list(cfg.DATASETS.TEST),
                                                 "crop": crop, "input_size": meta["input_size"]})
