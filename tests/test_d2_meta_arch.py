@@ -264,3 +264,19 @@ def test_default_trainer_trains_the_detector_with_the_classifier_frozen(tmp_path
         assert torch.equal(v, clf_before[k]), k  # weights and BN statistics untouched
     assert not model.second_stage.classifier.training
     assert (tmp_path / "out" / "model_final.pth").is_file()
+
+
+def test_narrow_backbone_has_the_asked_widths():
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling import BACKBONE_REGISTRY
+
+    cfg = tiny_cfg("MODEL.BACKBONE.NAME", "build_narrow_resnet_fpn_backbone", "MODEL.RESNETS.STEM_OUT_CHANNELS", 16,
+                   "MODEL.RESNETS.RES2_OUT_CHANNELS", 16)
+    bb = BACKBONE_REGISTRY.get("build_narrow_resnet_fpn_backbone")(cfg, ShapeSpec(channels=3))
+    feats = bb(torch.zeros(1, 3, 64, 96))
+    assert sorted(feats) == ["p2", "p3", "p4", "p5", "p6"]
+    assert feats["p2"].shape == (1, 32, 16, 24) and feats["p6"].shape[-2:] == (1, 2)
+    widths = [bb.bottom_up.output_shape()[f"res{i}"].channels for i in range(2, 6)]
+    assert widths == [16, 32, 64, 128]
+    with pytest.raises(ValueError, match="18 or 34"):
+        BACKBONE_REGISTRY.get("build_narrow_resnet_fpn_backbone")(tiny_cfg("MODEL.RESNETS.DEPTH", 50), ShapeSpec(channels=3))
