@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import urllib.error
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
@@ -53,19 +54,25 @@ def _read_file(path: PathLike, map_location: Any = "cpu") -> Tuple[Dict[str, Any
             with safe_open(str(path), framework="pt", device=str(map_location)) as f:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
                 raw_meta = (f.metadata() or {}).get(SAFETENSORS_META_KEY)
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-        meta = json.loads(raw_meta) if raw_meta else None
+        except Exception as e:  # any parse failure of a foreign file is that file's problem, said as such
+            raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+        try:
+            meta = json.loads(raw_meta) if raw_meta else None
+        except ValueError as e:
+            raise CheckpointError(f"{path}: the {SAFETENSORS_META_KEY!r} metadata is not valid JSON ({e})") from e
         return tensors, meta
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if not re.search(r"unsupported (global|class)", str(e), re.IGNORECASE):  # garbage bytes, not a forbidden object
+            raise CheckpointError(f"{path}: cannot read checkpoint (truncated, corrupt or not a PyTorch file): {e}") from e
         raise CheckpointError(
             f"{path}: refused to load: the file holds Python objects other than tensors and plain containers, "
             f"which could run code when unpickled (loaded with weights_only=True). Details: {e}"
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or not a PyTorch file?): {e}") from e
+    except Exception as e:  # the weights-only unpickler raises KeyError/IndexError/... on garbage bytes
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint (truncated, corrupt or not a PyTorch file): {type(e).__name__}: {e}") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict (state dict or checkpoint), found {type(obj).__name__}")
     return obj, None
@@ -156,6 +163,15 @@ def classifier_from_checkpoint(
         )
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from e
+    own = model.state_dict()
+    found = {k: tuple(v.shape) for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    problems = [f"{k}: checkpoint {list(found[k])}, expected {list(v.shape)}" for k, v in own.items()
+                if k in found and found[k] != tuple(v.shape)]
+    problems += [f"missing {k}" for k in own if k not in sd] + [f"unexpected {k}" for k in sd if k not in own]
+    if problems:
+        raise CheckpointError(
+            f"{path}: weights do not match the architecture its meta names ({meta['arch']}, width {meta['width']}, "
+            f"{meta['num_classes']} classes): {len(problems)} problem(s), e.g. " + "; ".join(problems[:4]))
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
