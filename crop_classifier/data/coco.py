@@ -8,6 +8,7 @@ when training and normalises with the ImageNet mean/std.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections import OrderedDict
@@ -24,6 +25,8 @@ from .transforms import normalize
 __all__ = ["CocoSamples", "CropDataset", "Sample", "collate_identity", "jitter_boxes", "load_coco_samples",
            "box_iou", "read_rgb"]
 
+logger = logging.getLogger(__name__)
+
 #: ``(image_path, box_xyxy float32[4], label, ann_id)``
 Sample = Tuple[str, np.ndarray, int, int]
 
@@ -38,6 +41,7 @@ class CocoSamples:
     image_paths: List[str]
     ann_file: str = ""
     skipped: Dict[str, int] = field(default_factory=dict)  # reason -> number of annotations
+    errors: List[str] = field(default_factory=list)  # malformed entries skipped (strict=False), each named
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -51,21 +55,41 @@ class CocoSamples:
 
 
 def _need(obj, key: str, where: str):
-    if not isinstance(obj, dict) or key not in obj:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__} {str(obj)[:60]!r}")
+    if key not in obj:
         raise ValueError(f"{where}: missing key {key!r}")
     return obj[key]
 
 
+def _id(value, key: str, where: str):
+    # COCO ids are integers (strings tolerated); a list or a float would not even be hashable/matchable.
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{where}: {key} must be an integer, got {type(value).__name__} {str(value)[:40]!r}")
+    return value
+
+
+def _size(value, key: str, where: str) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{where}: {key} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
 def load_coco_samples(ann_file: Union[str, os.PathLike], image_dir: Union[str, os.PathLike], *,
                       class_names: Optional[Sequence[str]] = None, min_size: float = 0,
-                      skip_crowd: bool = True) -> CocoSamples:
+                      skip_crowd: bool = True, strict: bool = True) -> CocoSamples:
     """Ground-truth boxes of a COCO instances file as crop samples.
 
     ``class_names``: the classes to keep and their label order, by category *name* (default: all
     categories in id order); a name the file lacks is an error listing the valid names.
     ``min_size``: boxes whose shorter side is below it (pixels) are dropped; so are zero-area
     boxes and, with ``skip_crowd``, ``iscrowd`` regions. Boxes are clipped to the image when the
-    file gives its size. Malformed entries raise ``ValueError`` naming the file and the entry.
+    file gives its size. Malformed image/annotation entries (missing keys, wrong types, unknown image
+    or category ids, bad boxes) raise ``ValueError`` naming the file and the entry; with
+    ``strict=False`` each is instead recorded in ``CocoSamples.errors`` (and logged) and the rest is
+    loaded. A broken file or category list is always an error: it defines the class space.
     """
     ann_file = str(ann_file)
     try:
@@ -84,12 +108,13 @@ def load_coco_samples(ann_file: Union[str, os.PathLike], image_dir: Union[str, o
     name_of: Dict[int, str] = {}
     for i, c in enumerate(cats):
         cid, name = _need(c, "id", f"{where}: categories[{i}]"), _need(c, "name", f"{where}: categories[{i}]")
+        cid = _id(cid, "id", f"{where}: categories[{i}]")
         if cid in name_of:
             raise ValueError(f"{where}: category id {cid} appears twice")
         if name in name_of.values():
             raise ValueError(f"{where}: category name {name!r} appears twice")
         name_of[cid] = str(name)
-    all_names = [name_of[k] for k in sorted(name_of)]
+    all_names = [name_of[k] for k in sorted(name_of, key=lambda k: (isinstance(k, str), k))]
     if class_names is None:
         class_names = all_names
     else:
@@ -102,31 +127,52 @@ def load_coco_samples(ann_file: Union[str, os.PathLike], image_dir: Union[str, o
     label_of_name = {n: i for i, n in enumerate(class_names)}
     label_of_cat = {cid: label_of_name.get(n) for cid, n in name_of.items()}
 
+    errors: List[str] = []
+
+    def bad(msg: str) -> None:
+        if strict:
+            raise ValueError(msg)
+        errors.append(msg)
+
     image_of: Dict[int, Tuple[str, Optional[float], Optional[float]]] = {}
     order: List[int] = []
     for i, im in enumerate(images):
         w = f"{where}: images[{i}]"
-        iid, fname = _need(im, "id", w), _need(im, "file_name", w)
-        if iid in image_of:
-            raise ValueError(f"{where}: image id {iid} appears twice")
-        image_of[iid] = (os.path.join(str(image_dir), str(fname)), im.get("width"), im.get("height"))
+        try:
+            iid, fname = _id(_need(im, "id", w), "id", w), _need(im, "file_name", w)
+            if not isinstance(fname, str) or not fname:
+                raise ValueError(f"{w}: file_name must be a non-empty string, got {fname!r}")
+            if iid in image_of:
+                raise ValueError(f"{where}: image id {iid} appears twice")
+            size = _size(im.get("width"), "width", w), _size(im.get("height"), "height", w)
+        except ValueError as e:
+            bad(str(e))
+            continue
+        image_of[iid] = (os.path.join(str(image_dir), fname), *size)
         order.append(iid)
 
-    skipped = {"crowd": 0, "other_class": 0, "empty": 0, "small": 0}
+    skipped = {"crowd": 0, "other_class": 0, "empty": 0, "small": 0, "invalid": 0}
     per_image: Dict[int, List[Tuple[np.ndarray, int, int]]] = {}
     for i, a in enumerate(anns):
-        aid = _need(a, "id", f"{where}: annotations[{i}]")
-        w = f"{where}: annotation id {aid}"
-        iid, cid, bbox = _need(a, "image_id", w), _need(a, "category_id", w), _need(a, "bbox", w)
-        if iid not in image_of:
-            raise ValueError(f"{w}: image_id {iid} is not in 'images'")
-        if cid not in name_of:
-            raise ValueError(f"{w}: category_id {cid} is not in 'categories'")
-        if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
-                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)):
-            raise ValueError(f"{w}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
-        if bbox[2] < 0 or bbox[3] < 0:
-            raise ValueError(f"{w}: bbox has a negative width or height: {bbox!r}")
+        try:
+            aid = _id(_need(a, "id", f"{where}: annotations[{i}]"), "id", f"{where}: annotations[{i}]")
+            w = f"{where}: annotation id {aid}"
+            iid, cid, bbox = _need(a, "image_id", w), _need(a, "category_id", w), _need(a, "bbox", w)
+            iid, cid = _id(iid, "image_id", w), _id(cid, "category_id", w)
+            if iid not in image_of:
+                raise ValueError(f"{w}: image_id {iid} is not in 'images'")
+            if cid not in name_of:
+                raise ValueError(f"{w}: category_id {cid} is not in 'categories'")
+            if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                               for v in bbox)):
+                raise ValueError(f"{w}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+            if bbox[2] < 0 or bbox[3] < 0:
+                raise ValueError(f"{w}: bbox has a negative width or height: {bbox!r}")
+        except ValueError as e:
+            bad(str(e))
+            skipped["invalid"] += 1
+            continue
         if skip_crowd and a.get("iscrowd", 0):
             skipped["crowd"] += 1
             continue
@@ -146,7 +192,10 @@ def load_coco_samples(ann_file: Union[str, os.PathLike], image_dir: Union[str, o
         if min(x2 - x1, y2 - y1) < min_size:
             skipped["small"] += 1
             continue
-        per_image.setdefault(iid, []).append((np.array([x1, y1, x2, y2], np.float32), label, int(aid)))
+        per_image.setdefault(iid, []).append((np.array([x1, y1, x2, y2], np.float32), label, int(aid) if isinstance(aid, int) else i))
+    if errors:
+        logger.warning("%s: skipped %d malformed entr%s: %s%s", ann_file, len(errors), "y" if len(errors) == 1 else "ies",
+                       "; ".join(errors[:5]), " ..." if len(errors) > 5 else "")
 
     samples: List[Sample] = []
     index: List[int] = []
@@ -159,7 +208,7 @@ def load_coco_samples(ann_file: Union[str, os.PathLike], image_dir: Union[str, o
             samples.append((path, box, label, aid))
             index.append(len(paths))
         paths.append(path)
-    return CocoSamples(list(class_names), samples, np.array(index, dtype=np.int64), paths, ann_file, skipped)
+    return CocoSamples(list(class_names), samples, np.array(index, dtype=np.int64), paths, ann_file, skipped, errors)
 
 
 # ----------------------------------------------------------------------------------------- boxes
