@@ -19,12 +19,15 @@ class ImageGroupedBatchSampler(Sampler):
     Decoding dominates CPU data loading, so keeping an image's boxes in one batch means each image is
     read about once per epoch (an image cut by a batch boundary spans two consecutive batches).
 
-    With ``num_replicas > 1`` the epoch's ordered boxes are split into ``num_replicas`` contiguous,
-    disjoint shares (sizes differing by at most one); every rank yields the same number of batches
-    (``len()``), as distributed training needs. ``drop_last=True``: full batches only, the tail of
-    each share is left out. ``drop_last=False``: every box exactly once; a share's last batch may
-    be smaller (batches are split further when a share would otherwise have fewer batches than the
-    others; indices repeat only in the degenerate case of a share smaller than the batch count).
+    With ``num_replicas > 1`` the epoch's order is cut into global batches of ``batch_size *
+    num_replicas`` boxes and rank ``r`` takes the ``r``-th contiguous part of each: step ``k``'s global
+    batch (the union of the ranks' ``k``-th batches) is exactly single-process batch ``k`` with the
+    same global batch size, whatever the world size, so distributed training sees the data in the same
+    order and a run resumes under another world size. Images stay grouped (a rank's boxes are a
+    subsequence of the epoch order), and every rank yields the same number of batches (``len()``), as
+    distributed training needs. ``drop_last=True``: full global batches only. ``drop_last=False``: every
+    box exactly once; the last global batch is split as evenly as possible (its boxes repeat from the
+    start of the epoch only when it holds fewer boxes than there are ranks).
     Deterministic in ``(seed, epoch)``; call ``set_epoch(e)`` before each epoch.
     """
 
@@ -53,15 +56,11 @@ class ImageGroupedBatchSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _share(self, rank: int):
-        T, R = self.num_samples, self.num_replicas
-        return rank * T // R, (rank + 1) * T // R
-
     def __len__(self) -> int:
-        T, R, B = self.num_samples, self.num_replicas, self.batch_size
+        global_batch = self.batch_size * self.num_replicas
         if self.drop_last:
-            return (T // R) // B
-        return math.ceil(math.ceil(T / R) / B)
+            return self.num_samples // global_batch
+        return math.ceil(self.num_samples / global_batch)
 
     def _order(self) -> np.ndarray:
         if not self.shuffle:
@@ -72,23 +71,15 @@ class ImageGroupedBatchSampler(Sampler):
 
     def __iter__(self) -> Iterator[List[int]]:
         order = self._order()
-        lo, hi = self._share(self.rank)
-        share = order[lo:hi]
-        nb, B = len(self), self.batch_size
-        if nb == 0:
-            return
-        if self.drop_last:
-            for k in range(nb):
-                yield share[k * B:(k + 1) * B].tolist()
-            return
-        m = len(share)
-        if m < nb:  # degenerate: fewer boxes than batches; repeat some of this share's own boxes
-            share = np.resize(share, nb)
-            m = nb
-        sizes = [B] * (nb - 1) + [m - (nb - 1) * B]
-        if sizes[-1] < 1:  # a share one box short of the others' batch count: split evenly instead
-            sizes = [len(a) for a in np.array_split(np.arange(m), nb)]
-        start = 0
-        for n in sizes:
-            yield share[start:start + n].tolist()
-            start += n
+        B, R = self.batch_size, self.num_replicas
+        G = B * R
+        for k in range(len(self)):
+            chunk = order[k * G:(k + 1) * G]
+            if len(chunk) == G:
+                yield chunk[self.rank * B:(self.rank + 1) * B].tolist()
+                continue
+            # The last, short global batch (drop_last=False): split evenly; with fewer boxes than ranks,
+            # pad from the epoch start so that no rank is left without a batch.
+            if len(chunk) < R:
+                chunk = np.concatenate([chunk, np.resize(order, R - len(chunk))])
+            yield np.array_split(chunk, R)[self.rank].tolist()
