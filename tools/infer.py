@@ -9,6 +9,9 @@ config with --detector-config), detections:FILE.json (any detector's COCO result
 (ground-truth boxes, to evaluate the classifier alone).
 Writes OUTPUT/predictions.json (COCO results + file_name, detector class/score, classifier score),
 OUTPUT/detector_predictions.json, OUTPUT/vis/*.jpg, OUTPUT/summary.json and, with --eval, OUTPUT/eval.json.
+Several processes: `torchrun --nproc_per_node N tools/infer.py ...` (one rank per GPU), or, for schedulers
+without torchrun, one job per `--num-shards K --shard-id I`; each takes a contiguous part of the inputs and
+the merged OUTPUT/predictions.json equals a single process's (docs/distributed.md).
 Exit status: 0 ok, 1 some inputs could not be read (listed; the rest were processed), 2 usage error.
 """
 import argparse
@@ -58,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vis-score-thresh", type=float, default=0.3)
     p.add_argument("--video-stride", type=int, default=1, help="every Nth video frame")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--num-shards", type=int, default=0, help="split the inputs into K shards (default: the "
+                   "torchrun world size, else 1); the last shard to finish merges the outputs")
+    p.add_argument("--shard-id", type=int, default=0, help="this job's shard, 0 .. K-1")
     return p.parse_args(argv)
 
 
@@ -76,7 +82,7 @@ def main(argv=None) -> int:
         crop_mode=args.crop_mode, nms_thresh=args.nms_thresh, batch_size=args.batch_size,
         crops_per_forward=args.crops_per_forward, categories=args.categories, eval=args.eval,
         vis_limit=args.vis_limit, vis_score_thresh=args.vis_score_thresh, video_stride=args.video_stride,
-        progress=not args.no_progress,
+        progress=not args.no_progress, num_shards=args.num_shards, shard_id=args.shard_id,
     )
     try:
         summary = run(opts)
@@ -88,6 +94,10 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         raise
+    if summary.get("merged") is False:  # a shard whose part is written; another process merges
+        print(f"shard {summary['shard']} of {summary['num_shards']}: {summary['images']} images written to "
+              f"{os.path.join(args.output, 'shards')}")
+        return 0
     print(format_summary(summary))
     print(f"outputs: {os.path.join(args.output, 'predictions.json')}, summary.json"
           + (", eval.json" if args.eval else "") + (", vis/" if args.vis_limit else ""))

@@ -18,6 +18,7 @@ from ..pipeline import SecondStage
 from ..utils.io import atomic_save_json, atomic_write_bytes
 from .coco_results import assign_category_ids, coco_box_map, detector_results, fused_results
 from .inputs import BadInput, batched, expand_inputs, iter_records
+from .sharding import gather_parts, merge_parts, resolve_shard, shard_device, write_part
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class InferOptions:
     vis_score_thresh: float = 0.3
     video_stride: int = 1
     progress: bool = True
+    num_shards: int = 0  # > 0: run shard ``shard_id`` of that many (schedulers); 0: torchrun's world, or one
+    shard_id: int = 0
 
 
 @dataclass
@@ -70,6 +73,7 @@ class _Tally:
     det_results: List[dict] = field(default_factory=list)
     results: List[dict] = field(default_factory=list)
     eval_img_ids: List[int] = field(default_factory=list)
+    records: List[tuple] = field(default_factory=list)  # (image id, fixed by an annotation file), input order
 
 
 def _device(name: Optional[str]) -> str:
@@ -129,10 +133,17 @@ def categories_of(path: str) -> List[dict]:
 
 
 def run(o: InferOptions) -> Dict[str, Any]:
-    """Runs inference; returns the summary (``summary["bad_inputs"]`` non-empty -> the CLI exits 1)."""
-    device = _device(o.device)
+    """Runs inference; returns the summary (``summary["bad_inputs"]`` non-empty -> the CLI exits 1).
+
+    Sharded (torchrun, or ``num_shards``): this process's part of the inputs; the process that merges
+    returns the merged summary, the others ``{"shard": ..., "merged": False}``."""
     if o.batch_size < 1 or o.video_stride < 1:
         raise UsageError("--batch-size and --video-stride must be >= 1")
+    try:
+        shard = resolve_shard(o.num_shards, o.shard_id)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    device = _device(shard_device(o.device, shard))
     first, second, ref_cats = build_stages(o, device)
     out_dir = Path(o.output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -162,6 +173,9 @@ def run(o: InferOptions) -> Dict[str, Any]:
     next_id = max(known_ids.values(), default=0) + 1
 
     files, bad = expand_inputs(o.input)
+    if shard.count > 1:  # a contiguous part; missing paths are reported once, by shard 0
+        files, bad = shard.take(files), (bad if shard.index == 0 else [])
+    first_new_id = next_id
     tally = _Tally()
     t_start = time.perf_counter()
     records = iter_records(files, bad, video_stride=o.video_stride)
@@ -181,11 +195,27 @@ def run(o: InferOptions) -> Dict[str, Any]:
                 r.image_id = known_ids[r.key]
             else:
                 r.image_id, next_id = next_id, next_id + 1
+            tally.records.append((r.image_id, r.key in known_ids))
             kept.append(r)
         if kept:
             _process(kept, first, second, o, tally, output_names, det_names, out_ids, det_ids, gt_boxes, vis_dir)
     wall = time.perf_counter() - t_start
+    if shard.count > 1:
+        bad_dicts = [{"path": b.path, "reason": b.reason} for b in bad]
+        write_part(shard, out_dir, vars(tally), bad_dicts, wall, tally.records)
+        parts = gather_parts(shard, out_dir)
+        if parts is None:
+            return {"shard": shard.index, "num_shards": shard.count, "merged": False, "images": tally.images}
+        merged, bad_dicts, wall = merge_parts(parts, first_new_id)
+        tally = _Tally(**merged)
+        bad = [BadInput(b["path"], b["reason"]) for b in bad_dicts]
+    return _write_outputs(o, out_dir, tally, bad, wall, second, device, output_names, det_names, out_ids, det_ids, gt,
+                          extra={"num_shards": shard.count} if shard.count > 1 else None)
 
+
+def _write_outputs(o: InferOptions, out_dir: Path, tally: _Tally, bad: List[BadInput], wall: float,
+                   second: SecondStage, device: str, output_names, det_names, out_ids, det_ids, gt,
+                   extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     atomic_save_json(out_dir / "predictions.json", tally.results)
     atomic_save_json(out_dir / "detector_predictions.json", tally.det_results)
     summary: Dict[str, Any] = {
@@ -208,6 +238,7 @@ def run(o: InferOptions) -> Dict[str, Any]:
         "categories": [{"id": out_ids[n], "name": n} for n in output_names],
         "detector_categories": [{"id": det_ids[n], "name": n} for n in det_names],
         "bad_inputs": [{"path": b.path, "reason": b.reason} for b in bad],
+        **(extra or {}),
     }
     if gt is not None:
         summary["eval"] = evaluate(gt, tally, o.eval)
