@@ -44,7 +44,14 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    import torch
     from detectron2.engine import launch
+
+    if args.num_gpus * args.num_machines > 1 and not torch.cuda.is_available():
+        # DefaultTrainer's create_ddp_model always passes device_ids=[local rank], which DDP refuses on CPU.
+        print("error: --num-gpus/--num-machines > 1 needs CUDA GPUs (Detectron2's DefaultTrainer runs DDP on GPUs "
+              "only); on CPU train with one process", file=sys.stderr)
+        return 2
 
     launch(worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args, datasets))
