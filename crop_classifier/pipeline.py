@@ -255,6 +255,7 @@ class SecondStage(nn.Module):
         nms_thresh: float = 0.5,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        channels_last: bool = True,
     ):
         super().__init__()
         if fusion not in FUSION_MODES:
@@ -264,6 +265,10 @@ class SecondStage(nn.Module):
         if min_size < 0 or max_size < 0 or (max_size and max_size < min_size):
             raise ValueError(f"box size gates: need 0 <= min_size <= max_size (0 = no limit); got {min_size}, {max_size}")
         self.classifier = classifier.eval()
+        # NHWC convolutions: about 2x faster for this network on CPU (oneDNN), and what tensor cores want.
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.classifier.to(memory_format=torch.channels_last)
         for p in self.classifier.parameters():
             p.requires_grad_(False)
         self.class_map = ClassMap(detector_classes, classifier_classes, class_map)
@@ -378,6 +383,8 @@ class SecondStage(nn.Module):
             if n_pending:
                 x = torch.cat(pending)
                 x = (x - self.mean) / self.std
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 chunks.append(torch.softmax(self.classifier(x).float(), dim=1))
             pending, n_pending = [], 0
 
