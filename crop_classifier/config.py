@@ -45,7 +45,10 @@ def get_cfg() -> CfgNode:
 
     _C.INPUT = CfgNode()
     _C.INPUT.SIZE = 0  # crop side in pixels; 0: the architecture's native input size (79/151/299)
-    _C.INPUT.AUGMENT = True  # low-resolution augmentation on training crops
+    _C.INPUT.AUGMENT = True  # flips, colour and scale/aspect jitter on training crops
+    # Blur or downscale-upscale a third of the training crops (large objects then look like small ones).
+    # Off where the class lives in fine detail that a 4x downscale erases (e.g. the synthetic marks).
+    _C.INPUT.AUGMENT_LOW_RESOLUTION = True
     # Training boxes are jittered to a random box with at least this IoU with the ground truth, so the
     # classifier sees boxes like a detector's; 0 disables the jitter.
     _C.INPUT.JITTER_IOU = 0.7

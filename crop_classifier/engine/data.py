@@ -55,7 +55,9 @@ def build_train_loader(cfg: CfgNode, samples: Sequence, input_size: int, *, per_
     dataset = CropDataset(
         samples, input_size, context=cfg.CROP.CONTEXT, mode=cfg.CROP.MODE, train=True,
         jitter_iou=cfg.INPUT.JITTER_IOU or None,
-        transform=build_train_transform(input_size) if cfg.INPUT.AUGMENT else None, seed=cfg.SEED,
+        transform=(build_train_transform(input_size, low_resolution=cfg.INPUT.AUGMENT_LOW_RESOLUTION)
+                   if cfg.INPUT.AUGMENT else None),
+        seed=cfg.SEED,
     )
     sampler = ImageGroupedBatchSampler(
         samples, per_rank_batch, shuffle=True, seed=cfg.SEED, drop_last=True,

@@ -99,6 +99,8 @@ class Trainer:
         if self.channels_last:
             module.to(memory_format=torch.channels_last)
         if self.world_size > 1 and cfg.MODEL.SYNC_BN:
+            if not on_gpu:
+                raise ValueError("config key MODEL.SYNC_BN: PyTorch's SyncBatchNorm runs on GPUs only; set it False on CPU")
             module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
         self.module = self.model = module
         if self.world_size > 1:
