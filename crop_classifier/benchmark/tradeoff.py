@@ -150,6 +150,29 @@ def _recipe_cfg(batch_size: int, epochs: int, base_lr: Optional[float]):
     return cfg
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches) -> int:
+    """Recompute every BatchNorm's running statistics as a plain average over ``batches`` (train-mode
+    forward passes, no gradient). After a few hundred steps the exponential running averages still carry
+    their initial values (0.9^100 is 3e-5, but 0.9^10 is 0.35), so a short training run is evaluated with
+    the statistics of its final weights instead; long runs are unaffected."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = model.training
+    model.train()
+    n = 0
+    for x in batches:
+        model(x)
+        n += 1
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.train(was_training)
+    return n
+
+
 def train_and_evaluate(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                        test_y: torch.Tensor, class_names: Sequence[str], *, epochs: int, batch_size: int,
                        seed: int = 0, base_lr: Optional[float] = None, device: str = "cpu") -> Dict[str, object]:
@@ -192,6 +215,8 @@ def train_and_evaluate(model: nn.Module, train_x: torch.Tensor, train_y: torch.T
             scheduler.step()
             losses.append(loss.item())
     train_s = time.perf_counter() - t0
+    calib = train_x[torch.randperm(n, generator=g)[:min(n, 20 * batch_size)]]
+    recalibrate_bn(model, (prep(calib[i:i + batch_size]) for i in range(0, len(calib), batch_size)))
     model.eval()
     with torch.inference_mode():
         logits = torch.cat([model(prep(test_x[i:i + 64])).float().cpu() for i in range(0, len(test_y), 64)])
@@ -265,6 +290,7 @@ def run_tradeoff(
               f"{cfg.SOLVER.REFERENCE_BATCH_SIZE} decayed x{cfg.SOLVER.LR_DECAY} every {cfg.SOLVER.LR_DECAY_EPOCHS} "
               f"epochs, label smoothing {cfg.SOLVER.LABEL_SMOOTHING}, gradient clipping {cfg.SOLVER.CLIP_GRAD_NORM}, "
               f"no auxiliary head, horizontal flips; crops of ground-truth boxes with context {DEFAULT_CONTEXT}; "
-              f"from scratch (random init, seed {seed}).")
+              f"from scratch (random init, seed {seed}); BN statistics recomputed on up to {20 * batch_size} "
+              "training crops before evaluation.")
     return {"device": device, "width": width, "epochs": epochs, "batch_size": batch_size, "recipe": recipe,
             "datasets": data_info, "majority_top1": majority, "rows": rows}
