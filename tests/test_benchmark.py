@@ -31,7 +31,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    rc = _tool().main(["--output", str(out), "--tiny", "--only", "models,crops,tradeoff,memory",
+    # One thread: tiny ops are dominated by OpenMP hand-offs, which stall badly when other processes share
+    # the cores (these settings measure nothing; the test checks structure and consistency).
+    rc = _tool().main(["--output", str(out), "--tiny", "--threads", "1", "--only", "models,crops,tradeoff,memory",
                        "--work-dir", str(tmp_path_factory.mktemp("work"))])
     return rc, out, json.loads((out / "benchmark.json").read_text())
 
@@ -44,7 +46,7 @@ def test_tiny_run_writes_every_output(tiny_run):
     env = res["environment"]
     assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"].startswith(
         torch.__version__.split("+")[0])
-    assert env["cpu_count"] >= 1 and env["torch_threads"] >= 1
+    assert env["cpu_count"] >= 1 and env["torch_threads"] == 1
     # Plots of the sections that ran (pipeline did not) are real PNGs, and no temporary file is left behind.
     assert set(res["plots"]) == {"throughput", "crops", "tradeoff"}
     for name in res["plots"].values():
@@ -59,12 +61,12 @@ def test_tiny_run_writes_every_output(tiny_run):
 def test_tiny_models_section(tiny_run):
     _, _, res = tiny_run
     m = res["models"]
-    # torchvision's reference has no width knob, so a width-reduced run covers our three variants only.
-    assert set(m["info"]) == {"v3_79", "v3_151", "v3_299"}
+    # torchvision's reference has no width knob, so a width-reduced run covers our variants only.
+    assert set(m["info"]) == {"v3_79", "v3_299"}
     assert m["info"]["v3_79"]["params"] == m["info"]["v3_299"]["params"]  # the stems carry no parameters
     assert m["info"]["v3_79"]["params_with_aux"] > m["info"]["v3_79"]["params"]
     got = {(r["model"], r["mode"], r["batch"]) for r in m["rows"]}
-    expected = {(n, "optimized", b) for n in ("v3_79", "v3_151", "v3_299") for b in (1, 2)} | {("v3_299", "eager", 2)}
+    expected = {(n, "optimized", b) for n in ("v3_79", "v3_299") for b in (1, 2)} | {("v3_299", "eager", 2)}
     assert got == expected
     for r in m["rows"]:
         assert r["latency_p95_ms"] >= r["latency_p50_ms"] > 0
@@ -95,7 +97,7 @@ def test_tiny_crops_tradeoff_memory_sections(tiny_run):
     # Cost ordering the comparison rests on: upsampling to 299 costs what v3_299 costs; shrinking is far cheaper.
     assert by["v3_299 upsampled"]["gmacs"] >= by["v3_299"]["gmacs"]
     assert by["v3_299 stem @79"]["gmacs"] < 0.2 * by["v3_79"]["gmacs"]
-    assert t["datasets"]["synthetic"]["train_crops"] == by["v3_79"]["train_crops"] <= 16
+    assert t["datasets"]["synthetic"]["train_crops"] == by["v3_79"]["train_crops"] <= 8
 
     mem = res["memory"]
     assert mem["images"] == 20 and len(mem["samples"]) >= 2
@@ -104,7 +106,7 @@ def test_tiny_crops_tradeoff_memory_sections(tiny_run):
 
 @pytest.mark.detectron2
 def test_tiny_pipeline_section(tmp_path):
-    rc = _tool().main(["--output", str(tmp_path), "--tiny", "--only", "pipeline"])
+    rc = _tool().main(["--output", str(tmp_path), "--tiny", "--threads", "1", "--only", "pipeline"])
     assert rc == 0
     p = json.loads((tmp_path / "benchmark.json").read_text())["pipeline"]
     assert p["detector_gflop"] > 0 and p["detections_at_score_0"] >= 3

@@ -7,6 +7,15 @@ from crop_classifier.models import build_classifier
 from crop_classifier.models.fuse import FusionError, find_conv_bn_pairs, fuse_conv_bn, optimize_for_inference
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Numerics only: one thread avoids OpenMP stalls when other processes share the cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BN statistics and affine parameters, so a wrong fold changes the output."""
     g = torch.Generator().manual_seed(seed)

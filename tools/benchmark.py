@@ -37,9 +37,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
     import torch
 
-    from crop_classifier.benchmark.runner import SECTIONS, run_benchmark
+    from crop_classifier.benchmark.runner import SECTIONS
 
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in only if s not in SECTIONS]
@@ -52,8 +53,18 @@ def main(argv=None) -> int:
     if args.threads < 0:
         print(f"error: --threads must be >= 0, got {args.threads}", file=sys.stderr)
         return 2
+    threads_before = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        return _run(args, only)
+    finally:
+        torch.set_num_threads(threads_before)  # main() is also called in-process (tests)
+
+
+def _run(args, only) -> int:
+    from crop_classifier.benchmark.runner import run_benchmark
+
     overrides = {}
     if args.tradeoff_epochs or args.tradeoff_width:
         overrides["tradeoff"] = {k: v for k, v in (("epochs", args.tradeoff_epochs), ("width", args.tradeoff_width))
@@ -62,7 +73,7 @@ def main(argv=None) -> int:
     try:
         results = run_benchmark(args.output, preset=preset, device=args.device, only=only, compile=args.compile,
                                 overrides=overrides, work_dir=args.work_dir,
-                                command=" ".join(["tools/benchmark.py"] + (argv if argv is not None else sys.argv[1:])))
+                                command=" ".join(["tools/benchmark.py"] + args.argv))
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

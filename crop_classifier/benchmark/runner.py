@@ -46,13 +46,13 @@ PRESETS: Dict[str, Dict[str, dict]] = {
         "memory": dict(num_images=300, warmup=20, sample_every=50, max_boxes=8),
     },
     "tiny": {
-        "models": dict(width=0.0625, batches=(1, 2), eager_batches=(2,), rounds={1: 1, 2: 1}, min_round_s=0.0,
-                       matmul_n=128, profile=(("v3_79", "optimized", 2),)),
+        "models": dict(names=("v3_79", "v3_299"), width=0.0625, batches=(1, 2), eager_batches=(2,),
+                       rounds={1: 1, 2: 1}, min_round_s=0.0, matmul_n=128, profile=(("v3_79", "optimized", 2),)),
         "crops": dict(box_counts=(1, 10, 100), sizes=(79,), rounds=1, min_round_s=0.0),
         "pipeline": dict(box_counts=(1, 3), variants=("v3_79",), widths=(0.0625,), image_wh=(320, 213),
                          min_size_test=128, rounds=1, config_file="configs/d2/tiny_R18_FPN_random.yaml"),
-        "tradeoff": dict(width=0.0625, epochs=1, synthetic_train=3, synthetic_test=2, datasets=("synthetic",),
-                         image_size=160, batch_size=8, max_train_crops=16),
+        "tradeoff": dict(width=0.0625, epochs=1, synthetic_train=2, synthetic_test=1, datasets=("synthetic",),
+                         image_size=128, batch_size=8, max_train_crops=8),
         "memory": dict(num_images=20, warmup=2, sample_every=5, max_boxes=3),
     },
 }
