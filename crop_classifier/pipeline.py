@@ -20,8 +20,9 @@ file, ground-truth boxes) hands this module the same thing, so the fusion rules 
 * Output class ids: the output class space is the classifier's classes, in the checkpoint's order
   (ids ``0 .. K-1``), followed by every detector class whose name is not a classifier class, in the
   detector's order (ids ``K ..``). Boxes of mapped detector classes that are re-classified end up in the
-  classifier's part; boxes that pass through (unmapped class, class not selected, size gate) keep their
-  detector class, translated to the output id of the same name.
+  classifier's part; boxes that pass through (unmapped class, class not selected, size gate, or a box
+  that cannot be cropped: NaN/inf, inverted, off the image per ``crops.valid_boxes_mask``) keep their
+  detector class and score, translated to the output id of the same name; they are never dropped.
 
 Crops come from the original-resolution image (``crop_classifier.crops.extract_crops``), with the context
 margin and crop mode the classifier was trained with (checkpoint meta ``crop``) unless overridden.
@@ -433,6 +434,12 @@ class SecondStage(nn.Module):
                 raise ValueError(f"image {i}: detector class id {int(c.max()) if int(c.max()) >= D else int(c.min())} "
                                  f"is outside the {D} detector classes")
             e = self.eligible(b.float(), c.long())
+            if i < len(images) and b.shape[0]:
+                # NaN/inf, inverted or off-image boxes cannot be cropped: they are never classified and
+                # pass through untouched (detector class and score), like boxes outside the size gates.
+                from .crops import valid_boxes_mask
+
+                e = e & valid_boxes_mask(b.detach(), tuple(images[i].shape[-2:])).to(e.device)
             eligible.append(e)
             crop_boxes.append(b[e])
         probs_e = self.classify(images, crop_boxes)
@@ -453,8 +460,13 @@ class SecondStage(nn.Module):
             if self.fusion == "replace" and 0 < self.nms_thresh < 1 and len(r):
                 from torchvision.ops import batched_nms
 
-                order = batched_nms(r.boxes, r.scores, r.classes, self.nms_thresh)
-                r = r.select(order)
+                # batched_nms offsets boxes by the largest coordinate: one NaN/inf box would poison
+                # every IoU, so only finite boxes take part; the others pass through.
+                finite = torch.isfinite(r.boxes).all(dim=1)
+                fi = torch.nonzero(finite).flatten()
+                kept = fi[batched_nms(r.boxes[fi], r.scores[fi], r.classes[fi], self.nms_thresh)]
+                kept = torch.cat([kept, torch.nonzero(~finite).flatten()])
+                r = r.select(kept[torch.argsort(r.scores[kept], descending=True, stable=True)])
             else:
                 r = r.select(torch.argsort(r.scores, descending=True))
             results.append(r)
