@@ -12,7 +12,8 @@ OUTPUT/detector_predictions.json, OUTPUT/vis/*.jpg, OUTPUT/summary.json and, wit
 Several processes: `torchrun --nproc_per_node N tools/infer.py ...` (one rank per GPU), or, for schedulers
 without torchrun, one job per `--num-shards K --shard-id I`; each takes a contiguous part of the inputs and
 the merged OUTPUT/predictions.json equals a single process's (docs/distributed.md).
-Exit status: 0 ok, 1 some inputs could not be read (listed; the rest were processed), 2 usage error.
+Exit status: 0 ok, 1 some inputs could not be read or some detections/annotation entries were malformed
+(listed in the summary and OUTPUT/summary.json; the rest were processed), 2 usage error.
 """
 import argparse
 import logging
@@ -101,7 +102,11 @@ def main(argv=None) -> int:
     print(format_summary(summary))
     print(f"outputs: {os.path.join(args.output, 'predictions.json')}, summary.json"
           + (", eval.json" if args.eval else "") + (", vis/" if args.vis_limit else ""))
-    return 1 if summary["bad_inputs"] else 0
+    problems = [f"bad input {b['path']}: {b['reason']}" for b in summary["bad_inputs"]]
+    problems += [f"bad entry {e}" for e in summary.get("bad_entries", [])]
+    for line in problems:  # also on stderr, so a batch job's log shows what was skipped
+        print(f"warning: {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

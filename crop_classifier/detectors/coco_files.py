@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 from typing import Any, Dict, List, Tuple
+
+logger = logging.getLogger(__name__)
 
 
 def read_json(path: str, what: str) -> Any:
@@ -48,9 +52,26 @@ def images_by_key(data: Dict[str, Any], path: str) -> Dict[str, Dict[str, Any]]:
 
 
 def xywh_to_xyxy(bbox, where: str) -> List[float]:
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-        raise ValueError(f"{where}: bbox must be [x, y, w, h], got {bbox!r}")
+    if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)):
+        raise ValueError(f"{where}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}"[:300])
     x, y, w, h = (float(v) for v in bbox)
     if w < 0 or h < 0:
-        raise ValueError(f"{where}: bbox has negative width/height: {bbox!r}")
+        raise ValueError(f"{where}: bbox has a negative width/height: {bbox!r}")
     return [x, y, x + w, y + h]
+
+
+def int_field(entry: Dict[str, Any], key: str, where: str) -> int:
+    """``entry[key]`` as an int id (COCO ids are integers), or a ValueError naming the entry and key."""
+    if key not in entry:
+        raise ValueError(f"{where}: missing key {key!r}")
+    v = entry[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+        raise ValueError(f"{where}: {key} must be an integer, got {type(v).__name__} {str(v)[:40]!r}")
+    return int(v)
+
+
+def log_entry_errors(path: str, errors: List[str]) -> None:
+    if errors:
+        logger.warning("%s: skipped %d malformed entr%s: %s%s", path, len(errors), "y" if len(errors) == 1 else "ies",
+                       "; ".join(errors[:5]), " ..." if len(errors) > 5 else "")

@@ -7,13 +7,14 @@ annotations file. Class names come from the annotations' categories, else from t
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from .base import FirstStage, ImageDetections, ImageRecord
-from .coco_files import categories, images_by_key, load_annotations, read_json, xywh_to_xyxy
+from .coco_files import categories, images_by_key, int_field, load_annotations, log_entry_errors, read_json, xywh_to_xyxy
 
 
 class DetectionsFile(FirstStage):
@@ -32,6 +33,8 @@ class DetectionsFile(FirstStage):
         else:
             named = {}
             for i, e in enumerate(entries):
+                if not isinstance(e, dict):
+                    continue  # named as a bad entry below
                 if "category_name" not in e:
                     raise ValueError(
                         f"detections {path}: entry {i} has a category_id but no category_name; pass the annotations "
@@ -45,25 +48,43 @@ class DetectionsFile(FirstStage):
         id_to_key = {int(img["id"]): k for k, img in images_by_key(ann, annotations).items()} if ann else {}
         self.by_key: Dict[str, list] = {}
         self.image_ids: Dict[str, int] = {}  # image ids the file uses, so refined results keep them
+        # Malformed entries are skipped, each named in ``errors`` (the runner reports them and fails);
+        # every good one is used. An entry for an image that is not an input is simply unused.
+        self.errors: List[str] = []
         for i, e in enumerate(entries):
             where = f"detections {path}: entry {i}"
-            if not isinstance(e, dict) or "bbox" not in e or "category_id" not in e:
-                raise ValueError(f"{where}: needs bbox and category_id, got {e!r}"[:300])
-            if "file_name" in e:
-                key = os.path.basename(e["file_name"])
-            elif e.get("image_id") in id_to_key:
-                key = id_to_key[e["image_id"]]
-            else:
-                raise ValueError(f"{where}: no file_name, and image_id {e.get('image_id')!r} is not in "
-                                 f"{annotations or 'an annotations file (pass one to match image ids)'}")
-            if int(e["category_id"]) not in cat_index:
-                raise ValueError(f"{where}: category_id {e['category_id']} is not a known category")
-            if "image_id" in e:
-                self.image_ids.setdefault(key, int(e["image_id"]))
-            score = float(e.get("score", 1.0))
-            if score < score_thresh:
+            try:
+                if not isinstance(e, dict):
+                    raise ValueError(f"{where}: expected a JSON object, got {type(e).__name__} {str(e)[:60]!r}")
+                for k in ("bbox", "category_id"):
+                    if k not in e:
+                        raise ValueError(f"{where}: missing key {k!r}")
+                cid = int_field(e, "category_id", where)
+                if "file_name" in e:
+                    if not isinstance(e["file_name"], str):
+                        raise ValueError(f"{where}: file_name must be a string, got {e['file_name']!r}"[:300])
+                    key = os.path.basename(e["file_name"])
+                else:
+                    iid = int_field(e, "image_id", where) if "image_id" in e else None
+                    if iid not in id_to_key:
+                        raise ValueError(f"{where}: no file_name, and image_id {iid!r} is not in "
+                                         f"{annotations or 'an annotations file (pass one to match image ids)'}")
+                    key = id_to_key[iid]
+                if cid not in cat_index:
+                    raise ValueError(f"{where}: category_id {cid} is not a known category")
+                score = e.get("score", 1.0)
+                if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+                    raise ValueError(f"{where}: score must be a finite number, got {score!r}"[:300])
+                box = xywh_to_xyxy(e["bbox"], where)
+                if "image_id" in e:
+                    self.image_ids.setdefault(key, int_field(e, "image_id", where))
+            except ValueError as err:
+                self.errors.append(str(err))
                 continue
-            self.by_key.setdefault(key, []).append((xywh_to_xyxy(e["bbox"], where), cat_index[int(e["category_id"])], score))
+            if float(score) < score_thresh:
+                continue
+            self.by_key.setdefault(key, []).append((box, cat_index[cid], float(score)))
+        log_entry_errors(path, self.errors)
 
     def detect(self, records: Sequence[ImageRecord]) -> List[ImageDetections]:
         out = []

@@ -133,7 +133,8 @@ def categories_of(path: str) -> List[dict]:
 
 
 def run(o: InferOptions) -> Dict[str, Any]:
-    """Runs inference; returns the summary (``summary["bad_inputs"]`` non-empty -> the CLI exits 1).
+    """Runs inference; returns the summary (``summary["bad_inputs"]`` or ``summary["bad_entries"]`` non-empty
+    -> the CLI exits 1).
 
     Sharded (torchrun, or ``num_shards``): this process's part of the inputs; the process that merges
     returns the merged summary, the others ``{"shard": ..., "merged": False}``."""
@@ -210,12 +211,13 @@ def run(o: InferOptions) -> Dict[str, Any]:
         tally = _Tally(**merged)
         bad = [BadInput(b["path"], b["reason"]) for b in bad_dicts]
     return _write_outputs(o, out_dir, tally, bad, wall, second, device, output_names, det_names, out_ids, det_ids, gt,
-                          extra={"num_shards": shard.count} if shard.count > 1 else None)
+                          extra={"num_shards": shard.count} if shard.count > 1 else None,
+                          bad_entries=list(getattr(first, "errors", [])) + list(getattr(gt_boxes, "errors", [])))
 
 
 def _write_outputs(o: InferOptions, out_dir: Path, tally: _Tally, bad: List[BadInput], wall: float,
                    second: SecondStage, device: str, output_names, det_names, out_ids, det_ids, gt,
-                   extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                   extra: Optional[Dict[str, Any]] = None, bad_entries: Sequence[str] = ()) -> Dict[str, Any]:
     atomic_save_json(out_dir / "predictions.json", tally.results)
     atomic_save_json(out_dir / "detector_predictions.json", tally.det_results)
     summary: Dict[str, Any] = {
@@ -238,6 +240,8 @@ def _write_outputs(o: InferOptions, out_dir: Path, tally: _Tally, bad: List[BadI
         "categories": [{"id": out_ids[n], "name": n} for n in output_names],
         "detector_categories": [{"id": det_ids[n], "name": n} for n in det_names],
         "bad_inputs": [{"path": b.path, "reason": b.reason} for b in bad],
+        # malformed entries of the detections / annotation files, skipped (the rest was used)
+        "bad_entries": list(bad_entries or []),
         **(extra or {}),
     }
     if gt is not None:
@@ -328,6 +332,10 @@ def format_summary(s: Dict[str, Any]) -> str:
             lines.append(f"  {label:16}" + "".join(f"{ev[key][k]:8.4f}" for k in ("AP", "AP50", "AP75")))
         if ev["crop_top1"] is not None:
             lines.append(f"  crop top-1 on {ev['crop_top1_boxes']} ground-truth boxes: {ev['crop_top1']:.4f}")
+    if s.get("bad_entries"):
+        lines.append(f"{len(s['bad_entries'])} malformed detection/annotation entr"
+                     f"{'y was' if len(s['bad_entries']) == 1 else 'ies were'} skipped:")
+        lines += [f"  {e}" for e in s["bad_entries"]]
     if s["bad_inputs"]:
         lines.append(f"{len(s['bad_inputs'])} input(s) could not be processed:")
         lines += [f"  {b['path']}: {b['reason']}" for b in s["bad_inputs"]]
