@@ -124,7 +124,11 @@ def load_config(
             cfg.merge_from_list(opts)
         except (KeyError, ValueError) as e:
             raise type(e)(f"command-line override: {_message(e)}") from None
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ValueError as e:  # name where the values came from (a file value may be overridden on the line)
+        sources = [str(config_file)] * (config_file is not None) + ["command-line overrides"] * bool(opts)
+        raise ValueError(f"{' + '.join(sources)}: {e}" if sources else str(e)) from None
     if freeze:
         cfg.freeze()
     return cfg
@@ -141,6 +145,9 @@ def _check_key_exists(cfg: CfgNode, full_key: str) -> None:
 
 def validate(cfg: CfgNode) -> None:
     """Value checks that the type checks of CfgNode do not cover; each error names the key."""
+    from .models import ARCHITECTURES
+
+    _check(cfg.MODEL.ARCH in ARCHITECTURES, "MODEL.ARCH", cfg.MODEL.ARCH, "one of " + ", ".join(sorted(ARCHITECTURES)))
     _check(cfg.MODEL.WIDTH > 0, "MODEL.WIDTH", cfg.MODEL.WIDTH, "> 0")
     _check(cfg.MODEL.NUM_CLASSES >= 0, "MODEL.NUM_CLASSES", cfg.MODEL.NUM_CLASSES, ">= 0 (0: derived)")
     _check(cfg.CROP.MODE in ("square", "letterbox"), "CROP.MODE", cfg.CROP.MODE, "square or letterbox")

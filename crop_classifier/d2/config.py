@@ -41,3 +41,18 @@ def add_crop_classifier_config(cfg: CN) -> CN:
     # 0 disables it.
     _C.NMS_THRESH = 0.5
     return cfg
+
+
+def validate_crop_classifier_config(cfg: CN) -> None:
+    """Value checks of ``MODEL.CROP_CLASSIFIER`` (run when the meta-architecture is built); each error names the key."""
+    from ..models import ARCHITECTURES
+    from ..pipeline import FUSION_MODES
+
+    c = cfg.MODEL.CROP_CLASSIFIER
+    for key, ok, expected in (
+        ("ARCH", c.ARCH in ARCHITECTURES, "one of " + ", ".join(sorted(ARCHITECTURES))),
+        ("WIDTH", c.WIDTH > 0, "> 0"),
+        ("FUSION", c.FUSION in FUSION_MODES, "one of " + ", ".join(FUSION_MODES)),
+    ):
+        if not ok:
+            raise ValueError(f"config key MODEL.CROP_CLASSIFIER.{key}: got {c[key]!r}, expected {expected}")

@@ -50,6 +50,9 @@ def detector_class_names(cfg) -> List[str]:
 
 def build_second_stage(cfg) -> SecondStage:
     """The second stage a config describes (classifier weights loaded when MODEL.CROP_CLASSIFIER.WEIGHTS is set)."""
+    from .config import validate_crop_classifier_config
+
+    validate_crop_classifier_config(cfg)
     c = cfg.MODEL.CROP_CLASSIFIER
     det_names = detector_class_names(cfg)
     options = dict(

@@ -110,3 +110,20 @@ def test_d2_config_unknown_key_and_type():
         cfg.merge_from_list(["MODEL.CROP_CLASSIFIER.FUSIONN", "replace"])
     with pytest.raises(ValueError, match="MODEL.CROP_CLASSIFIER.NMS_THRESH"):
         cfg.merge_from_list(["MODEL.CROP_CLASSIFIER.NMS_THRESH", "high"])
+
+
+@pytest.mark.detectron2
+@pytest.mark.parametrize("arch", ["v3_80", "resnet50"])
+def test_d2_meta_arch_unknown_classifier_architecture(arch):
+    """Building the second stage of the meta-architecture checks MODEL.CROP_CLASSIFIER.ARCH first."""
+    from detectron2.config import get_cfg
+
+    from crop_classifier.d2.config import add_crop_classifier_config
+    from crop_classifier.d2.meta_arch import build_second_stage
+    from crop_classifier.models import ARCHITECTURES
+
+    cfg = add_crop_classifier_config(get_cfg())
+    cfg.merge_from_list(["MODEL.CROP_CLASSIFIER.ARCH", arch])
+    with pytest.raises(ValueError, match=r"MODEL\.CROP_CLASSIFIER\.ARCH") as info:
+        build_second_stage(cfg)
+    assert arch in str(info.value) and all(a in str(info.value) for a in ARCHITECTURES)
