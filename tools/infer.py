@@ -12,6 +12,8 @@ OUTPUT/detector_predictions.json, OUTPUT/vis/*.jpg, OUTPUT/summary.json and, wit
 Several processes: `torchrun --nproc_per_node N tools/infer.py ...` (one rank per GPU), or, for schedulers
 without torchrun, one job per `--num-shards K --shard-id I`; each takes a contiguous part of the inputs and
 the merged OUTPUT/predictions.json equals a single process's (docs/distributed.md).
+Each finished image is saved at once in OUTPUT/parts/ (atomically); after a stop, the same command with
+--resume processes only the rest, and the final outputs equal an uninterrupted run's.
 Exit status: 0 ok, 1 some inputs could not be read or some detections/annotation entries were malformed
 (listed in the summary and OUTPUT/summary.json; the rest were processed), 2 usage error.
 """
@@ -65,6 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-shards", type=int, default=0, help="split the inputs into K shards (default: the "
                    "torchrun world size, else 1); the last shard to finish merges the outputs")
     p.add_argument("--shard-id", type=int, default=0, help="this job's shard, 0 .. K-1")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run in the same --output: images "
+                   "with a result in OUTPUT/parts are not processed again (the options must be the same); "
+                   "without it, earlier parts are discarded")
     return p.parse_args(argv)
 
 
@@ -84,6 +89,7 @@ def main(argv=None) -> int:
         crops_per_forward=args.crops_per_forward, categories=args.categories, eval=args.eval,
         vis_limit=args.vis_limit, vis_score_thresh=args.vis_score_thresh, video_stride=args.video_stride,
         progress=not args.no_progress, num_shards=args.num_shards, shard_id=args.shard_id,
+        resume=args.resume,
     )
     try:
         summary = run(opts)

@@ -82,12 +82,10 @@ def _coco_records(ann_file: Path, image_dir: Path):
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    import cv2
+    # the one reader (EXIF orientation, 16-bit, alpha, pixel limit): crops match training and inference
+    from crop_classifier.data.images import read_rgb
 
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise FileNotFoundError(f"cannot read image {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return read_rgb(path)
 
 
 def extract_all(records, sizes: Sequence[int], label_of: Dict[int, int], *, context: float,

@@ -10,6 +10,7 @@ from typing import Iterator, List, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
+from ..data.images import ImageReadError, read_rgb
 from ..detectors.base import ImageRecord
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -50,14 +51,9 @@ def expand_inputs(paths: Sequence[str]) -> Tuple[List[str], List[BadInput]]:
 
 
 def read_image_rgb(path: str) -> np.ndarray:
-    """HxWx3 uint8 RGB; raises ValueError with the reason when the file cannot be decoded."""
-    data = np.fromfile(path, dtype=np.uint8)
-    if data.size == 0:
-        raise ValueError("empty file")
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError("not a readable image (corrupt or unsupported format)")
-    return np.ascontiguousarray(img[:, :, ::-1])
+    """HxWx3 uint8 RGB (``crop_classifier.data.images.read_rgb``, the one reader: EXIF orientation, 16-bit,
+    alpha, pixel limit); raises ``ImageReadError`` (an OSError) naming the file and the reason."""
+    return read_rgb(path)
 
 
 def iter_records(files: Sequence[str], bad: List[BadInput], *, video_stride: int = 1) -> Iterator[ImageRecord]:
@@ -86,9 +82,14 @@ def iter_records(files: Sequence[str], bad: List[BadInput], *, video_stride: int
                 bad.append(BadInput(path, "video has no readable frame"))
             continue
         try:
-            yield ImageRecord(path, read_image_rgb(path))
+            image = read_image_rgb(path)
+        except ImageReadError as e:
+            bad.append(BadInput(path, e.reason))
+            continue
         except (OSError, ValueError) as e:
             bad.append(BadInput(path, str(e)))
+            continue
+        yield ImageRecord(path, image)
 
 
 def batched(items: Iterator, size: int) -> Iterator[list]:

@@ -18,6 +18,7 @@ from ..pipeline import SecondStage
 from ..utils.io import atomic_save_json, atomic_write_bytes
 from .coco_results import assign_category_ids, coco_box_map, detector_results, fused_results
 from .inputs import BadInput, batched, expand_inputs, iter_records
+from . import resume as resume_mod
 from .sharding import gather_parts, merge_parts, resolve_shard, shard_device, write_part
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class InferOptions:
     progress: bool = True
     num_shards: int = 0  # > 0: run shard ``shard_id`` of that many (schedulers); 0: torchrun's world, or one
     shard_id: int = 0
+    resume: bool = False  # reuse OUTPUT/parts of an earlier run with the same options (see resume.py)
 
 
 @dataclass
@@ -177,37 +179,71 @@ def run(o: InferOptions) -> Dict[str, Any]:
     if shard.count > 1:  # a contiguous part; missing paths are reported once, by shard 0
         files, bad = shard.take(files), (bad if shard.index == 0 else [])
     first_new_id = next_id
-    tally = _Tally()
+    # Every finished image is written to its own part file at once (atomically), so a stopped run can be
+    # resumed (--resume) without redoing finished images; the outputs are then built from the parts.
+    parts_dir = resume_mod.parts_dir(out_dir, shard.index, shard.count)
+    try:
+        done = resume_mod.prepare(parts_dir, resume_mod.fingerprint(o), resume=o.resume)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    order: List[str] = []  # record names in input order (finished earlier or now)
+    parts: Dict[str, dict] = dict(done)
     t_start = time.perf_counter()
-    records = iter_records(files, bad, video_stride=o.video_stride)
+
+    def pending_records():
+        for path in files:
+            if path in done:  # a finished image: not even decoded again
+                yield path
+            else:
+                yield from iter_records([path], bad, video_stride=o.video_stride)
+
+    records = pending_records()
     try:
         from tqdm import tqdm
 
         records = tqdm(records, total=len(files), desc="infer", unit="img", disable=not o.progress)
     except ImportError:
         pass
-    for batch in batched(records, o.batch_size):
-        kept: List[ImageRecord] = []
-        for r in batch:
-            if isinstance(first, GroundTruthBoxes) and r.key not in first.images:
-                bad.append(BadInput(r.file_name, f"not an image of {first.path} (gt: first stage)"))
-                continue
-            if r.key in known_ids:
-                r.image_id = known_ids[r.key]
-            else:
-                r.image_id, next_id = next_id, next_id + 1
-            tally.records.append((r.image_id, r.key in known_ids))
-            kept.append(r)
-        if kept:
-            _process(kept, first, second, o, tally, output_names, det_names, out_ids, det_ids, gt_boxes, vis_dir)
+    batch: List[ImageRecord] = []
+
+    def flush() -> None:
+        if batch:
+            for part in _process(batch, first, second, o, len(order) - len(batch), output_names, det_names,
+                                 out_ids, det_ids, gt_boxes, vis_dir):
+                resume_mod.write_image_part(parts_dir, part)
+                parts[part["file_name"]] = part
+            batch.clear()
+
+    for r in records:
+        if isinstance(r, str) or r.file_name in done:  # finished in an earlier run (video frames: per frame)
+            order.append(r if isinstance(r, str) else r.file_name)
+            continue
+        if isinstance(first, GroundTruthBoxes) and r.key not in first.images:
+            bad.append(BadInput(r.file_name, f"not an image of {first.path} (gt: first stage)"))
+            continue
+        if r.key in known_ids:
+            r.image_id = known_ids[r.key]
+        else:
+            r.image_id, next_id = next_id, next_id + 1
+        r.extra["known_id"] = r.key in known_ids
+        order.append(r.file_name)
+        batch.append(r)
+        if len(batch) == o.batch_size:
+            flush()
+    flush()
     wall = time.perf_counter() - t_start
+    # Image ids no annotation file fixes are numbered in input order here, as an uninterrupted run numbers them.
+    merged, _, _ = merge_parts([parts[k] for k in order], first_new_id)
+    tally = _Tally(**merged)
+    new_id = iter(range(first_new_id, first_new_id + len(order)))
+    tally.records = [(i if known else next(new_id), known) for k in order for i, known in parts[k]["records"]]
     if shard.count > 1:
         bad_dicts = [{"path": b.path, "reason": b.reason} for b in bad]
         write_part(shard, out_dir, vars(tally), bad_dicts, wall, tally.records)
-        parts = gather_parts(shard, out_dir)
-        if parts is None:
+        parts_all = gather_parts(shard, out_dir)
+        if parts_all is None:
             return {"shard": shard.index, "num_shards": shard.count, "merged": False, "images": tally.images}
-        merged, bad_dicts, wall = merge_parts(parts, first_new_id)
+        merged, bad_dicts, wall = merge_parts(parts_all, first_new_id)
         tally = _Tally(**merged)
         bad = [BadInput(b["path"], b["reason"]) for b in bad_dicts]
     return _write_outputs(o, out_dir, tally, bad, wall, second, device, output_names, det_names, out_ids, det_ids, gt,
@@ -251,8 +287,10 @@ def _write_outputs(o: InferOptions, out_dir: Path, tally: _Tally, bad: List[BadI
     return summary
 
 
-def _process(records, first, second: SecondStage, o: InferOptions, tally: _Tally, output_names, det_names,
-             out_ids, det_ids, gt_boxes: Optional[GroundTruthBoxes], vis_dir: Path) -> None:
+def _process(records, first, second: SecondStage, o: InferOptions, n_before: int, output_names, det_names,
+             out_ids, det_ids, gt_boxes: Optional[GroundTruthBoxes], vis_dir: Path) -> List[dict]:
+    """One batch through both stages: a part (one image's share of the tally, see resume.py) per record.
+    ``n_before``: images before this batch in input order (for --vis-limit)."""
     t0 = time.perf_counter()
     dets = first.detect(records)
     t1 = time.perf_counter()
@@ -264,46 +302,48 @@ def _process(records, first, second: SecondStage, o: InferOptions, tally: _Tally
         [torch.from_numpy(d.scores) for d in dets],
     )
     t2 = time.perf_counter()
-    tally.t_detect += t1 - t0
-    tally.t_second += t2 - t1
-    for r, d, f, n_crops in zip(records, dets, fused, second.last_num_crops):
+    top1 = _crop_top1(records, second, gt_boxes) if gt_boxes is not None else {}
+    parts = []
+    for j, (r, d, f, n_crops) in enumerate(zip(records, dets, fused, second.last_num_crops)):
         f = f.to("cpu")
         changed = second.changed(f).numpy()
-        tally.images += 1
-        tally.boxes += len(d)
-        tally.crops += n_crops
-        tally.changed += int(changed.sum())
-        tally.dropped += len(d) - len(f)
-        tally.det_results += detector_results(r.image_id, r.file_name, d, det_names, det_ids)
-        tally.results += fused_results(r.image_id, r.file_name, f, output_names, out_ids, det_names, det_ids, changed)
-        if tally.images <= o.vis_limit:
+        hits, total = top1.get(r.file_name, (0, 0))
+        parts.append({
+            "file_name": r.file_name, "records": [[r.image_id, bool(r.extra.get("known_id", False))]],
+            "images": 1, "boxes": len(d), "crops": int(n_crops), "changed": int(changed.sum()),
+            "dropped": len(d) - len(f), "t_detect": (t1 - t0) / len(records), "t_second": (t2 - t1) / len(records),
+            "top1_hits": hits, "top1_total": total,
+            "det_results": detector_results(r.image_id, r.file_name, d, det_names, det_ids),
+            "results": fused_results(r.image_id, r.file_name, f, output_names, out_ids, det_names, det_ids, changed),
+            "eval_img_ids": [r.image_id] if r.file_name in top1 else [], "bad": [], "wall": 0.0,
+        })
+        if n_before + j < o.vis_limit:
             from .visualize import draw
 
             pic = draw(r.image, f, output_names, det_names, changed, o.vis_score_thresh)
             atomic_write_bytes(vis_dir / _vis_name(r.file_name), _encode_jpg(pic))
-    if gt_boxes is not None:
-        _crop_top1(records, second, gt_boxes, tally)
+    return parts
 
 
-def _crop_top1(records, second: SecondStage, gt_boxes: GroundTruthBoxes, tally: _Tally) -> None:
-    """Classifier top-1 on the ground-truth boxes of the evaluated images whose class the classifier knows."""
+def _crop_top1(records, second: SecondStage, gt_boxes: GroundTruthBoxes) -> Dict[str, tuple]:
+    """Classifier top-1 on the ground-truth boxes of the evaluated images whose class the classifier knows:
+    ``{file_name: (hits, boxes)}`` for every evaluated record."""
     cls_index = {n: i for i, n in enumerate(second.classifier_classes)}
-    images, boxes, labels = [], [], []
+    names_, images, boxes, labels = [], [], [], []
     for r in records:
         if r.key not in gt_boxes.images or "#" in r.file_name:
             continue
-        tally.eval_img_ids.append(r.image_id)
         d = gt_boxes.detect([r])[0]
         names = [gt_boxes.class_names[c] for c in d.classes]
         keep = [i for i, n in enumerate(names) if n in cls_index]
+        names_.append(r.file_name)
         images.append(torch.from_numpy(r.image).permute(2, 0, 1))
         boxes.append(torch.from_numpy(d.boxes[keep]))
         labels.append(torch.tensor([cls_index[names[i]] for i in keep], dtype=torch.long))
     if not images:
-        return
-    for p, y in zip(second.classify(images, boxes), labels):
-        tally.top1_hits += int((p.argmax(1).cpu() == y).sum())
-        tally.top1_total += len(y)
+        return {}
+    return {n: (int((p.argmax(1).cpu() == y).sum()), len(y))
+            for n, p, y in zip(names_, second.classify(images, boxes), labels)}
 
 
 def evaluate(gt, tally: _Tally, ann_path: str) -> Dict[str, Any]:
