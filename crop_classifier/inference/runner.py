@@ -17,7 +17,7 @@ from ..detectors.coco_files import categories, images_by_key, load_annotations, 
 from ..pipeline import SecondStage
 from ..utils.io import atomic_save_json, atomic_write_bytes
 from .coco_results import assign_category_ids, coco_box_map, detector_results, fused_results
-from .inputs import BadInput, batched, expand_inputs, iter_records
+from .inputs import BadInput, expand_inputs, iter_records
 from . import resume as resume_mod
 from .sharding import gather_parts, merge_parts, resolve_shard, shard_device, write_part
 
