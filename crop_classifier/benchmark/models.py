@@ -142,12 +142,11 @@ def run_models(
     profile: Sequence[Tuple[str, str, int]] = (),
     log: Callable[[str], None] = print,
 ) -> Dict[str, object]:
-    """``profile``: (model, mode, batch) entries to run once more under torch.profiler.
-
-    Measure every (model, mode) at every batch. Per batch, all entries and the dense GEMMs are timed in
+    """Measure every (model, mode) at every batch. Per batch, all entries and the dense GEMMs are timed in
     ``rounds[batch]`` interleaved rounds (default 3); within a round an entry is called often enough to
     take ``min_round_s`` (small batches). Plain eager runs only for ``eager_models`` at ``eager_batches``
-    (the like-for-like comparison with torchvision); every other figure is the optimized inference form."""
+    (the like-for-like comparison with torchvision); every other figure is the optimized inference form.
+    ``profile``: (model, mode, batch) entries run once more under torch.profiler."""
     rounds = rounds or {}
     if width != 1.0:
         names = [n for n in names if n != REFERENCE]  # torchvision has no width knob
