@@ -28,7 +28,15 @@ def test_demo_plumbing_at_toy_size(tmp_path):
     assert summary["fusion"] == "replace" and summary["images"] == 3
     assert len(list((out / "infer" / "vis").glob("*.jpg"))) == 3
     # A second run reuses both models (only inference runs again).
-    again = subprocess.run([c for c in cmd if c != "--train"] + ["--train"], capture_output=True, text=True, timeout=600,
-                           cwd=ROOT)
+    again = subprocess.run(cmd + ["--export", str(tmp_path / "ship")], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert again.returncode in (0, 1), again.stdout[-3000:] + again.stderr[-3000:]
     assert "detector: reusing" in again.stdout and "classifier: reusing" in again.stdout
+    # --export writes the float16 files demo_weights/ ships; they load like the originals.
+    import torch
+
+    from crop_classifier.models import classifier_from_checkpoint
+
+    model, meta = classifier_from_checkpoint(tmp_path / "ship" / "classifier.pth")
+    assert meta["arch"] == "v3_79" and len(meta["class_names"]) == 12
+    det = torch.load(tmp_path / "ship" / "detector.pth", weights_only=True)["model"]
+    assert det["roi_heads.box_predictor.cls_score.weight"].dtype == torch.float16

@@ -27,13 +27,24 @@ sys.path.insert(0, str(ROOT))
 DET_CONFIG = ROOT / "configs" / "d2" / "demo_synthetic_R18_FPN.yaml"
 CLS_CONFIG = ROOT / "configs" / "cpu" / "v3_79_w025_synthetic.yaml"
 SHIPPED = ROOT / "demo_weights"
-# By default the scenes the classifier config names (synthetic:datasets/synthetic/train:400:0), so both
-# stages learn from one training set; the test scenes come from a seed and split neither model saw.
-TRAIN_SEED, TEST_SEED = 0, 7
-# Demo-sized classifier schedule on top of the config (see docs/demo.md for why these values).
-CLASSIFIER_OPTS = ["TEST.EVAL_PERIOD", "0"]
+TEST_SEED, TEST_SCENES = 7, 60
 # replace: class = the classifier's argmax among all 12 fine classes ("*=*"), score = detector x classifier.
 FUSION = ["--fusion", "replace", "--class-map", "*=*"]
+
+
+def classifier_plan():
+    """(training scenes spec, classifier's min box size) from the classifier config: one source of truth.
+
+    The detector trains on the very scenes the classifier config names; boxes smaller than what the
+    classifier was trained on keep the detector's class (a size gate at inference).
+    """
+    from crop_classifier.config import load_config, parse_dataset_name
+
+    cfg = load_config(CLS_CONFIG)
+    spec = parse_dataset_name(cfg.DATASETS.TRAIN[0], key="DATASETS.TRAIN")
+    if spec["kind"] != "synthetic":
+        raise SystemExit(f"{CLS_CONFIG}: the demo needs synthetic training scenes, got {cfg.DATASETS.TRAIN[0]}")
+    return spec, float(cfg.DATASETS.MIN_BOX_SIZE_TRAIN)
 
 
 def log(msg: str) -> None:
@@ -88,7 +99,7 @@ def models(args, out: Path, train_ann: Path):
     else:
         extra = ["SOLVER.MAX_EPOCHS", str(args.classifier_epochs)] if args.classifier_epochs else []
         log("2/3 classifier: training v3_79 (width 0.25) on crops of the same scenes (tools/train.py)")
-        data = ["DATASETS.TRAIN", f"['synthetic:{args.data_dir / 'train'}:{args.train_scenes}:{TRAIN_SEED}']",
+        data = ["DATASETS.TRAIN", f"['synthetic:{args.train_dir}:{args.train_scenes}:{args.train_seed}']",
                 "DATASETS.TEST", "[]"]
         jobs.append(("classifier", start([py, "tools/train.py", "--config-file", CLS_CONFIG, "--output-dir", cls_dir,
                                           "--no-progress", *data, *CLASSIFIER_OPTS, *extra], out / "classifier.log", threads),
@@ -103,17 +114,23 @@ def main(argv=None) -> int:
     p.add_argument("--train", action="store_true", help="train both models here even when demo_weights/ has them")
     p.add_argument("--detector-iters", type=int, help="override SOLVER.MAX_ITER of the detector")
     p.add_argument("--classifier-epochs", type=int, help="override SOLVER.MAX_EPOCHS of the classifier")
-    p.add_argument("--data-dir", default="datasets/synthetic", help="scenes go to DATA_DIR/train and DATA_DIR/demo_test")
-    p.add_argument("--train-scenes", type=int, default=400)
-    p.add_argument("--test-scenes", type=int, default=60)
+    p.add_argument("--data-dir", help="scenes go to DATA_DIR/train and DATA_DIR/demo_test (default: the training "
+                   "scenes the classifier config names, test scenes beside them)")
+    p.add_argument("--train-scenes", type=int, help="default: the classifier config's count")
+    p.add_argument("--test-scenes", type=int, default=TEST_SCENES)
+    p.add_argument("--export", metavar="DIR", help="after the run, write the models it used as small float16 files "
+                   "DIR/detector.pth and DIR/classifier.pth (what demo_weights/ ships)")
     args = p.parse_args(argv)
     t0 = time.time()
     out = ROOT / args.output
-    args.data_dir = Path(args.data_dir)
+    spec, min_box = classifier_plan()
+    args.train_dir = Path(args.data_dir) / "train" if args.data_dir else Path(spec["dir"])
+    args.train_scenes = args.train_scenes or spec["num_images"]
+    args.train_seed = spec["seed"]
 
     log("1/3 synthetic scenes (generated once, then reused)")
-    train_ann = scenes(ROOT / args.data_dir / "train", args.train_scenes, TRAIN_SEED, "train")
-    test_ann = scenes(ROOT / args.data_dir / "demo_test", args.test_scenes, TEST_SEED, "test")
+    train_ann = scenes(ROOT / args.train_dir, args.train_scenes, args.train_seed, "train")
+    test_ann = scenes(ROOT / args.train_dir.parent / "demo_test", args.test_scenes, TEST_SEED, "test")
     classes = [c["name"] for c in sorted(json.loads(train_ann.read_text())["categories"], key=lambda c: c["id"])]
     log(f"    {len(classes)} fine classes: {', '.join(classes)}")
 
@@ -125,6 +142,7 @@ def main(argv=None) -> int:
     cmd = [sys.executable, "tools/infer.py", "--detector", "faster_rcnn", "--classifier", "v3_79",
            "--detector-config", det_cfg, "--detector-weights", det_w, "--classifier-weights", cls_w,
            "--input", test_ann.parent / "images", "--output", infer_dir, "--eval", test_ann, *FUSION,
+           "--min-box-size", str(min_box),
            "--no-progress", "--device", "cpu"]
     log("$ " + " ".join(str(c) for c in cmd))
     subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT)
@@ -133,7 +151,26 @@ def main(argv=None) -> int:
     log(f"fine-class COCO box mAP: detector alone {det_ap:.4f}, two-stage {two_ap:.4f} ({two_ap - det_ap:+.4f}); "
         f"classifier top-1 on ground-truth crops {ev['crop_top1']}")
     log(f"pictures: {infer_dir / 'vis'}   total time {time.time() - t0:.0f} s")
+    if args.export:
+        export(Path(args.export), det_w, cls_w)
     return 0 if two_ap > det_ap else 1
+
+
+def export(dest: Path, det_w: Path, cls_w: Path) -> None:
+    """Model weights only (no optimizer state), in float16: loading casts them back to float32."""
+    import torch
+
+    from crop_classifier.models import load_checkpoint
+    from crop_classifier.utils.io import atomic_torch_save
+
+    dest.mkdir(parents=True, exist_ok=True)
+    det = torch.load(det_w, map_location="cpu", weights_only=True)["model"]
+    atomic_torch_save(dest / "detector.pth", {"model": {k: v.half() if v.is_floating_point() else v for k, v in det.items()}})
+    ckpt = load_checkpoint(cls_w)
+    sd = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    atomic_torch_save(dest / "classifier.pth", {"model": sd, "meta": ckpt["meta"]})
+    for f in ("detector.pth", "classifier.pth"):
+        log(f"exported {dest / f} ({(dest / f).stat().st_size / 2**20:.1f} MiB)")
 
 
 if __name__ == "__main__":
