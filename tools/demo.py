@@ -28,6 +28,8 @@ DET_CONFIG = ROOT / "configs" / "d2" / "demo_synthetic_R18_FPN.yaml"
 CLS_CONFIG = ROOT / "configs" / "cpu" / "v3_79_w025_synthetic.yaml"
 SHIPPED = ROOT / "demo_weights"
 TEST_SEED, TEST_SCENES = 7, 60
+# The classifier config is sized for CPU already; the demo skips its end-of-training validation pass.
+CLASSIFIER_OPTS = ["TEST.EVAL_PERIOD", "0"]
 # replace: class = the classifier's argmax among all 12 fine classes ("*=*"), score = detector x classifier.
 FUSION = ["--fusion", "replace", "--class-map", "*=*"]
 
@@ -66,9 +68,15 @@ def start(cmd, logfile: Path, threads: int) -> subprocess.Popen:
 
 def wait_all(jobs) -> None:
     failed = []
-    for name, proc, logfile in jobs:
-        if proc.wait() != 0:
-            failed.append((name, logfile))
+    try:
+        for name, proc, logfile in jobs:
+            if proc.wait() != 0:
+                failed.append((name, logfile))
+    finally:  # interrupted (Ctrl-C): no training left running behind the demo's back
+        for _, proc, _ in jobs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
     for name, logfile in failed:
         tail = logfile.read_text().splitlines()[-25:]
         log(f"{name} training failed (exit status); last lines of {logfile}:\n" + "\n".join(tail))
@@ -85,26 +93,29 @@ def models(args, out: Path, train_ann: Path):
     det_dir, cls_dir = out / "detector", out / "classifier"
     py = sys.executable
     threads = max(1, (os.cpu_count() or 2) // 2)
-    jobs = []
+    todo = []  # (name, command, log file): both commands are built before either starts
     if (det_dir / "model_final.pth").is_file():
         log(f"2/3 detector: reusing {det_dir / 'model_final.pth'}")
     else:
         extra = ["SOLVER.MAX_ITER", str(args.detector_iters)] if args.detector_iters else []
         log("2/3 detector: training a small Faster R-CNN on the fine classes (Detectron2 DefaultTrainer)")
-        jobs.append(("detector", start([py, "tools/train_detector.py", "--config-file", DET_CONFIG, "--output-dir", det_dir,
-                                        "--dataset", f"demo_synthetic_train={train_ann}", *extra],
-                                       out / "detector.log", threads), out / "detector.log"))
+        todo.append(("detector", [py, "tools/train_detector.py", "--config-file", DET_CONFIG, "--output-dir", det_dir,
+                                  "--dataset", f"demo_synthetic_train={train_ann}", *extra], out / "detector.log"))
     if (cls_dir / "model_final.pth").is_file():
         log(f"2/3 classifier: reusing {cls_dir / 'model_final.pth'}")
     else:
         extra = ["SOLVER.MAX_EPOCHS", str(args.classifier_epochs)] if args.classifier_epochs else []
-        log("2/3 classifier: training v3_79 (width 0.25) on crops of the same scenes (tools/train.py)")
         data = ["DATASETS.TRAIN", f"['synthetic:{args.train_dir}:{args.train_scenes}:{args.train_seed}']",
                 "DATASETS.TEST", "[]"]
-        jobs.append(("classifier", start([py, "tools/train.py", "--config-file", CLS_CONFIG, "--output-dir", cls_dir,
-                                          "--no-progress", *data, *CLASSIFIER_OPTS, *extra], out / "classifier.log", threads),
-                     out / "classifier.log"))
-    wait_all(jobs)
+        log("2/3 classifier: training v3_79 (width 0.25) on crops of the same scenes (tools/train.py)")
+        todo.append(("classifier", [py, "tools/train.py", "--config-file", CLS_CONFIG, "--output-dir", cls_dir,
+                                    "--no-progress", *data, *CLASSIFIER_OPTS, *extra], out / "classifier.log"))
+    jobs = []
+    try:
+        for name, cmd, logfile in todo:
+            jobs.append((name, start(cmd, logfile, threads), logfile))
+    finally:
+        wait_all(jobs)
     return det_dir / "config.yaml", det_dir / "model_final.pth", cls_dir / "model_final.pth"
 
 
