@@ -25,7 +25,7 @@ def test_demo_plumbing_at_toy_size(tmp_path):
     assert ev["detector_only"]["images"] == 3 and ev["two_stage"]["images"] == 3
     assert ev["crop_top1_boxes"] > 0
     summary = json.loads((out / "infer" / "summary.json").read_text())
-    assert summary["fusion"] == "replace" and summary["images"] == 3
+    assert summary["fusion"] == "rescore" and summary["images"] == 3
     assert len(list((out / "infer" / "vis").glob("*.jpg"))) == 3
     # A second run reuses both models (only inference runs again).
     again = subprocess.run(cmd + ["--export", str(tmp_path / "ship")], capture_output=True, text=True, timeout=600, cwd=ROOT)

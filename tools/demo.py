@@ -30,15 +30,17 @@ SHIPPED = ROOT / "demo_weights"
 TEST_SEED, TEST_SCENES = 7, 60
 # The classifier config is sized for CPU already; the demo skips its end-of-training validation pass.
 CLASSIFIER_OPTS = ["TEST.EVAL_PERIOD", "0"]
-# replace: class = the classifier's argmax among all 12 fine classes ("*=*"), score = detector x classifier.
-FUSION = ["--fusion", "replace", "--class-map", "*=*"]
+# rescore: every class hypothesis the detector emits (box, fine class c, score s) gets s x p_classifier(c),
+# a product of the two experts; it re-ranks hypotheses and leaves the ranking alone where the classifier
+# is undecided. (replace, "*=*": the classifier's argmax wins outright; it needs a strong classifier.)
+FUSION = ["--fusion", "rescore"]
 
 
 def classifier_plan():
     """(training scenes spec, classifier's min box size) from the classifier config: one source of truth.
 
-    The detector trains on the very scenes the classifier config names; boxes smaller than what the
-    classifier was trained on keep the detector's class (a size gate at inference).
+    The detector trains on the very scenes the classifier config names. (No size gate at inference:
+    gated boxes would keep unscaled detector scores and outrank every re-scored box in the mAP ranking.)
     """
     from crop_classifier.config import load_config, parse_dataset_name
 
@@ -134,7 +136,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     t0 = time.time()
     out = ROOT / args.output
-    spec, min_box = classifier_plan()
+    spec, _ = classifier_plan()
     args.train_dir = Path(args.data_dir) / "train" if args.data_dir else Path(spec["dir"])
     args.train_scenes = args.train_scenes or spec["num_images"]
     args.train_seed = spec["seed"]
@@ -153,7 +155,6 @@ def main(argv=None) -> int:
     cmd = [sys.executable, "tools/infer.py", "--detector", "faster_rcnn", "--classifier", "v3_79",
            "--detector-config", det_cfg, "--detector-weights", det_w, "--classifier-weights", cls_w,
            "--input", test_ann.parent / "images", "--output", infer_dir, "--eval", test_ann, *FUSION,
-           "--min-box-size", str(min_box),
            "--no-progress", "--device", "cpu"]
     log("$ " + " ".join(str(c) for c in cmd))
     subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT)
