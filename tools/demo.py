@@ -5,8 +5,8 @@
 2. Models: a small Detectron2 Faster R-CNN on the 12 fine classes (configs/d2/demo_synthetic_R18_FPN.yaml;
    it sees the 512 px scenes at 256 px, as a real detector sees small objects) and a v3_79 crop classifier
    (configs/cpu/v3_79_w025_synthetic.yaml) that reads every box from the full-resolution scene.
-   They come from demo_weights/ when that folder holds them (see demo_weights/README.md for the exact
-   commands that made them), else they are trained here, both at once, one CPU thread each.
+   They come from demo_weights/{detector,classifier}.pth when both exist (written by
+   `tools/demo.py --train --export demo_weights`), else they are trained here, both at once, one CPU thread each.
    --train always trains (into --output); a second run reuses what the first one trained.
 3. tools/infer.py --detector faster_rcnn --classifier v3_79 runs on the held-out scenes and prints COCO
    box mAP of the detector alone vs the two-stage output; pictures go to OUTPUT/infer/vis/.
