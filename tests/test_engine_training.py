@@ -1,6 +1,5 @@
 """Training loop on a tiny synthetic set: exact resume, NaN stop, checkpoint contents, ImageNet init."""
 import json
-import math
 
 import pytest
 import torch
