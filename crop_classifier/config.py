@@ -9,7 +9,8 @@ Dataset names (``DATASETS.TRAIN`` / ``DATASETS.TEST`` entries):
 * ``coco:ANN_JSON:IMAGE_DIR`` -- COCO instance annotations and their image folder; every non-crowd box
   becomes one crop sample.
 * ``synthetic:DIR:N:SEED`` -- N synthetic scenes generated with ``SEED`` into ``DIR`` (only when
-  ``DIR`` does not hold them yet), then read as the COCO dataset they are written as.
+  ``DIR`` does not hold them yet), then read as the COCO dataset they are written as. Scene ``i`` depends
+  on ``(SEED, basename(DIR), i)``, so ``.../train`` and ``.../val`` never share scenes.
 """
 from __future__ import annotations
 
