@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 PathLike = Union[str, os.PathLike]
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def _atomic_write(path: PathLike, write: Callable[[Any], None], mode: str) -> Path:
@@ -16,6 +18,8 @@ def _atomic_write(path: PathLike, write: Callable[[Any], None], mode: str) -> Pa
     # The temporary file lives in the destination folder so os.replace is a same-filesystem rename.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; outputs get the usual permissions (0666 minus the umask).
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
