@@ -4,7 +4,7 @@
     from crop_classifier.d2 import add_crop_classifier_config, CropClassifierPredictor
 
     cfg = get_cfg(); add_crop_classifier_config(cfg)
-    cfg.merge_from_file("configs/d2/crop_classifier_R_50_FPN.yaml")
+    cfg.merge_from_file("configs/d2/crop_classifier_R_50_FPN_3x.yaml")
     outputs = CropClassifierPredictor(cfg)(cv2.imread("input.jpg"))
 
 Importing this package registers ``CropClassifierRCNN`` in ``META_ARCH_REGISTRY`` and
