@@ -3,7 +3,6 @@ benchmark helpers' logic."""
 import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,16 +12,13 @@ from crop_classifier.benchmark.crops import per_box_loop, random_boxes, random_i
 from crop_classifier.benchmark.models import MODEL_NAMES, REFERENCE, build_model, count_gmacs
 from crop_classifier.benchmark.targets import evaluate_targets
 from crop_classifier.benchmark.timing import PeakRSS, Timing, paired_ratio, percentile, time_interleaved
+from tool_loader import load_tool
 
-REPO = Path(__file__).resolve().parents[1]
 HAVE_D2 = importlib.util.find_spec("detectron2") is not None
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("benchmark_tool", REPO / "tools" / "benchmark.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("benchmark")
 
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,11 +1,11 @@
 """tools/train_detector.py: DefaultTrainer on a COCO file; its config.yaml drives tools/infer.py as is."""
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from tool_loader import load_tool
 
 pytest.importorskip("detectron2")
 pytestmark = pytest.mark.detectron2
@@ -13,13 +13,6 @@ pytestmark = pytest.mark.detectron2
 ROOT = Path(__file__).resolve().parents[1]
 COCO128 = Path("/work/shared/data/coco128")
 ANN = COCO128 / "annotations" / "instances_train2017.json"
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.skipif(not ANN.is_file(), reason="coco128 (shared data) not present")
@@ -35,7 +28,7 @@ def test_train_detector_then_infer_with_its_config(tmp_path):
     ann = tmp_path / "images" / "ann.json"
     ann.write_text(json.dumps(sub))
     out = tmp_path / "det"
-    rc = _tool("train_detector").main([
+    rc = load_tool("train_detector").main([
         "--config-file", str(ROOT / "configs" / "d2" / "tiny_R18_FPN_random.yaml"), "--output-dir", str(out),
         "--dataset", f"t128_train={ann}",
         "DATASETS.TRAIN", "('t128_train',)", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
@@ -52,7 +45,7 @@ def test_train_detector_then_infer_with_its_config(tmp_path):
     names = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
     clf = build_classifier("v3_79", len(names), width=0.0625, aux_logits=False)
     ckpt = save_checkpoint(tmp_path / "clf.pth", clf, model_meta(clf, "v3_79", names))
-    rc = _tool("infer").main([
+    rc = load_tool("infer").main([
         "--detector", "faster_rcnn", "--detector-config", str(out / "config.yaml"),
         "--detector-weights", str(out / "model_final.pth"), "--classifier-weights", str(ckpt),
         "--input", str(tmp_path / "images"), "--output", str(tmp_path / "infer"), "--no-progress", "--vis-limit", "0",

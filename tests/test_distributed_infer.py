@@ -1,6 +1,5 @@
 """Sharded inference: scheduler shards (--num-shards/--shard-id) and torchrun ranks (gloo, 2 spawned processes
 on 127.0.0.1) write parts that merge into exactly the single-process outputs."""
-import importlib.util
 import json
 import os
 import socket
@@ -13,16 +12,13 @@ import torch.multiprocessing as mp
 from crop_classifier.data import SYNTHETIC_CLASSES, generate_scenes
 from crop_classifier.inference.sharding import Shard, merge_parts
 from crop_classifier.models import build_classifier, model_meta, save_checkpoint
+from tool_loader import load_tool
 
-ROOT = Path(__file__).resolve().parents[1]
 SAME_FILES = ("predictions.json", "detector_predictions.json", "eval.json")
 
 
 def _load_infer():
-    spec = importlib.util.spec_from_file_location("infer_tool_dist", ROOT / "tools" / "infer.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("infer")
 
 
 @pytest.fixture(scope="module")

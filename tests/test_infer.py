@@ -1,5 +1,4 @@
 """tools/infer.py on coco128 images: gt: and detections: first stages, a tiny Faster R-CNN, eval, bad inputs."""
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from crop_classifier.models import build_classifier, model_meta, save_checkpoint
+from tool_loader import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 COCO128 = Path("/work/shared/data/coco128")
@@ -22,10 +22,7 @@ pytestmark = pytest.mark.skipif(not ANN.is_file(), reason="coco128 (shared data)
 
 
 def _load_infer():
-    spec = importlib.util.spec_from_file_location("infer_tool", ROOT / "tools" / "infer.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("infer")
 
 
 infer = _load_infer()

@@ -1,5 +1,4 @@
 """Synthetic scenes: determinism, COCO validity, idempotent generation, and fine classes that need resolution."""
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -18,8 +17,7 @@ from crop_classifier.data.synthetic import (
     draw_object,
     generate_scenes,
 )
-
-REPO = Path(__file__).resolve().parents[1]
+from tool_loader import load_tool
 
 
 def files(d: Path):
@@ -132,9 +130,7 @@ def test_fine_classes_need_resolution():
 
 
 def test_make_synthetic_tool(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("make_synthetic", REPO / "tools" / "make_synthetic.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("make_synthetic")
     assert tool.main(["--output", str(tmp_path), "--num-images", "2", "--seed", "3", "--size", "128"]) == 0
     assert "2 images" in capsys.readouterr().out
     assert files(tmp_path) == files(generate_scenes(tmp_path / "again", 2, seed=3, image_size=128).parent)

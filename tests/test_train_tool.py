@@ -1,5 +1,4 @@
 """tools/train.py and tools/evaluate.py end to end on a tiny synthetic set, as a user runs them."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -7,6 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
+from tool_loader import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "cpu" / "v3_79_w025_synthetic.yaml"
@@ -19,10 +19,7 @@ def _run(tool, *args):
 
 
 def _tool_main(tool):
-    spec = importlib.util.spec_from_file_location(tool, REPO / "tools" / f"{tool}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool(tool).main
 
 
 def test_train_resume_evaluate(tmp_path):

@@ -1,20 +1,10 @@
 """Configs and command lines: unknown keys, wrong types, unknown architectures give one clear error that
 names the key (or flag), and the tools exit with status 2 instead of a traceback."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 from crop_classifier.config import load_config
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tool_loader import load_tool
 
 
 @pytest.mark.parametrize("opts,exc,message", [
@@ -61,7 +51,7 @@ def test_train_cli_one_clear_line(tmp_path, capsys, opts, message):
     cfg = tmp_path / "c.yaml"
     # a dataset that does not exist: should the config error be missed, the run still stops at once
     cfg.write_text(f'DATASETS:\n  TRAIN: ["coco:{tmp_path}/none.json:{tmp_path}"]\nOUTPUT_DIR: "{tmp_path}/out"\n')
-    rc = _tool("train").main(["--config-file", str(cfg), "--no-progress"] + opts)
+    rc = load_tool("train").main(["--config-file", str(cfg), "--no-progress"] + opts)
     err = capsys.readouterr().err.strip()
     assert rc == 2, err
     assert err.startswith("error:") and message in err and "Traceback" not in err
@@ -69,7 +59,7 @@ def test_train_cli_one_clear_line(tmp_path, capsys, opts, message):
 
 
 def test_train_cli_missing_config_file(tmp_path, capsys):
-    assert _tool("train").main(["--config-file", str(tmp_path / "nope.yaml")]) == 2
+    assert load_tool("train").main(["--config-file", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml" in capsys.readouterr().err
 
 
@@ -84,7 +74,7 @@ def test_infer_cli_unknown_architecture_and_bad_values(tmp_path, capsys):
     ckpt = save_checkpoint(tmp_path / "clf.pth", m, model_meta(m, "v3_79", ["a", "b"]))
     gt = tmp_path / "gt.json"
     gt.write_text('{"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}')
-    infer = _tool("infer")
+    infer = load_tool("infer")
     base = ["--input", str(tmp_path), "--output", str(tmp_path / "out"), "--classifier-weights", str(ckpt),
             "--detector", f"gt:{gt}", "--no-progress"]
     rc = infer.main(base + ["--classifier", "v3_80"])

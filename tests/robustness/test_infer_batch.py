@@ -3,7 +3,6 @@
 A tiny generated COCO set (a few good images + a corrupt JPEG, a zero-byte file and a text file with an
 image extension), ground-truth boxes as the first stage and a width-0.125 classifier.
 """
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,17 +10,14 @@ import pytest
 import torch
 
 from robustness_helpers import encode, smooth_rgb
+from tool_loader import load_tool
 
-REPO = Path(__file__).resolve().parents[2]
 GOOD = [f"good{i}.jpg" for i in range(5)]
 BAD = {"corrupt.jpg": "truncated", "empty.jpg": "empty", "notes.png": "not an image"}
 
 
 def _infer():
-    spec = importlib.util.spec_from_file_location("infer_tool_batch", REPO / "tools" / "infer.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("infer")
 
 
 @pytest.fixture(scope="module")

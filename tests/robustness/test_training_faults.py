@@ -1,6 +1,5 @@
 """Training faults, through tools/train.py: a run killed (SIGKILL) mid-epoch resumes from its last complete
 checkpoint, and a NaN loss stops with one clear error while the last good checkpoint stays usable."""
-import importlib.util
 import json
 import os
 import signal
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 from crop_classifier.models import load_checkpoint
+from tool_loader import load_tool
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "cpu" / "v3_79_w025_synthetic.yaml"
@@ -73,10 +73,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
 
 
 def _train_main():
-    spec = importlib.util.spec_from_file_location("train_tool_faults", REPO / "tools" / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
+    return load_tool("train").main
 
 
 def test_nan_loss_through_the_tool_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
