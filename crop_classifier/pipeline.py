@@ -38,12 +38,12 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from .models.inception_v3 import IMAGENET_MEAN, IMAGENET_STD
+
 logger = logging.getLogger(__name__)
 
 FUSION_MODES = ("replace", "rescore", "filter")
 ALL_CLASSES = "*"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 MapValue = Union[str, Sequence[str]]
 

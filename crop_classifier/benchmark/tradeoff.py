@@ -29,11 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.inception_v3 import IMAGENET_MEAN, IMAGENET_STD
 from .models import count_gmacs
 
 COCO128 = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco128"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # (name, architecture, crop size, size the crop is upsampled to before the network or None)
 MODELS: Tuple[Tuple[str, str, int, Optional[int]], ...] = (

@@ -7,8 +7,7 @@ import torch
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "build_train_transform", "normalize"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..models.inception_v3 import IMAGENET_MEAN, IMAGENET_STD
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:

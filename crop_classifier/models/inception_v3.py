@@ -13,6 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# The input normalisation every model, crop and checkpoint here uses (ImageNet mean/std, RGB in [0, 1]).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 @dataclass(frozen=True)
 class StemSpec:
@@ -250,8 +254,8 @@ class InceptionV3(nn.Module):
 
     def _transform_input(self, x: Tensor) -> Tensor:
         # ImageNet mean/std normalisation -> (x - 0.5) / 0.5, per channel.
-        mean = x.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-        std = x.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
         return (x * std + mean - 0.5) / 0.5
 
     def stem_features(self, x: Tensor) -> Tensor:

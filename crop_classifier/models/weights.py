@@ -16,6 +16,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .inception_v3 import IMAGENET_MEAN, IMAGENET_STD
 from ..utils.io import atomic_torch_save, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -261,8 +262,8 @@ def model_meta(model: nn.Module, arch: str, class_names, **crop: Any) -> Dict[st
         "input_size": int(model.input_size),
         "width": float(model.width),
         "transform_input": bool(model.transform_input),
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
     }
     if crop:
         meta["crop"] = dict(crop)
