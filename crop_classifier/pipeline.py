@@ -114,23 +114,17 @@ class ClassMap:
         D, K = len(self.detector_classes), len(self.classifier_classes)
         sets = torch.zeros(D, K, dtype=torch.bool)
         for d, name in enumerate(self.detector_classes):
-            if name in mapping:
-                for target in mapping[name]:
+            # A named entry, else the "*" entry for every detector class not named, else same-name matching.
+            key = name if name in mapping else ALL_CLASSES if ALL_CLASSES in mapping else None
+            if key is not None:
+                for target in mapping[key]:
                     if target == ALL_CLASSES:
                         sets[d, :] = True
                     elif target in cls_index:
                         sets[d, cls_index[target]] = True
                     else:
-                        raise ValueError(f"class map entry {name!r} -> {target!r}: the classifier has no class "
+                        raise ValueError(f"class map entry {key!r} -> {target!r}: the classifier has no class "
                                          f"{target!r} (classifier classes: {self.classifier_classes})")
-            elif ALL_CLASSES in mapping:  # "*=..." : the entry for every detector class not named
-                for target in mapping[ALL_CLASSES]:
-                    if target == ALL_CLASSES:
-                        sets[d, :] = True
-                    elif target in cls_index:
-                        sets[d, cls_index[target]] = True
-                    else:
-                        raise ValueError(f"class map entry '*' -> {target!r}: the classifier has no class {target!r}")
             elif name in cls_index:
                 sets[d, cls_index[name]] = True
         self.sets = sets
