@@ -66,7 +66,9 @@ def get_cfg() -> CfgNode:
 
     _C.DATALOADER = CfgNode()
     _C.DATALOADER.NUM_WORKERS = 2
-    # Batches hold crops of as few images as possible, so each image is decoded once per batch.
+    # Training batches hold crops of as few images as possible, so each image is decoded about once per epoch
+    # (GPU: decoding is the bottleneck). False: boxes shuffled over the epoch, uncorrelated batches (small
+    # CPU batches train far better so; each box then decodes its image).
     _C.DATALOADER.GROUP_BY_IMAGE = True
 
     _C.SOLVER = CfgNode()

@@ -233,6 +233,27 @@ def test_sampler_single_process_epoch():
     assert len(dl) == 5 and all(len(b) == 4 for b in dl)
 
 
+def test_sampler_without_grouping_mixes_images_and_keeps_its_guarantees():
+    samples = _fake_samples([12, 12, 12, 12, 12, 12])  # 72 boxes, 6 images
+    grouped = ImageGroupedBatchSampler(samples, 8, seed=4)
+    mixed = ImageGroupedBatchSampler(samples, 8, seed=4, group_by_image=False)
+
+    def images_per_batch(sampler):
+        return np.mean([len({samples[i][0] for i in b}) for b in sampler])
+
+    # Grouped: a batch of 8 spans 1-2 of the 12-box images; mixed: draws from most of the six.
+    assert images_per_batch(grouped) <= 2 < 4 <= images_per_batch(mixed)
+    mixed.set_epoch(3)
+    e3 = list(mixed)
+    assert sorted(i for b in e3 for i in b) == list(range(72)) and list(mixed) == e3
+    mixed.set_epoch(4)
+    assert list(mixed) != e3
+    # Ranks still split each global batch of the single-process order.
+    single = ImageGroupedBatchSampler(samples, 8, seed=4, group_by_image=False)
+    ranks = [ImageGroupedBatchSampler(samples, 4, seed=4, group_by_image=False, num_replicas=2, rank=r) for r in (0, 1)]
+    assert [a + b for a, b in zip(*map(list, ranks))] == list(single)
+
+
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_sampler_ranks_are_disjoint_equal_and_cover(drop_last):
     samples = _fake_samples([3, 1, 7, 2, 5, 4, 1, 6, 2])  # 31 boxes

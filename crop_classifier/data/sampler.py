@@ -16,8 +16,12 @@ class ImageGroupedBatchSampler(Sampler):
     """Yields lists of sample indices: images in (per-epoch shuffled) order, each image's boxes together,
     cut into batches of ``batch_size`` boxes.
 
-    Decoding dominates CPU data loading, so keeping an image's boxes in one batch means each image is
-    read about once per epoch (an image cut by a batch boundary spans two consecutive batches).
+    Decoding dominates data loading when the model is fast (GPU), so keeping an image's boxes in one
+    batch means each image is read about once per epoch (an image cut by a batch boundary spans two
+    consecutive batches). The price is correlated batches: with small batches (CPU, batch 8) one image's
+    crops fill a batch, and BatchNorm then normalises with the statistics of one scene, which stalls
+    training (docs/training.md). ``group_by_image=False`` shuffles boxes over the whole epoch instead;
+    every box then costs a decode, which is cheap next to a CPU training step.
 
     With ``num_replicas > 1`` the epoch's order is cut into global batches of ``batch_size *
     num_replicas`` boxes and rank ``r`` takes the ``r``-th contiguous part of each: step ``k``'s global
@@ -32,7 +36,8 @@ class ImageGroupedBatchSampler(Sampler):
     """
 
     def __init__(self, samples: Union[CocoSamples, Sequence[Sample]], batch_size: int, *, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
+                 seed: int = 0, drop_last: bool = False, num_replicas: int = 1, rank: int = 0,
+                 group_by_image: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
@@ -51,6 +56,7 @@ class ImageGroupedBatchSampler(Sampler):
         self.drop_last = bool(drop_last)
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
+        self.group_by_image = bool(group_by_image)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -66,6 +72,8 @@ class ImageGroupedBatchSampler(Sampler):
         if not self.shuffle:
             return np.concatenate(self.groups) if self.groups else np.zeros(0, np.int64)
         rng = np.random.default_rng([self.seed, self.epoch])
+        if not self.group_by_image:
+            return rng.permutation(self.num_samples)
         perm = rng.permutation(len(self.groups))
         return np.concatenate([rng.permutation(self.groups[g]) for g in perm])
 

@@ -47,7 +47,8 @@ def load_datasets(names: Sequence[str], *, class_names: Optional[Sequence[str]] 
 
 def build_train_loader(cfg: CfgNode, samples: Sequence, input_size: int, *, per_rank_batch: int,
                        num_replicas: int = 1, rank: int = 0) -> DataLoader:
-    """Shuffled batches of augmented crops, grouped by image, split over ``num_replicas`` processes.
+    """Shuffled batches of augmented crops (grouped by image unless ``DATALOADER.GROUP_BY_IMAGE`` is off),
+    split over ``num_replicas`` processes.
 
     Call ``loader.batch_sampler.set_epoch(e)`` before each epoch. Workers are not persistent: each epoch's
     are seeded from the torch generator, which the trainer seeds per epoch.
@@ -61,7 +62,7 @@ def build_train_loader(cfg: CfgNode, samples: Sequence, input_size: int, *, per_
     )
     sampler = ImageGroupedBatchSampler(
         samples, per_rank_batch, shuffle=True, seed=cfg.SEED, drop_last=True,
-        num_replicas=num_replicas, rank=rank,
+        num_replicas=num_replicas, rank=rank, group_by_image=cfg.DATALOADER.GROUP_BY_IMAGE,
     )
     if len(sampler) == 0:
         raise ValueError(
