@@ -14,8 +14,8 @@ from crop_classifier.models import build_classifier, load_checkpoint, save_check
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     root = tmp_path_factory.mktemp("scenes")
-    # Names, not folders: the trainer generates them on first use. One scene each: 9 training crops
-    # (two batches of 4 per epoch), 4 test crops.
+    # Names, not folders: the trainer generates them on first use. One scene each: 11 training crops
+    # (two batches of 4 per epoch, the rest dropped), a handful of test crops.
     return {"train": f"synthetic:{root}/train:1:1", "test": f"synthetic:{root}/val:1:5"}
 
 

@@ -92,10 +92,11 @@ def test_refuses_to_overwrite_foreign_annotations(tmp_path):
         generate_scenes(tmp_path / "x", 0)
 
 
-def _observe(size, mark, angle, fill, ink, offset, rng):
+def _observe(size, mark, angle, phase, fill, ink, offset, rng):
     """An object as the scenes show it (blur, noise, JPEG), its mark region cut out and normalised."""
     canvas = np.full((160, 160, 3), 120, np.uint8)
-    draw_object(canvas, 80 + offset[0], 80 + offset[1], size, "circle", mark, angle=angle, fill=fill, ink=ink)
+    draw_object(canvas, 80 + offset[0], 80 + offset[1], size, "circle", mark, angle=angle, fill=fill, ink=ink,
+                phase=phase)
     img = cv2.GaussianBlur(canvas, (0, 0), synthetic.BLUR_SIGMA).astype(np.float32)
     if rng is not None:
         img = np.clip(img + rng.normal(0, synthetic.NOISE_SIGMA, img.shape), 0, 255).astype(np.uint8)
@@ -107,17 +108,20 @@ def _observe(size, mark, angle, fill, ink, offset, rng):
 
 
 def _template_accuracy(size, trials=32, seed=0):
-    """Nearest-template fine-class accuracy with the angle unknown (templates at 12 angles): an ideal
-    observer's view of how visible the marks are at this object size. Chance is 1/4."""
+    """Nearest-template fine-class accuracy with the angle and phase unknown (templates at 12 angles x 9
+    phases): an ideal observer's view of how visible the marks are at this object size. Chance is 1/4."""
     rng = np.random.default_rng(seed)
     angles = np.linspace(0, math.pi / 2, 12, endpoint=False)
-    templates = [[_observe(size, m, a, (60, 160, 220), (30, 30, 30), (0, 0), None) for a in angles] for m in MARKS]
+    phases = [(a, b) for a in (0, 1 / 3, 2 / 3) for b in (0, 1 / 3, 2 / 3)]
+    templates = [[_observe(size, m, a, ph, (60, 160, 220), (30, 30, 30), (0, 0), None) for a in angles for ph in phases]
+                 for m in MARKS]
     hits = 0
     for t in range(trials):
         k = t % len(MARKS)
         fill = tuple(int(v) for v in rng.uniform(150, 240, 3))
         ink = tuple(int(v) for v in rng.uniform(0, 50, 3))
-        seen = _observe(size, MARKS[k], rng.uniform(0, 2 * math.pi), fill, ink, rng.uniform(-0.5, 0.5, 2), rng)
+        seen = _observe(size, MARKS[k], rng.uniform(0, 2 * math.pi), rng.uniform(0, 1, 2), fill, ink,
+                        rng.uniform(-0.5, 0.5, 2), rng)
         dist = [min(np.abs(seen - tp).mean() for tp in per_mark) for per_mark in templates]
         hits += int(np.argmin(dist) == k)
     return hits / trials

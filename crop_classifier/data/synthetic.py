@@ -2,13 +2,14 @@
 
 Each scene is a cluttered, textured background (colour fields, lines, arcs, blobs, glyphs) with
 3-15 objects of 16-160 px. An object is a coarse shape (circle, square, triangle) in a random
-colour and rotation, carrying a small centred mark whose texture makes its fine class (bars,
-checker, dots, rings). Every mark is the same disk (a fifth of the object's size) half covered
-in ink, so the classes share their coarse appearance and differ only in structure with a period
-of about 7 % of the object's size. The scene's blur (sigma 0.9 px), noise and JPEG wipe that out
-below ~30 px (the fine class is genuinely ambiguous: every mark is the same grey disk), it starts
-to show at 30-40 px and is plain from ~50 px (tests/test_synthetic.py measures this with an
-ideal template observer: chance at 16-24 px, about 0.9 from 48 px). The coarse shape stays
+colour and rotation, carrying a centred mark whose texture makes its fine class (bars, checker,
+dots, rings). Every mark is the same disk (half the object's size) half covered in ink, so the
+classes share their coarse appearance and differ only in structure with a period of 1/15 of the
+object's size (7.5 periods across the mark). The scene's blur (sigma 0.9 px), noise and JPEG wipe
+that out below ~30 px (the fine class is genuinely ambiguous: every mark is the same grey disk),
+it starts to show at 30-40 px and is plain from ~50 px (tests/test_synthetic.py measures this with
+an ideal template observer). A detector that sees the scene at half resolution needs twice that
+size; a crop classifier reading the full-resolution pixels does not. The coarse shape stays
 visible at every size: a detector can be trained on the coarse classes (``supercategory``) or
 the fine ones (``name``).
 
@@ -57,12 +58,15 @@ COARSE_OF: Dict[str, str] = {f"{s}_{m}": s for s in COARSE_CLASSES for m in MARK
 ANNOTATION_FILE = "annotations.json"
 IMAGE_DIR = "images"
 GENERATOR = "crop_classifier.data.synthetic"
-# Bump whenever the rendering changes, so stale scene folders are regenerated, never silently reused.
-VERSION = 1
+# Bump whenever the rendering changes, so stale scene folders are regenerated, never silently reused
+# (and models trained on other scenes are not reused by tools/demo.py).
+# 2: the mark grew from a fifth to half of the object's size, at the same period (more of it to learn from).
+VERSION = 2
 
 MIN_OBJECT = 16
 MAX_OBJECT = 160
-MARK_RADIUS = 0.2  # of the object's half size: a texture period of ~7 % of the object's size
+MARK_RADIUS = 0.5  # of the object's half size (inside every shape: a triangle's incircle is 0.575)
+MARK_PERIOD = 1 / 15  # of the object's size
 JPEG_QUALITY = 92
 BLUR_SIGMA = 0.9
 NOISE_SIGMA = 4.0
@@ -105,22 +109,27 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> 
     return _rot(pts, angle) + (cx, cy)
 
 
-def _mark_alpha(dx: np.ndarray, dy: np.ndarray, m: float, mark: str) -> np.ndarray:
-    """Ink coverage of a mark at offsets ``(dx, dy)`` (object frame) from its centre."""
-    p = 2 * m / 3  # three periods across the mark
+def _mark_alpha(dx: np.ndarray, dy: np.ndarray, m: float, p: float, mark: str, phase=(0.0, 0.0)) -> np.ndarray:
+    """Ink coverage of a mark of radius ``m`` and period ``p`` at offsets ``(dx, dy)`` (object frame).
+
+    ``phase`` shifts the texture (in periods) under the fixed disk, so where the pattern meets the disk's
+    edge varies from object to object and is no class cue: only the texture itself is.
+    """
     w = 2 * math.pi / p
+    tx, ty = dx + phase[0] * p, dy + phase[1] * p
     if mark == "bars":
-        ink = np.cos(w * dx) > 0
+        ink = np.cos(w * tx) > 0
     elif mark == "checker":
-        ink = np.cos(w * dx) * np.cos(w * dy) > 0
+        ink = np.cos(w * tx) * np.cos(w * ty) > 0
     elif mark == "rings":
-        ink = np.cos(w * np.hypot(dx, dy)) > 0
+        ink = np.cos(w * np.hypot(dx, dy) + 2 * math.pi * phase[0]) > 0
     else:  # dots: a lattice of disks covering half the area, like the others
-        ink = np.hypot(dx - p * np.round(dx / p), dy - p * np.round(dy / p)) < 0.4 * p
+        ink = np.hypot(tx - p * np.round(tx / p), ty - p * np.round(ty / p)) < 0.4 * p
     return ink & (dx * dx + dy * dy <= m * m)
 
 
-def _paint_mark(img: np.ndarray, cx: float, cy: float, m: float, mark: str, angle: float, ink) -> None:
+def _paint_mark(img: np.ndarray, cx: float, cy: float, m: float, p: float, mark: str, angle: float, ink,
+                phase=(0.0, 0.0)) -> None:
     """Blends an anti-aliased (4x4 supersampled) mark into ``img`` (cv2's pixel-centre convention)."""
     H, W = img.shape[:2]
     x0, x1 = max(int(math.floor(cx - m)), 0), min(int(math.ceil(cx + m)) + 1, W)
@@ -132,18 +141,19 @@ def _paint_mark(img: np.ndarray, cx: float, cy: float, m: float, mark: str, angl
     ys = (np.arange(y0, y1)[:, None] + sub[None]).reshape(-1) - cy
     c, s = math.cos(angle), math.sin(angle)
     gx, gy = xs[None, :], ys[:, None]
-    alpha = _mark_alpha(c * gx + s * gy, -s * gx + c * gy, m, mark).astype(np.float32)
+    alpha = _mark_alpha(c * gx + s * gy, -s * gx + c * gy, m, p, mark, phase).astype(np.float32)
     alpha = alpha.reshape(y1 - y0, 4, x1 - x0, 4).mean(axis=(1, 3))[..., None]
     patch = img[y0:y1, x0:x1].astype(np.float32)
     img[y0:y1, x0:x1] = (patch * (1 - alpha) + np.array(ink, np.float32) * alpha + 0.5).astype(np.uint8)
 
 
 def draw_object(img: np.ndarray, cx: float, cy: float, size: float, shape: str, mark: str, *,
-                angle: float = 0.0, fill=(200, 60, 60), ink=(20, 20, 20)) -> np.ndarray:
+                angle: float = 0.0, fill=(200, 60, 60), ink=(20, 20, 20), phase=(0.0, 0.0)) -> np.ndarray:
     """Draws one object of about ``size`` px centred at ``(cx, cy)`` into ``img`` (HxWx3 uint8).
 
     The mark is a disk of ``MARK_RADIUS`` times the object's half size, half covered in ink in
-    every class, so the classes differ only in fine structure (three periods across the mark).
+    every class, so the classes differ only in fine structure (period ``MARK_PERIOD`` of the size);
+    ``phase`` (two fractions of a period) shifts the texture under the disk.
     Returns the object's outline polygon ``[K, 2]`` (its bounding box is the object's box).
     """
     if mark not in MARKS:
@@ -155,7 +165,7 @@ def draw_object(img: np.ndarray, cx: float, cy: float, size: float, shape: str, 
         _disk(img, cx, cy, r, fill)
     else:
         _fill_poly(img, poly, fill)
-    _paint_mark(img, cx, cy, MARK_RADIUS * r, mark, angle, ink)
+    _paint_mark(img, cx, cy, MARK_RADIUS * r, MARK_PERIOD * size, mark, angle, ink, phase)
     return poly
 
 
@@ -220,6 +230,7 @@ def render_scene(rng: np.random.Generator, image_size: int = 512) -> Tuple[np.nd
         cls = int(rng.integers(len(SYNTHETIC_CLASSES)))
         shape, mark = SYNTHETIC_CLASSES[cls].split("_")
         angle = float(rng.uniform(0, 2 * math.pi))
+        phase = tuple(float(v) for v in rng.uniform(0, 1, 2))
         fill = _colour(rng, 0.35, 0.95)
         # The mark contrasts with the fill in brightness, in any hue.
         v = max(fill) / 255
@@ -230,7 +241,7 @@ def render_scene(rng: np.random.Generator, image_size: int = 512) -> Tuple[np.nd
             continue
         (cx, cy), reserved = spot
         taken.append(reserved)
-        poly = draw_object(img, cx, cy, size, shape, mark, angle=angle, fill=fill, ink=ink)
+        poly = draw_object(img, cx, cy, size, shape, mark, angle=angle, fill=fill, ink=ink, phase=phase)
         x1, y1 = np.maximum(poly.min(0), 0)
         x2, y2 = np.minimum(poly.max(0), image_size)
         objects.append({
