@@ -5,6 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tool_loader import load_tool
+
+from crop_classifier.data import synthetic
 
 pytest.importorskip("detectron2")
 pytestmark = pytest.mark.detectron2
@@ -12,7 +15,7 @@ pytestmark = pytest.mark.detectron2
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_demo_plumbing_at_toy_size(tmp_path):
+def test_demo_plumbing_at_toy_size(tmp_path, capsys):
     out, data = tmp_path / "demo", tmp_path / "scenes"
     cmd = [sys.executable, str(ROOT / "tools" / "demo.py"), "--train", "--output", str(out), "--data-dir", str(data),
            "--train-scenes", "6", "--test-scenes", "3", "--detector-iters", "2", "--classifier-epochs", "1"]
@@ -40,3 +43,16 @@ def test_demo_plumbing_at_toy_size(tmp_path):
     assert meta["arch"] == "v3_79" and len(meta["class_names"]) == 12
     det = torch.load(tmp_path / "ship" / "detector.pth", weights_only=True)["model"]
     assert det["roi_heads.box_predictor.cls_score.weight"].dtype == torch.float16
+    manifest = json.loads((tmp_path / "ship" / "manifest.json").read_text())
+    assert manifest["synthetic_version"] == synthetic.VERSION and "--export" in manifest["command"]
+    assert manifest["measured"]["two_stage"]["AP"] == ev["two_stage"]["AP"]
+
+    # The exported folder is what a demo without --train uses, as long as its scene version is today's.
+    demo = load_tool("demo")
+    demo.SHIPPED = tmp_path / "ship"
+    assert demo.shipped_models() == [tmp_path / "ship" / "detector.pth", tmp_path / "ship" / "classifier.pth"]
+    (tmp_path / "ship" / "manifest.json").write_text(json.dumps({**manifest, "synthetic_version": synthetic.VERSION - 1}))
+    assert demo.shipped_models() is None
+    assert "training the models here instead" in capsys.readouterr().out
+    (tmp_path / "ship" / "manifest.json").unlink()
+    assert demo.shipped_models() is None

@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """``make demo``: the two-stage story offline on CPU: detector alone vs detector + crop classifier.
 
-1. Synthetic scenes (training set and held-out test set) are generated when missing.
+1. Held-out synthetic test scenes are generated when missing.
 2. Models: a small Detectron2 Faster R-CNN on the 12 fine classes (configs/d2/demo_synthetic_R18_FPN.yaml;
    it sees the 512 px scenes at 256 px, as a real detector sees small objects) and a v3_79 crop classifier
    (configs/cpu/v3_79_w025_synthetic.yaml) that reads every box from the full-resolution scene.
-   They come from demo_weights/{detector,classifier}.pth when both exist (written by
-   `tools/demo.py --train --export demo_weights`), else they are trained here, both at once, one CPU thread each.
+   They come from demo_weights/ (written by `tools/demo.py --train --export demo_weights`; its manifest.json
+   must name today's synthetic scene version), else they are trained here on the classifier config's
+   training scenes (generated when missing), both at once, one CPU thread each (about 14 minutes).
    --train always trains (into --output); a second run reuses what the first one trained.
 3. tools/infer.py --detector faster_rcnn --classifier v3_79 runs on the held-out scenes and prints COCO
    box mAP of the detector alone vs the two-stage output; pictures go to OUTPUT/infer/vis/.
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 DET_CONFIG = ROOT / "configs" / "d2" / "demo_synthetic_R18_FPN.yaml"
 CLS_CONFIG = ROOT / "configs" / "cpu" / "v3_79_w025_synthetic.yaml"
 SHIPPED = ROOT / "demo_weights"
+MANIFEST = "manifest.json"  # in SHIPPED: how the files were made and what they measured
 TEST_SEED, TEST_SCENES = 7, 60
 # The classifier config is sized for CPU already; the demo skips its end-of-training validation pass.
 CLASSIFIER_OPTS = ["TEST.EVAL_PERIOD", "0"]
@@ -86,12 +88,39 @@ def wait_all(jobs) -> None:
         raise SystemExit(3)
 
 
-def models(args, out: Path, train_ann: Path):
-    """(detector config, detector weights, classifier weights), trained here when needed."""
-    shipped = [SHIPPED / "detector.pth", SHIPPED / "classifier.pth"]
-    if not args.train and all(p.is_file() for p in shipped):
+def shipped_models():
+    """(detector, classifier) weights from demo_weights/ when they were made for today's scenes, else None.
+
+    The manifest records the synthetic generator's version the models were trained on: scenes drawn
+    differently would make the comparison meaningless, so stale weights are not used.
+    """
+    from crop_classifier.data import synthetic
+
+    files = [SHIPPED / "detector.pth", SHIPPED / "classifier.pth"]
+    if not all(p.is_file() for p in files):
+        return None
+    try:
+        manifest = json.loads((SHIPPED / MANIFEST).read_text())
+        version = manifest["synthetic_version"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log(f"    {SHIPPED / MANIFEST} is missing or unreadable ({e}); training the models here instead")
+        return None
+    if version != synthetic.VERSION:
+        log(f"    {SHIPPED} was made for synthetic scenes version {version}, these are version "
+            f"{synthetic.VERSION}; training the models here instead")
+        return None
+    return files
+
+
+def models(args, out: Path):
+    """(detector config, detector weights, classifier weights), trained here when needed (the training scenes
+    are generated first, when missing)."""
+    shipped = None if args.train else shipped_models()
+    if shipped:
         log(f"2/3 models: the shipped ones in {SHIPPED} (--train trains them here instead)")
         return DET_CONFIG, shipped[0], shipped[1]
+    log(f"    training scenes: {args.train_dir} ({args.train_scenes}, generated once, then reused)")
+    train_ann = scenes(ROOT / args.train_dir, args.train_scenes, args.train_seed, "train")
     det_dir, cls_dir = out / "detector", out / "classifier"
     py = sys.executable
     threads = max(1, (os.cpu_count() or 2) // 2)
@@ -133,6 +162,7 @@ def main(argv=None) -> int:
     p.add_argument("--test-scenes", type=int, default=TEST_SCENES)
     p.add_argument("--export", metavar="DIR", help="after the run, write the models it used as small float16 files "
                    "DIR/detector.pth and DIR/classifier.pth (what demo_weights/ ships)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     t0 = time.time()
     out = ROOT / args.output
@@ -141,13 +171,12 @@ def main(argv=None) -> int:
     args.train_scenes = args.train_scenes or spec["num_images"]
     args.train_seed = spec["seed"]
 
-    log("1/3 synthetic scenes (generated once, then reused)")
-    train_ann = scenes(ROOT / args.train_dir, args.train_scenes, args.train_seed, "train")
+    log("1/3 held-out synthetic test scenes (generated once, then reused)")
     test_ann = scenes(ROOT / args.train_dir.parent / "demo_test", args.test_scenes, TEST_SEED, "test")
-    classes = [c["name"] for c in sorted(json.loads(train_ann.read_text())["categories"], key=lambda c: c["id"])]
+    classes = [c["name"] for c in sorted(json.loads(test_ann.read_text())["categories"], key=lambda c: c["id"])]
     log(f"    {len(classes)} fine classes: {', '.join(classes)}")
 
-    det_cfg, det_w, cls_w = models(args, out, train_ann)
+    det_cfg, det_w, cls_w = models(args, out)
     log(f"    models ready after {time.time() - t0:.0f} s")
 
     log("3/3 two-stage inference on the held-out scenes")
@@ -162,18 +191,23 @@ def main(argv=None) -> int:
     det_ap, two_ap = ev["detector_only"]["AP"], ev["two_stage"]["AP"]
     log(f"fine-class COCO box mAP: detector alone {det_ap:.4f}, two-stage {two_ap:.4f} ({two_ap - det_ap:+.4f}); "
         f"classifier top-1 on ground-truth crops {ev['crop_top1']}")
+    by_size = {k: "/".join(f"{ev[k][a]:.3f}" for a in ("APs", "APm", "APl")) for k in ("detector_only", "two_stage")}
+    log(f"    by object size (COCO small < 32 px < medium < 96 px < large): detector {by_size['detector_only']}, "
+        f"two-stage {by_size['two_stage']}")
     log(f"pictures: {infer_dir / 'vis'}   total time {time.time() - t0:.0f} s")
     if args.export:
-        export(Path(args.export), det_w, cls_w)
+        export(Path(args.export), det_w, cls_w, ev, argv)
     return 0 if two_ap > det_ap else 1
 
 
-def export(dest: Path, det_w: Path, cls_w: Path) -> None:
-    """Model weights only (no optimizer state), in float16: loading casts them back to float32."""
+def export(dest: Path, det_w: Path, cls_w: Path, ev: dict, argv) -> None:
+    """Model weights only (no optimizer state), in float16: loading casts them back to float32; and a
+    manifest of how they were made (scene version, configs, command) and what this run measured."""
     import torch
 
+    from crop_classifier.data import synthetic
     from crop_classifier.models import load_checkpoint
-    from crop_classifier.utils.io import atomic_torch_save
+    from crop_classifier.utils.io import atomic_save_json, atomic_torch_save
 
     dest.mkdir(parents=True, exist_ok=True)
     det = torch.load(det_w, map_location="cpu", weights_only=True)["model"]
@@ -181,7 +215,15 @@ def export(dest: Path, det_w: Path, cls_w: Path) -> None:
     ckpt = load_checkpoint(cls_w)
     sd = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
     atomic_torch_save(dest / "classifier.pth", {"model": sd, "meta": ckpt["meta"]})
-    for f in ("detector.pth", "classifier.pth"):
+    atomic_save_json(dest / MANIFEST, {
+        "synthetic_version": synthetic.VERSION,
+        "command": " ".join(["tools/demo.py", *argv]),
+        "detector_config": str(DET_CONFIG.relative_to(ROOT)),
+        "classifier_config": str(CLS_CONFIG.relative_to(ROOT)),
+        "created": time.strftime("%Y-%m-%d"),
+        "measured": {k: ev.get(k) for k in ("detector_only", "two_stage", "crop_top1", "crop_top1_boxes")},
+    })
+    for f in ("detector.pth", "classifier.pth", MANIFEST):
         log(f"exported {dest / f} ({(dest / f).stat().st_size / 2**20:.1f} MiB)")
 
 
