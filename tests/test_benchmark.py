@@ -3,6 +3,7 @@ benchmark helpers' logic."""
 import importlib.util
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,6 +95,7 @@ def test_tiny_crops_tradeoff_memory_sections(tiny_run):
     assert by["v3_299 upsampled"]["gmacs"] >= by["v3_299"]["gmacs"]
     assert by["v3_299 stem @79"]["gmacs"] < 0.2 * by["v3_79"]["gmacs"]
     assert t["datasets"]["synthetic"]["train_crops"] == by["v3_79"]["train_crops"] <= 8
+    assert t["recipe_name"] == "cpu" and "eps 1e-08" in t["recipe"]
 
     mem = res["memory"]
     assert mem["images"] == 20 and len(mem["samples"]) >= 2
@@ -117,6 +119,8 @@ def test_bad_arguments_are_reported(tmp_path, capsys):
     tool = _tool()
     assert tool.main(["--output", str(tmp_path), "--only", "models,speed"]) == 2
     assert "unknown section(s) ['speed']" in capsys.readouterr().err
+    assert tool.main(["--output", str(tmp_path), "--only", "tradeoff", "--tradeoff-datasets", "synthetic,imagenet"]) == 2
+    assert "unknown dataset(s) ['imagenet']" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert tool.main(["--output", str(tmp_path), "--tiny", "--device", "cuda", "--only", "crops"]) == 2
         assert "torch.cuda.is_available() is False" in capsys.readouterr().err
@@ -200,3 +204,20 @@ def test_targets_are_judged_against_their_thresholds():
     assert not any(x["target"].startswith("second stage") for x in t)  # a failed section is not judged
     t2 = evaluate_targets({"models": _models_section((0.7, 0.45, 0.6), 0.9)})
     assert [x["status"] for x in t2] == ["missed", "missed"]
+
+
+def test_tradeoff_recipes():
+    from crop_classifier.benchmark.tradeoff import _recipe_cfg
+    from crop_classifier.config import get_cfg
+
+    paper, cpu = _recipe_cfg(32, 3, None, "paper"), _recipe_cfg(32, 3, None, "cpu")
+    assert paper.SOLVER.RMSPROP_EPS == get_cfg().SOLVER.RMSPROP_EPS == 1.0
+    assert cpu.SOLVER.RMSPROP_EPS == 1e-8 and cpu.SOLVER.LR_DECAY_EPOCHS == 0.25 and cpu.SOLVER.MAX_EPOCHS == 3
+    # The CPU recipe is the one configs/cpu trains with, not a second opinion.
+    from crop_classifier.config import load_config
+
+    yaml = load_config(Path(__file__).resolve().parents[1] / "configs" / "cpu" / "v3_79_w025_synthetic.yaml")
+    for key in ("RMSPROP_EPS", "BASE_LR", "LR_DECAY_EPOCHS", "WARMUP_EPOCHS"):
+        assert getattr(cpu.SOLVER, key) == getattr(yaml.SOLVER, key), key
+    with pytest.raises(ValueError, match="recipe"):
+        _recipe_cfg(32, 3, None, "fast")

@@ -31,6 +31,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--tradeoff-epochs", type=int, default=0, help="override the trade-off training epochs")
     p.add_argument("--tradeoff-width", type=float, default=0.0, help="override the trade-off model width")
+    p.add_argument("--tradeoff-train-scenes", type=int, default=0,
+                   help="override the number of synthetic training scenes of the trade-off")
+    p.add_argument("--tradeoff-datasets", default="", metavar="LIST",
+                   help="override the trade-off datasets: synthetic,coco128 or one of them")
+    p.add_argument("--tradeoff-recipe", choices=("cpu", "paper"), default="",
+                   help="trade-off solver settings: cpu (default; configs/cpu's overrides for short runs) or paper")
     p.add_argument("--work-dir", metavar="DIR", help="cache for generated data (default OUTPUT/work)")
     return p.parse_args(argv)
 
@@ -50,6 +56,10 @@ def main(argv=None) -> int:
     if args.quick and args.tiny:
         print("error: --quick and --tiny are exclusive", file=sys.stderr)
         return 2
+    bad = [d for d in args.tradeoff_datasets.split(",") if d.strip() and d.strip() not in ("synthetic", "coco128")]
+    if bad:
+        print(f"error: --tradeoff-datasets: unknown dataset(s) {bad}; valid: synthetic, coco128", file=sys.stderr)
+        return 2
     if args.threads < 0:
         print(f"error: --threads must be >= 0, got {args.threads}", file=sys.stderr)
         return 2
@@ -66,9 +76,11 @@ def _run(args, only) -> int:
     from crop_classifier.benchmark.runner import run_benchmark
 
     overrides = {}
-    if args.tradeoff_epochs or args.tradeoff_width:
-        overrides["tradeoff"] = {k: v for k, v in (("epochs", args.tradeoff_epochs), ("width", args.tradeoff_width))
-                                 if v}
+    datasets = tuple(d.strip() for d in args.tradeoff_datasets.split(",") if d.strip())
+    tradeoff = (("epochs", args.tradeoff_epochs), ("width", args.tradeoff_width), ("recipe", args.tradeoff_recipe),
+                ("synthetic_train", args.tradeoff_train_scenes), ("datasets", datasets))
+    if any(v for _, v in tradeoff):
+        overrides["tradeoff"] = {k: v for k, v in tradeoff if v}
     preset = "tiny" if args.tiny else "quick" if args.quick else "full"
     try:
         results = run_benchmark(args.output, preset=preset, device=args.device, only=only, compile=args.compile,

@@ -9,8 +9,9 @@ width, and evaluated on held-out crops (top-1/top-5):
 * ``v3_299 stem @79``: the unmodified 299 stem fed 79 px crops directly (Section 9's "just shrink it"
   network, with its much lower cost).
 
-Training uses the engine's recipe pieces (``crop_classifier.engine``: RMSProp with the paper's settings and
-linear LR scaling, the staircase schedule, label-smoothed loss, gradient clipping, metrics) in a compact
+Training uses the engine's recipe pieces (``crop_classifier.engine``: RMSProp and linear LR scaling, the
+staircase schedule, label-smoothed loss, gradient clipping, metrics), with the settings of ``RECIPES``: the
+paper's, or by default the CPU configs' overrides for short runs (``configs/cpu/``), in a compact
 loop over crops extracted once into memory (``crop_classifier.crops.extract_crops`` on the ground-truth
 boxes, the default context), with random horizontal flips. Keeping the crops in memory rather than
 decoding and augmenting each epoch is what lets ten trainings fit in a few minutes of two CPU cores; the
@@ -136,10 +137,23 @@ def _dataset(name: str, work_dir: Path, *, synthetic_train: int, synthetic_test:
 
 
 # ------------------------------------------------------------------------------------------------ training
-def _recipe_cfg(batch_size: int, epochs: int, base_lr: Optional[float]):
+#: Solver settings on top of the engine's defaults (the paper's). "cpu" is what configs/cpu/*.yaml set for runs
+#: of a few thousand steps: with the paper's eps 1.0, gradient clipping at 2.0 (the norm starts far above it,
+#: from the stem) shrinks every step and short runs stay at chance (docs/training.md).
+RECIPES: Dict[str, Dict[str, float]] = {
+    "paper": {},
+    "cpu": {"RMSPROP_EPS": 1e-8, "BASE_LR": 1e-4, "LR_DECAY_EPOCHS": 0.25, "WARMUP_EPOCHS": 0.25},
+}
+
+
+def _recipe_cfg(batch_size: int, epochs: int, base_lr: Optional[float], recipe: str = "cpu"):
     from crop_classifier.config import get_cfg
 
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown trade-off recipe {recipe!r}; valid: {', '.join(RECIPES)}")
     cfg = get_cfg()
+    for key, value in RECIPES[recipe].items():
+        setattr(cfg.SOLVER, key, value)
     cfg.SOLVER.IMS_PER_BATCH = batch_size
     cfg.SOLVER.MAX_EPOCHS = epochs
     if base_lr is not None:
@@ -172,13 +186,14 @@ def recalibrate_bn(model: nn.Module, batches) -> int:
 
 def train_and_evaluate(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                        test_y: torch.Tensor, class_names: Sequence[str], *, epochs: int, batch_size: int,
-                       seed: int = 0, base_lr: Optional[float] = None, device: str = "cpu") -> Dict[str, object]:
+                       seed: int = 0, base_lr: Optional[float] = None, device: str = "cpu",
+                       recipe: str = "cpu") -> Dict[str, object]:
     """Train with the engine's recipe on uint8 crops (flip augmentation), then top-1/top-5 on the test crops."""
     from crop_classifier.engine.evaluation import compute_metrics
     from crop_classifier.engine.losses import InceptionLoss
     from crop_classifier.engine.optim import build_lr_scheduler, build_optimizer, clip_gradients
 
-    cfg = _recipe_cfg(batch_size, epochs, base_lr)
+    cfg = _recipe_cfg(batch_size, epochs, base_lr, recipe)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model.to(device).train()
@@ -233,6 +248,7 @@ def run_tradeoff(
     epochs: int = 4,
     batch_size: int = 32,
     base_lr: Optional[float] = None,
+    recipe: str = "cpu",
     synthetic_train: int = 120,
     synthetic_test: int = 40,
     image_size: int = 512,
@@ -274,20 +290,22 @@ def run_tradeoff(
             model = Upsampled(net, up) if up else net
             gmacs = count_gmacs(model.eval(), crop)
             r = train_and_evaluate(model, train_x[crop], train_y, test_x[crop], test_y, class_names, epochs=epochs,
-                                   batch_size=batch_size, seed=seed, base_lr=base_lr, device=device)
+                                   batch_size=batch_size, seed=seed, base_lr=base_lr, device=device, recipe=recipe)
             rows.append({"dataset": ds, "name": name, "arch": arch, "crop": crop,
                          "input": f"{crop}" + (f"→{up}" if up else ""), "width": width, "gmacs": gmacs,
                          "params": sum(p.numel() for p in net.parameters()),
                          "train_crops": len(train_y), "test_crops": len(test_y), **r})
             log(f"    {name:18s} {gmacs:.3f} GMACs: top-1 {100 * r['top1']:.1f} %, top-5 {100 * r['top5']:.1f} % "
                 f"({r['steps']} steps, {r['train_s']:.0f} s, final loss {r['final_loss']:.2f})")
-    cfg = _recipe_cfg(batch_size, epochs, base_lr)
-    recipe = (f"Width {width}, {epochs} epochs, batch {batch_size}, RMSProp (decay {cfg.SOLVER.RMSPROP_DECAY}, "
-              f"eps {cfg.SOLVER.RMSPROP_EPS}, momentum {cfg.SOLVER.MOMENTUM}), lr {cfg.SOLVER.BASE_LR} x batch/"
-              f"{cfg.SOLVER.REFERENCE_BATCH_SIZE} decayed x{cfg.SOLVER.LR_DECAY} every {cfg.SOLVER.LR_DECAY_EPOCHS} "
-              f"epochs, label smoothing {cfg.SOLVER.LABEL_SMOOTHING}, gradient clipping {cfg.SOLVER.CLIP_GRAD_NORM}, "
-              f"no auxiliary head, horizontal flips; crops of ground-truth boxes with context {DEFAULT_CONTEXT}; "
-              f"from scratch (random init, seed {seed}); BN statistics recomputed on up to {20 * batch_size} "
-              "training crops before evaluation.")
-    return {"device": device, "width": width, "epochs": epochs, "batch_size": batch_size, "recipe": recipe,
+    cfg = _recipe_cfg(batch_size, epochs, base_lr, recipe)
+    text = (f"Width {width}, {epochs} epochs, batch {batch_size}, recipe '{recipe}': RMSProp (decay "
+            f"{cfg.SOLVER.RMSPROP_DECAY}, eps {cfg.SOLVER.RMSPROP_EPS}, momentum {cfg.SOLVER.MOMENTUM}), lr "
+            f"{cfg.SOLVER.BASE_LR} x batch/{cfg.SOLVER.REFERENCE_BATCH_SIZE} decayed x{cfg.SOLVER.LR_DECAY} every "
+            f"{cfg.SOLVER.LR_DECAY_EPOCHS} epochs after {cfg.SOLVER.WARMUP_EPOCHS} warm-up epochs, label smoothing "
+            f"{cfg.SOLVER.LABEL_SMOOTHING}, gradient clipping {cfg.SOLVER.CLIP_GRAD_NORM}, "
+            f"no auxiliary head, horizontal flips; crops of ground-truth boxes with context {DEFAULT_CONTEXT}; "
+            f"from scratch (random init, seed {seed}); BN statistics recomputed on up to {20 * batch_size} "
+            "training crops before evaluation.")
+    return {"device": device, "width": width, "epochs": epochs, "batch_size": batch_size, "recipe": text,
+            "recipe_name": recipe,
             "datasets": data_info, "majority_top1": majority, "rows": rows}
