@@ -188,6 +188,27 @@ def test_train_dataset_jitters_and_augments(coco128):
     assert torch.equal(ev.__getitems__(idx)[0], plain)
 
 
+def test_augmentation_repeats_under_the_same_torch_seed(coco128):
+    """Whatever albumentations draws from (the global NumPy/random state in 1.x, a generator of the
+    transform's own in 2.x, which the dataset seeds), the same torch seed gives the same augmented crops:
+    what exact resume rests on."""
+    ann, image_dir, _ = _coco128(coco128)
+    s = load_coco_samples(ann, image_dir, min_size=24)
+    idx = list(range(12))
+
+    def crops(seed):
+        import random
+
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        ds = CropDataset(s, 48, train=True, jitter_iou=0.7, transform=build_train_transform(48))
+        return ds.__getitems__(idx)[0]
+
+    a, b, c = crops(1), crops(1), crops(2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
 def test_loader_over_synthetic_scenes_covers_every_box_once(tmp_path):
     ann = generate_scenes(tmp_path, 3, seed=0, image_size=256)
     s = load_coco_samples(ann, ann.parent)

@@ -302,6 +302,10 @@ class CropDataset(torch.utils.data.Dataset):
         if key != self._rng_key:
             self._rng = np.random.default_rng([self.seed, key[1] % (1 << 63)])
             self._rng_key = key
+            # albumentations >= 2 draws from a generator of its own, seeded from OS entropy when the
+            # transform is built: seed it from the same stream, or augmentation (and resume) is not repeatable.
+            if hasattr(self.transform, "set_random_seed"):
+                self.transform.set_random_seed(int(self._rng.integers(1 << 31)))
         return self._rng
 
     def _image(self, path: str) -> np.ndarray:
@@ -331,13 +335,14 @@ class CropDataset(torch.utils.data.Dataset):
         groups: "OrderedDict[str, List[int]]" = OrderedDict()
         for pos, i in enumerate(indices):
             groups.setdefault(self.samples[i][0], []).append(pos)
+        rng = self._generator() if self.train else None  # also (re)seeds the transform for this epoch/worker
         out = torch.empty((len(indices), 3, self.input_size, self.input_size))
         labels = torch.empty(len(indices), dtype=torch.long)
         for path, positions in groups.items():
             img = self._image(path)
             boxes = np.stack([self.samples[indices[p]][1] for p in positions]).astype(np.float32)
             if self.jitter_iou is not None:
-                boxes = jitter_boxes(boxes, self.jitter_iou, self._generator())
+                boxes = jitter_boxes(boxes, self.jitter_iou, rng)
             pos_t = torch.tensor(positions)
             out[pos_t] = self._crops(img, boxes)
             labels[pos_t] = torch.tensor([self.samples[indices[p]][2] for p in positions])
