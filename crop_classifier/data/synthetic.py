@@ -8,8 +8,9 @@ classes share their coarse appearance and differ only in structure with a period
 object's size (7.5 periods across the mark). The scene's blur (sigma 0.9 px), noise and JPEG wipe
 that out below ~30 px (the fine class is genuinely ambiguous: every mark is the same grey disk),
 it starts to show at 30-40 px and is plain from ~50 px (tests/test_synthetic.py measures this with
-an ideal template observer). A detector that sees the scene at half resolution needs twice that
-size; a crop classifier reading the full-resolution pixels does not. The coarse shape stays
+a template observer: chance at 16-24 px, 0.63 at 40 px, 0.8 from 48 px). A detector that sees the
+scene at half resolution needs twice that size; a crop classifier reading the full-resolution pixels
+does not. The coarse shape stays
 visible at every size: a detector can be trained on the coarse classes (``supercategory``) or
 the fine ones (``name``).
 
@@ -60,7 +61,8 @@ IMAGE_DIR = "images"
 GENERATOR = "crop_classifier.data.synthetic"
 # Bump whenever the rendering changes, so stale scene folders are regenerated, never silently reused
 # (and models trained on other scenes are not reused by tools/demo.py).
-# 2: the mark grew from a fifth to half of the object's size, at the same period (more of it to learn from).
+# 2: the mark grew from a fifth to half of the object's size, at the same period (more of it to learn from),
+#    and its texture has a random phase (its outline is no class cue).
 VERSION = 2
 
 MIN_OBJECT = 16
