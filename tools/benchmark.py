@@ -56,9 +56,12 @@ def main(argv=None) -> int:
     if args.quick and args.tiny:
         print("error: --quick and --tiny are exclusive", file=sys.stderr)
         return 2
-    bad = [d for d in args.tradeoff_datasets.split(",") if d.strip() and d.strip() not in ("synthetic", "coco128")]
+    from crop_classifier.benchmark.tradeoff import DATASETS
+
+    args.tradeoff_datasets = tuple(d.strip() for d in args.tradeoff_datasets.split(",") if d.strip())
+    bad = [d for d in args.tradeoff_datasets if d not in DATASETS]
     if bad:
-        print(f"error: --tradeoff-datasets: unknown dataset(s) {bad}; valid: synthetic, coco128", file=sys.stderr)
+        print(f"error: --tradeoff-datasets: unknown dataset(s) {bad}; valid: {', '.join(DATASETS)}", file=sys.stderr)
         return 2
     if args.threads < 0:
         print(f"error: --threads must be >= 0, got {args.threads}", file=sys.stderr)
@@ -76,9 +79,8 @@ def _run(args, only) -> int:
     from crop_classifier.benchmark.runner import run_benchmark
 
     overrides = {}
-    datasets = tuple(d.strip() for d in args.tradeoff_datasets.split(",") if d.strip())
     tradeoff = (("epochs", args.tradeoff_epochs), ("width", args.tradeoff_width), ("recipe", args.tradeoff_recipe),
-                ("synthetic_train", args.tradeoff_train_scenes), ("datasets", datasets))
+                ("synthetic_train", args.tradeoff_train_scenes), ("datasets", args.tradeoff_datasets))
     if any(v for _, v in tradeoff):
         overrides["tradeoff"] = {k: v for k, v in tradeoff if v}
     preset = "tiny" if args.tiny else "quick" if args.quick else "full"

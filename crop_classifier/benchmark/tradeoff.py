@@ -34,6 +34,7 @@ from ..models.inception_v3 import IMAGENET_MEAN, IMAGENET_STD
 from .models import count_gmacs
 
 COCO128 = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco128"
+DATASETS = ("synthetic", "coco128")
 
 # (name, architecture, crop size, size the crop is upsampled to before the network or None)
 MODELS: Tuple[Tuple[str, str, int, Optional[int]], ...] = (
@@ -133,7 +134,7 @@ def _dataset(name: str, work_dir: Path, *, synthetic_train: int, synthetic_test:
         test = [r for i, r in enumerate(records) if i % k == k - 1]
         train = [r for i, r in enumerate(records) if i % k != k - 1]
         return train, test, cats
-    raise ValueError(f"unknown trade-off dataset {name!r}; valid: synthetic, coco128")
+    raise ValueError(f"unknown trade-off dataset {name!r}; valid: {', '.join(DATASETS)}")
 
 
 # ------------------------------------------------------------------------------------------------ training
