@@ -38,7 +38,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .models.inception_v3 import IMAGENET_MEAN, IMAGENET_STD
+from .structures import IMAGENET_MEAN, IMAGENET_STD, FusedDetections
 
 logger = logging.getLogger(__name__)
 
@@ -194,30 +194,6 @@ def fuse(
 
 
 # --------------------------------------------------------------------------------------------- results
-@dataclass
-class FusedDetections:
-    """One image's output. Boxes XYXY in original-image pixels; class ids in the output class space."""
-
-    boxes: Tensor  # [N, 4]
-    classes: Tensor  # [N] output class ids
-    scores: Tensor  # [N] fused scores
-    det_classes: Tensor  # [N] the detector's own class ids
-    det_scores: Tensor  # [N] the detector's own scores
-    cls_probs: Tensor  # [N, K] classifier probabilities (zeros where not classified)
-    cls_scores: Tensor  # [N] classifier probability behind the decision (NaN where not classified)
-    classified: Tensor  # [N] bool: the box went through the classifier
-    index: Tensor  # [N] position of each box in the first stage's input (for fields the stage does not know)
-
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
-
-    def select(self, keep: Tensor) -> "FusedDetections":
-        return FusedDetections(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
-
-    def to(self, device: Any) -> "FusedDetections":
-        return FusedDetections(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
-
-
 def _box_sides(boxes: Tensor) -> Tuple[Tensor, Tensor]:
     wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
     return wh.min(dim=1).values, wh.max(dim=1).values

@@ -12,9 +12,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
-
-class WeightsUnavailableError(RuntimeError):
-    """MODEL.WEIGHTS could not be fetched (offline machine) or read."""
+from ..errors import WeightsUnavailableError
 
 
 def load_detector_weights(model: torch.nn.Module, weights: str, flag: str = "MODEL.WEIGHTS") -> None:

@@ -29,31 +29,14 @@ from typing import Optional, Tuple, Union
 import cv2
 import numpy as np
 
+from ..errors import ImageNotFoundError, ImageReadError
+
 __all__ = ["ImageReadError", "ImageNotFoundError", "MAX_PIXELS", "read_rgb", "max_pixels_default"]
 
 PathLike = Union[str, os.PathLike]
 
 MAX_PIXELS = 2 ** 27
 _ENV_MAX_PIXELS = "CROP_CLASSIFIER_MAX_PIXELS"
-
-
-class ImageReadError(OSError):
-    """An image file that cannot be used; ``path`` and ``reason`` say which and why."""
-
-    def __init__(self, path: PathLike, reason: str):
-        super().__init__(f"{os.fspath(path)}: {reason}")
-        self.path = os.fspath(path)
-        self.reason = reason
-
-    def __str__(self) -> str:  # OSError's own str() would show the errno form
-        return f"{self.path}: {self.reason}"
-
-    def __reduce__(self):  # picklable across DataLoader worker processes
-        return type(self), (self.path, self.reason)
-
-
-class ImageNotFoundError(ImageReadError, FileNotFoundError):
-    """The path does not exist."""
 
 
 def max_pixels_default() -> int:

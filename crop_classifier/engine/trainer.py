@@ -15,6 +15,7 @@ from fvcore.common.config import CfgNode
 from tqdm import tqdm
 
 from ..models import build_classifier, classifier_from_checkpoint, load_imagenet_weights, model_meta
+from ..errors import NonFiniteLossError
 from ..utils.io import atomic_write_text
 from . import distributed as du
 from .checkpoint import EpochCheckpointer, capture_rng_state, restore_rng_state
@@ -28,10 +29,6 @@ logger = logging.getLogger(__name__)
 
 # Meta keys a resumed run's checkpoint must share with the config it resumes under.
 RESUME_META_KEYS = ("arch", "num_classes", "class_names", "input_size", "width", "crop")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; training stopped without writing a checkpoint."""
 
 
 def seed_everything(*keys: int) -> None:

@@ -14,6 +14,7 @@ import torch
 from ..detectors import GroundTruthBoxes, build_first_stage
 from ..detectors.base import ImageRecord
 from ..detectors.coco_files import categories, images_by_key, load_annotations, xywh_to_xyxy
+from ..errors import UsageError
 from ..pipeline import SecondStage
 from ..utils.io import atomic_save_json, atomic_write_bytes
 from .coco_results import assign_category_ids, coco_box_map, detector_results, fused_results
@@ -22,10 +23,6 @@ from . import resume as resume_mod
 from .sharding import gather_parts, merge_parts, resolve_shard, shard_device, write_part
 
 logger = logging.getLogger(__name__)
-
-
-class UsageError(ValueError):
-    """A command-line problem the user must fix (exit code 2)."""
 
 
 @dataclass

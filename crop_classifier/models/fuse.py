@@ -19,12 +19,10 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..errors import FusionError
+
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
-class FusionError(RuntimeError):
-    """The model cannot be analysed for fusion (for example it is not torch.fx traceable)."""
 
 
 def _plain(module: nn.Module, bases: tuple) -> bool:

@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# The input normalisation every model, crop and checkpoint here uses (ImageNet mean/std, RGB in [0, 1]).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision's transform_input (Google's weights expect [-1, 1]) undoes the default ImageNet normalisation.
+from ..structures import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .inception_v3 import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import CheckpointError, WeightsUnavailableError
+from ..structures import IMAGENET_MEAN, IMAGENET_STD
 from ..utils.io import atomic_torch_save, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -32,14 +33,6 @@ WEIGHTS_FLAG_HELP = (
 REQUIRED_META = ("arch", "num_classes", "class_names", "input_size", "width")
 HEAD_PREFIXES = ("fc.", "AuxLogits.fc.")
 SAFETENSORS_META_KEY = "crop_classifier_meta"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, unsafe, or not matching what was asked for."""
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be fetched (offline machine)."""
 
 
 # --------------------------------------------------------------------------------------------- raw reading

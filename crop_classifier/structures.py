@@ -1,0 +1,183 @@
+"""The types that travel along the data flow, shared by every layer (no imports of the package's own modules).
+
+    image -> first stage -> ImageDetections -> crops (CropSpec) -> classifier (ClassifierMeta) -> fusion
+          -> FusedDetections
+
+``ImageRecord``: an input image as a first stage sees it. ``ImageDetections``: one image's first-stage boxes.
+``CropSpec``: how a box becomes a classifier input (size, context margin, mode), written to and read from
+checkpoints and configs. ``ClassifierMeta``: what a checkpoint says about its classifier, preprocessing
+included (like torchvision's weights enums carry their transforms). ``FusedDetections``: one image's output.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+# ImageNet mean/std (RGB in [0, 1]): the default normalisation of every classifier here. The checkpoint's
+# meta carries the values it was trained with; inference reads them from there (ClassifierMeta).
+IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+CROP_MODES = ("square", "letterbox")
+DEFAULT_CONTEXT = 0.0
+DEFAULT_CROP_MODE = "square"
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """How a box is cut into a classifier input: ``size`` px square, ``context`` margin (fraction of the box
+    side added around it), ``mode`` ``square`` (a square around the box) or ``letterbox`` (the box itself,
+    aspect kept, padded)."""
+
+    size: int
+    context: float = DEFAULT_CONTEXT
+    mode: str = DEFAULT_CROP_MODE
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer)) or int(self.size) < 1:
+            raise ValueError(f"crop size must be a positive integer, got {self.size!r}")
+        object.__setattr__(self, "size", int(self.size))
+        if isinstance(self.context, bool) or not isinstance(self.context, (int, float)) \
+                or not math.isfinite(self.context) or self.context < 0:
+            raise ValueError(f"crop context must be a finite number >= 0, got {self.context!r}")
+        object.__setattr__(self, "context", float(self.context))
+        if self.mode not in CROP_MODES:
+            raise ValueError(f"crop mode must be one of {CROP_MODES}, got {self.mode!r}")
+
+    def with_overrides(self, context: Optional[float] = None, mode: Optional[str] = None) -> "CropSpec":
+        """This spec with the given fields replaced (``None`` keeps the field)."""
+        return replace(self, context=self.context if context is None else context,
+                       mode=self.mode if mode is None else mode)
+
+    def to_meta(self) -> Dict[str, Any]:
+        """The checkpoint's ``meta["crop"]`` (the size lives in ``meta["input_size"]``)."""
+        return {"context": self.context, "mode": self.mode}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> "CropSpec":
+        crop = dict(meta.get("crop") or {})
+        return cls(int(meta["input_size"]), float(crop.get("context", DEFAULT_CONTEXT)),
+                   str(crop.get("mode", DEFAULT_CROP_MODE)))
+
+
+@dataclass(frozen=True)
+class ClassifierMeta:
+    """A checkpoint's ``meta``, typed: the architecture, classes, crop spec and input normalisation.
+
+    ``extra`` keeps any other keys (training provenance, calibration, ...) so a round trip loses nothing.
+    """
+
+    arch: str
+    class_names: Tuple[str, ...]
+    crop: CropSpec
+    width: float = 1.0
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
+    transform_input: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_size(self) -> int:
+        return self.crop.size
+
+    @classmethod
+    def from_dict(cls, meta: Mapping[str, Any]) -> "ClassifierMeta":
+        known = {"arch", "num_classes", "class_names", "input_size", "width", "crop", "mean", "std", "transform_input"}
+        return cls(
+            arch=str(meta["arch"]), class_names=tuple(str(c) for c in meta["class_names"]),
+            crop=CropSpec.from_meta(meta), width=float(meta.get("width", 1.0)),
+            mean=tuple(float(v) for v in meta.get("mean", IMAGENET_MEAN)),
+            std=tuple(float(v) for v in meta.get("std", IMAGENET_STD)),
+            transform_input=bool(meta.get("transform_input", False)),
+            extra={k: v for k, v in meta.items() if k not in known},
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            **dict(self.extra), "arch": self.arch, "num_classes": self.num_classes,
+            "class_names": list(self.class_names), "input_size": self.input_size, "width": self.width,
+            "transform_input": self.transform_input, "mean": list(self.mean), "std": list(self.std),
+            "crop": self.crop.to_meta(),
+        }
+
+
+@dataclass
+class ImageRecord:
+    """An input image as the first stages see it: where it came from (file or video frame) and its pixels."""
+
+    file_name: str  # path of the image, or "video.mp4#000123" for a frame
+    image: np.ndarray  # HxWx3 uint8 RGB, original resolution
+    image_id: Optional[int] = None  # COCO id when known (from annotations), else assigned in order
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Name used to match files against annotations / detections files: the base name."""
+        return os.path.basename(self.file_name)
+
+
+@dataclass
+class ImageDetections:
+    """One image's first-stage output: XYXY boxes in original-image pixels, class ids into ``class_names``."""
+
+    boxes: np.ndarray  # [N, 4] float32
+    classes: np.ndarray  # [N] int64
+    scores: np.ndarray  # [N] float32
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.classes = np.asarray(self.classes, dtype=np.int64).reshape(-1)
+        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        if not (len(self.boxes) == len(self.classes) == len(self.scores)):
+            raise ValueError(f"{len(self.boxes)} boxes, {len(self.classes)} classes, {len(self.scores)} scores")
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @classmethod
+    def empty(cls) -> "ImageDetections":
+        return cls(np.zeros((0, 4)), np.zeros(0), np.zeros(0))
+
+
+@dataclass
+class FusedDetections:
+    """One image's output. Boxes XYXY in original-image pixels; class ids in the output class space."""
+
+    boxes: Tensor  # [N, 4]
+    classes: Tensor  # [N] output class ids
+    scores: Tensor  # [N] fused scores
+    det_classes: Tensor  # [N] the detector's own class ids
+    det_scores: Tensor  # [N] the detector's own scores
+    cls_probs: Tensor  # [N, K] classifier probabilities (zeros where not classified)
+    cls_scores: Tensor  # [N] classifier probability behind the decision (NaN where not classified)
+    classified: Tensor  # [N] bool: the box went through the classifier
+    index: Tensor  # [N] position of each box in the first stage's input (for fields the stage does not know)
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def select(self, keep: Tensor) -> "FusedDetections":
+        return FusedDetections(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
+
+    def to(self, device: Any) -> "FusedDetections":
+        return FusedDetections(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    @property
+    def num_classified(self) -> int:
+        return int(self.classified.sum())
+
+
+__all__ = [
+    "IMAGENET_MEAN", "IMAGENET_STD", "CROP_MODES", "CropSpec", "ClassifierMeta", "ImageRecord", "ImageDetections",
+    "FusedDetections",
+]
