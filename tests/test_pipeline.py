@@ -7,6 +7,7 @@ from torch import nn
 
 from crop_classifier.models import build_classifier
 from crop_classifier.pipeline import ClassMap, SecondStage, fuse, parse_class_map
+from classifier_helpers import inference_form
 
 COLOURS = ["red", "green", "blue"]
 
@@ -115,7 +116,7 @@ def test_fuse_rejects_unknown_mode():
 # --------------------------------------------------------------------------------------------- the stage
 def _colour_stage(**kw):
     kw.setdefault("class_map", {"thing": ["red", "green", "blue"]})
-    return SecondStage(MeanColourNet(), COLOURS, ["thing", "other"], input_size=16, **kw)
+    return SecondStage(inference_form(MeanColourNet(), COLOURS, 16), ["thing", "other"], **kw)
 
 
 def test_second_stage_classifies_each_crop_from_its_own_box():
@@ -138,9 +139,10 @@ def test_chunking_does_not_change_results():
     clf = build_classifier("v3_79", 3, width=0.0625, aux_logits=False)
     args = ([img, img.flip(2)], [boxes, boxes[:2]], [torch.zeros(3, dtype=torch.long), torch.zeros(2, dtype=torch.long)],
             [torch.rand(3), torch.rand(2)])
-    kw = dict(class_map={"thing": ["*"]}, input_size=79)
-    one = SecondStage(clf, COLOURS, ["thing", "other"], max_crops_per_forward=1, **kw)(*args)
-    big = SecondStage(clf, COLOURS, ["thing", "other"], max_crops_per_forward=64, **kw)(*args)
+    meta = {"arch": "v3_79", "class_names": COLOURS, "input_size": 79}
+    kw = dict(class_map={"thing": ["*"]})
+    one = SecondStage.from_model(clf, meta, ["thing", "other"], max_crops_per_forward=1, **kw)(*args)
+    big = SecondStage.from_model(clf, meta, ["thing", "other"], max_crops_per_forward=64, **kw)(*args)
     for a, b in zip(one, big):
         assert torch.equal(a.index, b.index)
         assert torch.allclose(a.cls_probs, b.cls_probs, atol=1e-5)
@@ -209,8 +211,8 @@ def test_from_checkpoint_takes_classes_crop_and_size_from_meta(tmp_path):
     clf = build_classifier("v3_79", 3, width=0.0625, aux_logits=False)
     path = save_checkpoint(tmp_path / "c.pth", clf, model_meta(clf, "v3_79", COLOURS, context=0.25, mode="letterbox"))
     stage = SecondStage.from_checkpoint(path, ["thing"], arch="v3_79", class_map={"thing": ["*"]})
-    assert stage.classifier_classes == COLOURS and stage.input_size == 79
-    assert stage.context == 0.25 and stage.crop_mode == "letterbox"
+    assert stage.classifier_classes == COLOURS and stage.crop.size == 79
+    assert stage.crop.context == 0.25 and stage.crop.mode == "letterbox"
     assert not any(p.requires_grad for p in stage.classifier.parameters())
     from crop_classifier.models import CheckpointError
 

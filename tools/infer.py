@@ -20,12 +20,15 @@ Exit status: 0 ok, 1 some inputs could not be read or some detections/annotation
 import argparse
 import logging
 import os
+import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from crop_classifier.inference import InferOptions, UsageError, format_summary, run  # noqa: E402
-from crop_classifier.pipeline import FUSION_MODES  # noqa: E402
+from crop_classifier.errors import CheckpointError, WeightsUnavailableError  # noqa: E402
+from crop_classifier.inference import InferenceRun, InferOptions, UsageError, format_summary  # noqa: E402
+from crop_classifier.models.inference import PRECISIONS  # noqa: E402
+from crop_classifier.second_stage import FUSION_MODES  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4, help="images per detector batch")
     p.add_argument("--crops-per-forward", type=int, default=64, help="crops per classifier forward")
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="classifier precision: fp32 (default), bf16 (CUDA, or a CPU with AVX-512 BF16/AMX), fp16 (CUDA)")
     p.add_argument("--categories", help="COCO annotations whose categories name/number the classes "
                    "(needed by detections: files without category_name)")
     p.add_argument("--eval", metavar="ANNOTATIONS.json",
@@ -71,6 +76,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "with a result in OUTPUT/parts are not processed again (the options must be the same); "
                    "without it, earlier parts are discarded")
     return p.parse_args(argv)
+
+
+def _interrupted(run, argv) -> int:
+    """Ctrl-C: say what is saved and how to continue; exit 130 like a shell."""
+    saved = run.saved_images() if run is not None else 0
+    args = list(sys.argv[1:] if argv is None else argv)
+    cmd = " ".join(shlex.quote(a) for a in ["tools/infer.py", *args] + ([] if "--resume" in args else ["--resume"]))
+    where = f" in {run.parts_dir}" if run is not None else ""
+    print(f"\ninterrupted: {saved} image(s) saved{where}; continue with: {cmd}", file=sys.stderr)
+    return 130
 
 
 def main(argv=None) -> int:
@@ -89,18 +104,18 @@ def main(argv=None) -> int:
         crops_per_forward=args.crops_per_forward, categories=args.categories, eval=args.eval,
         vis_limit=args.vis_limit, vis_score_thresh=args.vis_score_thresh, video_stride=args.video_stride,
         progress=not args.no_progress, num_shards=args.num_shards, shard_id=args.shard_id,
-        resume=args.resume,
+        resume=args.resume, precision=args.precision,
     )
+    run = None
     try:
-        summary = run(opts)
-    except UsageError as e:
+        run = InferenceRun(opts)
+        summary = run.run()
+    except KeyboardInterrupt:
+        return _interrupted(run, argv)
+    except (UsageError, WeightsUnavailableError, CheckpointError, ValueError, FileNotFoundError) as e:
+        # first-stage problems (offline weights, bad files) deserve one clear line too
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # first-stage problems (offline weights, bad files) deserve one clear line
-        if type(e).__name__ in ("WeightsUnavailableError", "CheckpointError") or isinstance(e, (ValueError, FileNotFoundError)):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
     if summary.get("merged") is False:  # a shard whose part is written; another process merges
         print(f"shard {summary['shard']} of {summary['num_shards']}: {summary['images']} images written to "
               f"{os.path.join(args.output, 'shards')}")

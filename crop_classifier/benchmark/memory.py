@@ -36,15 +36,15 @@ def run_memory(
 
     from crop_classifier.crops import DEFAULT_CONTEXT
     from crop_classifier.models import build_classifier
-    from crop_classifier.models.fuse import optimize_for_inference
     from crop_classifier.pipeline import SecondStage
 
     if num_images < 1 or warmup < 0 or sample_every < 1:
         raise ValueError("num_images >= 1, warmup >= 0 and sample_every >= 1 are required")
     proc = psutil.Process()
     names = [f"class_{i}" for i in range(num_classes)]
-    clf = optimize_for_inference(build_classifier(arch, num_classes, width=width, aux_logits=False))
-    stage = SecondStage(clf, names, names, context=DEFAULT_CONTEXT).to(device)
+    clf = build_classifier(arch, num_classes, width=width, aux_logits=False)
+    meta = {"arch": arch, "class_names": names, "input_size": clf.input_size, "width": width}
+    stage = SecondStage.from_model(clf, meta, names, device=device, context=DEFAULT_CONTEXT)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for w, h in SIZES]
 
@@ -83,7 +83,7 @@ def run_memory(
     growth = float(ys[-1] - ys[0])
     return {
         "device": device, "images": num_images, "warmup_images": warmup, "boxes": boxes_total,
-        "classifier": f"{arch} width {width}, {num_classes} classes (optimize_for_inference)",
+        "classifier": f"{arch} width {width}, {num_classes} classes (build_inference_classifier)",
         "start_rss_mb": start_rss, "rss_after_warmup_mb": float(ys[0]), "rss_end_mb": float(ys[-1]),
         "rss_peak_mb": float(ys.max()), "growth_mb": growth, "slope_mb_per_1000_images": slope,
         "seconds": time.perf_counter() - t0, "samples": samples,

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from crop_classifier.models import build_classifier
-from crop_classifier.models.fuse import optimize_for_inference
+from crop_classifier.models.inference import build_inference_classifier
 
 from .timing import PeakRSS, Timing, paired_ratio, time_fn, time_interleaved
 
@@ -75,31 +75,34 @@ def _eager(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def _autocast(device_type: str, dtype: torch.dtype):
-    def ctx():
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.inference_mode())
-        stack.enter_context(torch.autocast(device_type, dtype=dtype))
-        return stack
-    return ctx
+def _inference_form(precision: str) -> Callable[[nn.Module], nn.Module]:
+    """The project's inference form (``build_inference_classifier``: normalisation, BN folded, channels_last,
+    inference_mode, softmax) of a benchmark model, at ``precision``."""
+    def prepare(model: nn.Module) -> nn.Module:
+        n = int(getattr(model, "num_classes", None) or model.fc.out_features)
+        meta = {"arch": type(model).__name__, "class_names": [str(i) for i in range(n)],
+                "input_size": int(model.input_size)}
+        device = next(model.parameters()).device
+        return build_inference_classifier(model, meta, device=device, precision=precision)
+    return prepare
 
 
 def modes_for(device: str, *, compile: bool = False) -> List[Mode]:
     """CPU: plain eager (how a user runs torchvision) and our inference form. CUDA adds bf16/fp16 autocast."""
-    opt = optimize_for_inference
+    opt = _inference_form("fp32")
     modes = [
         Mode("eager", _eager, torch.no_grad, False, "model.eval(), torch.no_grad(), NCHW fp32"),
-        Mode("optimized", opt, torch.inference_mode, True,
-             "BN folded into conv, channels_last, torch.inference_mode(), fp32"),
+        Mode("optimized", opt, contextlib.nullcontext, True,
+             "the inference form: normalise, BN folded into conv, channels_last, inference_mode, softmax; fp32"),
     ]
     if torch.device(device).type == "cuda":
         modes += [
-            Mode("bf16", opt, _autocast("cuda", torch.bfloat16), True, "optimized + bf16 autocast"),
-            Mode("fp16", opt, _autocast("cuda", torch.float16), True, "optimized + fp16 autocast"),
+            Mode("bf16", _inference_form("bf16"), contextlib.nullcontext, True, "inference form, bf16 autocast"),
+            Mode("fp16", _inference_form("fp16"), contextlib.nullcontext, True, "inference form, fp16 autocast"),
         ]
     if compile:
-        modes.append(Mode("compiled", lambda m: torch.compile(opt(m)), torch.inference_mode, True,
-                          "optimized + torch.compile (inductor)"))
+        modes.append(Mode("compiled", lambda m: torch.compile(opt(m)), contextlib.nullcontext, True,
+                          "inference form + torch.compile (inductor)"))
     return modes
 
 

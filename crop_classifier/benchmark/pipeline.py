@@ -4,7 +4,7 @@ The first stage is Detectron2's model-zoo R50-FPN Faster R-CNN (``crop_classifie
 weights (none can be downloaded here; timing does not depend on the values), its score threshold at 0
 and its top-k at the largest box count, so the second stage always sees exactly N boxes. The second stage
 is ``crop_classifier.pipeline.SecondStage`` (crops from the full-resolution image, classifier, fusion)
-around each classifier variant at each width, in its inference form (``optimize_for_inference``).
+around each classifier variant at each width, in its inference form (``models.inference.build_inference_classifier``).
 
 Detector and second-stage calls are interleaved in the same rounds; "detector + second stage" is the sum of
 their medians. Achieved GFLOP/s use fvcore counts: Detectron2's ``FlopCountAnalysis`` on the detector's
@@ -102,7 +102,6 @@ def run_pipeline(
     from crop_classifier.crops import DEFAULT_CONTEXT
     from crop_classifier.detectors import ImageRecord
     from crop_classifier.models import build_classifier
-    from crop_classifier.models.fuse import optimize_for_inference
     from crop_classifier.pipeline import SecondStage
 
     W, H = image_wh
@@ -133,8 +132,9 @@ def run_pipeline(
         for w in widths:
             clf = build_classifier(v, len(names), width=w, aux_logits=False).eval()
             cls_gmacs[(v, w)] = count_gmacs(clf, clf.input_size)
-            stages[(v, w)] = SecondStage(optimize_for_inference(clf), names, names, input_size=clf.input_size,
-                                         context=DEFAULT_CONTEXT, fusion="replace").to(device)
+            meta = {"arch": v, "class_names": names, "input_size": clf.input_size, "width": w}
+            stages[(v, w)] = SecondStage.from_model(clf, meta, names, device=device, context=DEFAULT_CONTEXT,
+                                                    fusion="replace")
 
     def detect():
         return det.detect([record])

@@ -1,4 +1,5 @@
 """Batch inference behind ``tools/infer.py``: inputs, the two stages, COCO results, pictures, evaluation."""
-from .runner import InferOptions, UsageError, format_summary, run
+from ..errors import UsageError
+from .runner import InferenceRun, InferOptions, format_summary, run
 
-__all__ = ["InferOptions", "UsageError", "format_summary", "run"]
+__all__ = ["InferenceRun", "InferOptions", "UsageError", "format_summary", "run"]

@@ -12,13 +12,14 @@ import numpy as np
 import torch
 
 from ..detectors import GroundTruthBoxes, build_first_stage
-from ..detectors.base import ImageRecord
-from ..detectors.coco_files import categories, images_by_key, load_annotations, xywh_to_xyxy
-from ..errors import UsageError
-from ..pipeline import SecondStage
+from ..detectors.coco_files import images_by_key, load_annotations
+from ..errors import CheckpointError, UsageError
+from ..second_stage import SecondStage
+from ..structures import ImageRecord
 from ..utils.io import atomic_save_json, atomic_write_bytes
 from .coco_results import assign_category_ids, coco_box_map, detector_results, fused_results
 from .inputs import BadInput, expand_inputs, iter_records
+from .visualize import draw
 from . import resume as resume_mod
 from .sharding import gather_parts, merge_parts, resolve_shard, shard_device, write_part
 
@@ -56,6 +57,7 @@ class InferOptions:
     num_shards: int = 0  # > 0: run shard ``shard_id`` of that many (schedulers); 0: torchrun's world, or one
     shard_id: int = 0
     resume: bool = False  # reuse OUTPUT/parts of an earlier run with the same options (see resume.py)
+    precision: str = "fp32"  # the classifier's: fp32 | bf16 | fp16 (models.inference.check_precision)
 
 
 @dataclass
@@ -112,14 +114,12 @@ def build_stages(o: InferOptions, device: str):
         )
     except (FileNotFoundError, KeyError) as e:
         raise UsageError(str(e).strip("'\"")) from e
-    from ..models import CheckpointError
-
     try:
         second = SecondStage.from_checkpoint(
             o.classifier_weights, first.class_names, arch=o.classifier, device=device,
             context=o.context, crop_mode=o.crop_mode, class_map=o.class_map, fusion=o.fusion,
             min_size=o.min_box_size, max_size=o.max_box_size, reclassify=list(o.reclassify) or None,
-            max_crops_per_forward=o.crops_per_forward, nms_thresh=o.nms_thresh,
+            max_crops_per_forward=o.crops_per_forward, nms_thresh=o.nms_thresh, precision=o.precision,
         )
     except CheckpointError as e:
         raise UsageError(f"--classifier-weights: {e}" + (" (use --classifier to name the checkpoint's architecture)"
@@ -131,194 +131,236 @@ def categories_of(path: str) -> List[dict]:
     return list(load_annotations(path)["categories"])
 
 
-def run(o: InferOptions) -> Dict[str, Any]:
-    """Runs inference; returns the summary (``summary["bad_inputs"]`` or ``summary["bad_entries"]`` non-empty
-    -> the CLI exits 1).
+class InferenceRun:
+    """One run of ``tools/infer.py``: ``InferenceRun(options).run() -> summary``, in named steps.
 
     Sharded (torchrun, or ``num_shards``): this process's part of the inputs; the process that merges
-    returns the merged summary, the others ``{"shard": ..., "merged": False}``."""
-    if o.batch_size < 1 or o.video_stride < 1:
-        raise UsageError("--batch-size and --video-stride must be >= 1")
-    try:
-        shard = resolve_shard(o.num_shards, o.shard_id)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    device = _device(shard_device(o.device, shard))
-    first, second, ref_cats = build_stages(o, device)
-    out_dir = Path(o.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    vis_dir = out_dir / "vis"
-    output_names, det_names = second.output_class_names, first.class_names
-    out_ids = assign_category_ids(output_names, ref_cats)
-    det_ids = assign_category_ids(det_names, ref_cats)
+    returns the merged summary, the others ``{"shard": ..., "merged": False}``. Every finished image is
+    written to its own part file at once (atomically), so a stopped run can be resumed (``--resume``)
+    without redoing finished images; the outputs are then built from the parts."""
 
-    gt = gt_boxes = None
-    gt_images: Dict[str, dict] = {}
-    if o.eval:
-        from pycocotools.coco import COCO
-        import contextlib
-        import io
+    def __init__(self, o: InferOptions):
+        if o.batch_size < 1 or o.video_stride < 1:
+            raise UsageError("--batch-size and --video-stride must be >= 1")
+        try:
+            self.shard = resolve_shard(o.num_shards, o.shard_id)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        self.o = o
+        self.device = _device(shard_device(o.device, self.shard))
+        self.first, self.second, ref_cats = build_stages(o, self.device)
+        self.out_dir = Path(o.output)
+        self.out_ids = assign_category_ids(self.second.output_class_names, ref_cats)
+        self.det_ids = assign_category_ids(self.first.class_names, ref_cats)
+        self._load_ground_truth()
+        self.files, self.bad = expand_inputs(o.input)
+        if self.shard.count > 1:  # a contiguous part; missing paths are reported once, by shard 0
+            self.files, self.bad = self.shard.take(self.files), (self.bad if self.shard.index == 0 else [])
+        self.parts_dir = resume_mod.parts_dir(self.out_dir, self.shard.index, self.shard.count)
+        self.order: List[str] = []  # record names in input order (finished earlier or now)
+        self.parts: Dict[str, dict] = {}
+        self.resumed = 0  # images taken from the parts of an earlier run
+        self.processed = 0  # images processed by this run
 
-        with contextlib.redirect_stdout(io.StringIO()):
-            gt = COCO(o.eval)
-        gt_images = images_by_key(gt.dataset, o.eval)
-        gt_boxes = GroundTruthBoxes(o.eval)
-    elif isinstance(first, GroundTruthBoxes):
-        gt_images = first.images
-    elif o.categories:
-        gt_images = images_by_key(load_annotations(o.categories), o.categories)
-    known_ids = {k: int(i["id"]) for k, i in gt_images.items()}
-    for k, i in getattr(first, "image_ids", {}).items():  # a detections file's own image ids
-        known_ids.setdefault(k, i)
-    next_id = max(known_ids.values(), default=0) + 1
+    # ------------------------------------------------------------------ set-up steps
+    def _load_ground_truth(self) -> None:
+        """Evaluation data (``--eval``) and the image ids annotation/detections files fix."""
+        o = self.o
+        self.gt = self.gt_boxes = None
+        gt_images: Dict[str, dict] = {}
+        if o.eval:
+            from pycocotools.coco import COCO
+            import contextlib
+            import io
 
-    files, bad = expand_inputs(o.input)
-    if shard.count > 1:  # a contiguous part; missing paths are reported once, by shard 0
-        files, bad = shard.take(files), (bad if shard.index == 0 else [])
-    first_new_id = next_id
-    # Every finished image is written to its own part file at once (atomically), so a stopped run can be
-    # resumed (--resume) without redoing finished images; the outputs are then built from the parts.
-    parts_dir = resume_mod.parts_dir(out_dir, shard.index, shard.count)
-    try:
-        done = resume_mod.prepare(parts_dir, resume_mod.fingerprint(o), resume=o.resume)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    order: List[str] = []  # record names in input order (finished earlier or now)
-    parts: Dict[str, dict] = dict(done)
-    t_start = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.gt = COCO(o.eval)
+            gt_images = images_by_key(self.gt.dataset, o.eval)
+            self.gt_boxes = GroundTruthBoxes(o.eval)
+        elif isinstance(self.first, GroundTruthBoxes):
+            gt_images = self.first.images
+        elif o.categories:
+            gt_images = images_by_key(load_annotations(o.categories), o.categories)
+        self.known_ids = {k: int(i["id"]) for k, i in gt_images.items()}
+        for k, i in getattr(self.first, "image_ids", {}).items():  # a detections file's own image ids
+            self.known_ids.setdefault(k, i)
+        self.first_new_id = max(self.known_ids.values(), default=0) + 1
+        self.next_id = self.first_new_id
 
-    def pending_records():
-        for path in files:
-            if path in done:  # a finished image: not even decoded again
-                yield path
-            else:
-                yield from iter_records([path], bad, video_stride=o.video_stride)
+    def _prepare_parts(self) -> Dict[str, dict]:
+        try:
+            done = resume_mod.prepare(self.parts_dir, resume_mod.fingerprint(self.o), resume=self.o.resume)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        self.parts.update(done)
+        return done
 
-    records = pending_records()
-    try:
+    # ------------------------------------------------------------------ the loop
+    def _records(self, done: Dict[str, dict]):
+        """Input records in order; a name (str) for an image finished in an earlier run (not decoded again)."""
+        def pending():
+            for path in self.files:
+                if path in done:
+                    yield path
+                else:
+                    yield from iter_records([path], self.bad, video_stride=self.o.video_stride)
+
         from tqdm import tqdm
 
-        records = tqdm(records, total=len(files), desc="infer", unit="img", disable=not o.progress)
-    except ImportError:
-        pass
-    batch: List[ImageRecord] = []
+        return tqdm(pending(), total=len(self.files), desc="infer", unit="img", disable=not self.o.progress)
 
-    def flush() -> None:
-        if batch:
-            for part in _process(batch, first, second, o, len(order) - len(batch), output_names, det_names,
-                                 out_ids, det_ids, gt_boxes, vis_dir):
-                resume_mod.write_image_part(parts_dir, part)
-                parts[part["file_name"]] = part
-            batch.clear()
-
-    for r in records:
-        if isinstance(r, str) or r.file_name in done:  # finished in an earlier run (video frames: per frame)
-            order.append(r if isinstance(r, str) else r.file_name)
-            continue
-        if isinstance(first, GroundTruthBoxes) and r.key not in first.images:
-            bad.append(BadInput(r.file_name, f"not an image of {first.path} (gt: first stage)"))
-            continue
-        if r.key in known_ids:
-            r.image_id = known_ids[r.key]
+    def _admit(self, r: ImageRecord) -> bool:
+        """Gives ``r`` its image id; False when the ground-truth first stage does not know the image."""
+        if isinstance(self.first, GroundTruthBoxes) and r.key not in self.first.images:
+            self.bad.append(BadInput(r.file_name, f"not an image of {self.first.path} (gt: first stage)"))
+            return False
+        if r.key in self.known_ids:
+            r.image_id = self.known_ids[r.key]
         else:
-            r.image_id, next_id = next_id, next_id + 1
-        r.extra["known_id"] = r.key in known_ids
-        order.append(r.file_name)
-        batch.append(r)
-        if len(batch) == o.batch_size:
-            flush()
-    flush()
-    wall = time.perf_counter() - t_start
-    # Image ids no annotation file fixes are numbered in input order here, as an uninterrupted run numbers them.
-    merged, _, _ = merge_parts([parts[k] for k in order], first_new_id)
-    tally = _Tally(**merged)
-    new_id = iter(range(first_new_id, first_new_id + len(order)))
-    tally.records = [(i if known else next(new_id), known) for k in order for i, known in parts[k]["records"]]
-    if shard.count > 1:
-        bad_dicts = [{"path": b.path, "reason": b.reason} for b in bad]
-        write_part(shard, out_dir, vars(tally), bad_dicts, wall, tally.records)
-        parts_all = gather_parts(shard, out_dir)
-        if parts_all is None:
-            return {"shard": shard.index, "num_shards": shard.count, "merged": False, "images": tally.images}
-        merged, bad_dicts, wall = merge_parts(parts_all, first_new_id)
+            r.image_id, self.next_id = self.next_id, self.next_id + 1
+        r.extra["known_id"] = r.key in self.known_ids
+        return True
+
+    def _flush(self, batch: List[ImageRecord]) -> None:
+        if not batch:
+            return
+        n_before = len(self.order) - len(batch)
+        for part in process_batch(self, batch, n_before):
+            resume_mod.write_image_part(self.parts_dir, part)
+            self.parts[part["file_name"]] = part
+        self.processed += len(batch)
+        batch.clear()
+
+    def _loop(self) -> float:
+        """Every input through both stages; returns the wall time of this run's own work."""
+        done = self._prepare_parts()
+        t_start = time.perf_counter()
+        batch: List[ImageRecord] = []
+        for r in self._records(done):
+            if isinstance(r, str) or r.file_name in done:  # finished in an earlier run (video frames: per frame)
+                self.order.append(r if isinstance(r, str) else r.file_name)
+                self.resumed += 1
+                continue
+            if not self._admit(r):
+                continue
+            self.order.append(r.file_name)
+            batch.append(r)
+            if len(batch) == self.o.batch_size:
+                self._flush(batch)
+        self._flush(batch)
+        return time.perf_counter() - t_start
+
+    # ------------------------------------------------------------------ results
+    def _tally(self) -> _Tally:
+        """This process's parts merged in input order; ids no annotation file fixes numbered in that order,
+        as an uninterrupted run numbers them."""
+        merged, _, _ = merge_parts([self.parts[k] for k in self.order], self.first_new_id)
         tally = _Tally(**merged)
-        bad = [BadInput(b["path"], b["reason"]) for b in bad_dicts]
-    return _write_outputs(o, out_dir, tally, bad, wall, second, device, output_names, det_names, out_ids, det_ids, gt,
-                          extra={"num_shards": shard.count} if shard.count > 1 else None,
-                          bad_entries=list(getattr(first, "errors", [])) + list(getattr(gt_boxes, "errors", [])))
+        new_id = iter(range(self.first_new_id, self.first_new_id + len(self.order)))
+        tally.records = [(i if known else next(new_id), known) for k in self.order for i, known in self.parts[k]["records"]]
+        return tally
+
+    def _merge_shards(self, tally: _Tally, wall: float):
+        """(tally, bad inputs, wall) of every shard once all are written, else None (another process merges)."""
+        bad_dicts = [{"path": b.path, "reason": b.reason} for b in self.bad]
+        write_part(self.shard, self.out_dir, vars(tally), bad_dicts, wall, tally.records)
+        parts_all = gather_parts(self.shard, self.out_dir)
+        if parts_all is None:
+            return None
+        merged, bad_dicts, wall = merge_parts(parts_all, self.first_new_id)
+        return _Tally(**merged), [BadInput(b["path"], b["reason"]) for b in bad_dicts], wall
+
+    def run(self) -> Dict[str, Any]:
+        """Runs inference; returns the summary (``bad_inputs`` or ``bad_entries`` non-empty -> the CLI exits 1)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        wall = self._loop()
+        tally, bad, extra = self._tally(), self.bad, {}
+        if self.shard.count > 1:
+            merged = self._merge_shards(tally, wall)
+            if merged is None:
+                return {"shard": self.shard.index, "num_shards": self.shard.count, "merged": False,
+                        "images": tally.images}
+            tally, bad, wall = merged
+            extra["num_shards"] = self.shard.count
+        else:
+            extra.update(images_resumed=self.resumed, images_processed=self.processed,
+                         images_per_s=round(self.processed / wall, 3) if wall > 0 and self.processed else None)
+        entries = list(getattr(self.first, "errors", [])) + list(getattr(self.gt_boxes, "errors", []))
+        return write_outputs(self, tally, bad, wall, extra, entries)
+
+    def saved_images(self) -> int:
+        """Images whose results are saved in the parts folder (what ``--resume`` will not redo)."""
+        return len(self.parts)
 
 
-def _write_outputs(o: InferOptions, out_dir: Path, tally: _Tally, bad: List[BadInput], wall: float,
-                   second: SecondStage, device: str, output_names, det_names, out_ids, det_ids, gt,
-                   extra: Optional[Dict[str, Any]] = None, bad_entries: Sequence[str] = ()) -> Dict[str, Any]:
+def run(o: InferOptions) -> Dict[str, Any]:
+    """``InferenceRun(o).run()``: see ``InferenceRun``."""
+    return InferenceRun(o).run()
+
+
+def write_outputs(run_: InferenceRun, tally: _Tally, bad: List[BadInput], wall: float, extra: Dict[str, Any],
+                  bad_entries: Sequence[str]) -> Dict[str, Any]:
+    o, out_dir, second = run_.o, run_.out_dir, run_.second
     atomic_save_json(out_dir / "predictions.json", tally.results)
     atomic_save_json(out_dir / "detector_predictions.json", tally.det_results)
     summary: Dict[str, Any] = {
-        "detector": o.detector,
-        "classifier": o.classifier,
-        "classifier_weights": str(o.classifier_weights),
-        "fusion": second.fusion,
-        "class_map": second.class_map.describe(),
-        "device": device,
-        "images": tally.images,
-        "boxes": tally.boxes,
-        "crops": tally.crops,
-        "boxes_changed": tally.changed,
-        "boxes_dropped": tally.dropped,
-        "seconds": round(wall, 3),
+        "detector": o.detector, "classifier": o.classifier, "classifier_weights": str(o.classifier_weights),
+        "fusion": second.fusion, "class_map": second.class_map.describe(), "device": run_.device,
+        "images": tally.images, "boxes": tally.boxes, "crops": tally.crops, "boxes_changed": tally.changed,
+        "boxes_dropped": tally.dropped, "seconds": round(wall, 3),
         "images_per_s": round(tally.images / wall, 3) if wall > 0 else None,
         "crops_per_s": round(tally.crops / tally.t_second, 2) if tally.t_second > 0 else None,
-        "detector_seconds": round(tally.t_detect, 3),
-        "second_stage_seconds": round(tally.t_second, 3),
-        "categories": [{"id": out_ids[n], "name": n} for n in output_names],
-        "detector_categories": [{"id": det_ids[n], "name": n} for n in det_names],
+        "detector_seconds": round(tally.t_detect, 3), "second_stage_seconds": round(tally.t_second, 3),
+        "categories": [{"id": run_.out_ids[n], "name": n} for n in second.output_class_names],
+        "detector_categories": [{"id": run_.det_ids[n], "name": n} for n in run_.first.class_names],
         "bad_inputs": [{"path": b.path, "reason": b.reason} for b in bad],
         # malformed entries of the detections / annotation files, skipped (the rest was used)
         "bad_entries": list(bad_entries or []),
-        **(extra or {}),
+        **extra,
     }
-    if gt is not None:
-        summary["eval"] = evaluate(gt, tally, o.eval)
+    if run_.gt is not None:
+        summary["eval"] = evaluate(run_.gt, tally, o.eval)
         atomic_save_json(out_dir / "eval.json", summary["eval"])
     atomic_save_json(out_dir / "summary.json", summary)
     return summary
 
 
-def _process(records, first, second: SecondStage, o: InferOptions, n_before: int, output_names, det_names,
-             out_ids, det_ids, gt_boxes: Optional[GroundTruthBoxes], vis_dir: Path) -> List[dict]:
-    """One batch through both stages: a part (one image's share of the tally, see resume.py) per record.
-    ``n_before``: images before this batch in input order (for --vis-limit)."""
+def _image_part(r: ImageRecord, d, f, n_crops: int, changed: np.ndarray, run_: InferenceRun,
+                times: Dict[str, float], top1: Dict[str, tuple]) -> dict:
+    """One image's share of the tally (the format of resume/shard parts)."""
+    out_names, det_names = run_.second.output_class_names, run_.first.class_names
+    hits, total = top1.get(r.file_name, (0, 0))
+    return {
+        "file_name": r.file_name, "records": [[r.image_id, bool(r.extra.get("known_id", False))]],
+        "images": 1, "boxes": len(d), "crops": int(n_crops), "changed": int(changed.sum()),
+        "dropped": len(d) - len(f), "t_detect": times["detect"], "t_second": times["second"],
+        "top1_hits": hits, "top1_total": total,
+        "det_results": detector_results(r.image_id, r.file_name, d, det_names, run_.det_ids),
+        "results": fused_results(r.image_id, r.file_name, f, out_names, run_.out_ids, det_names, run_.det_ids, changed),
+        "eval_img_ids": [r.image_id] if r.file_name in top1 else [], "bad": [], "wall": 0.0,
+    }
+
+
+def process_batch(run_: InferenceRun, records: List[ImageRecord], n_before: int) -> List[dict]:
+    """One batch through both stages: a part per record. ``n_before``: images before it (for --vis-limit)."""
+    first, second, o = run_.first, run_.second, run_.o
     t0 = time.perf_counter()
     dets = first.detect(records)
     t1 = time.perf_counter()
-    images = [torch.from_numpy(r.image).permute(2, 0, 1) for r in records]
-    fused = second(
-        images,
-        [torch.from_numpy(d.boxes) for d in dets],
-        [torch.from_numpy(d.classes) for d in dets],
-        [torch.from_numpy(d.scores) for d in dets],
-    )
+    out = second.run([torch.from_numpy(r.image).permute(2, 0, 1) for r in records],
+                     [torch.from_numpy(d.boxes) for d in dets], [torch.from_numpy(d.classes) for d in dets],
+                     [torch.from_numpy(d.scores) for d in dets])
     t2 = time.perf_counter()
-    top1 = _crop_top1(records, second, gt_boxes) if gt_boxes is not None else {}
+    times = {"detect": (t1 - t0) / len(records), "second": (t2 - t1) / len(records)}
+    top1 = _crop_top1(records, second, run_.gt_boxes) if run_.gt_boxes is not None else {}
     parts = []
-    for j, (r, d, f, n_crops) in enumerate(zip(records, dets, fused, second.last_num_crops)):
+    for j, (r, d, f, n_crops) in enumerate(zip(records, dets, out.detections, out.num_crops)):
         f = f.to("cpu")
         changed = second.changed(f).numpy()
-        hits, total = top1.get(r.file_name, (0, 0))
-        parts.append({
-            "file_name": r.file_name, "records": [[r.image_id, bool(r.extra.get("known_id", False))]],
-            "images": 1, "boxes": len(d), "crops": int(n_crops), "changed": int(changed.sum()),
-            "dropped": len(d) - len(f), "t_detect": (t1 - t0) / len(records), "t_second": (t2 - t1) / len(records),
-            "top1_hits": hits, "top1_total": total,
-            "det_results": detector_results(r.image_id, r.file_name, d, det_names, det_ids),
-            "results": fused_results(r.image_id, r.file_name, f, output_names, out_ids, det_names, det_ids, changed),
-            "eval_img_ids": [r.image_id] if r.file_name in top1 else [], "bad": [], "wall": 0.0,
-        })
+        parts.append(_image_part(r, d, f, n_crops, changed, run_, times, top1))
         if n_before + j < o.vis_limit:
-            from .visualize import draw
-
-            pic = draw(r.image, f, output_names, det_names, changed, o.vis_score_thresh)
-            atomic_write_bytes(vis_dir / _vis_name(r.file_name), _encode_jpg(pic))
+            pic = draw(r.image, f, second.output_class_names, first.class_names, changed, o.vis_score_thresh)
+            atomic_write_bytes(run_.out_dir / "vis" / _vis_name(r.file_name), _encode_jpg(pic))
     return parts
 
 
@@ -361,6 +403,9 @@ def format_summary(s: Dict[str, Any]) -> str:
         f"boxes changed: {s['boxes_changed']}  dropped: {s['boxes_dropped']}",
         f"speed: {s['images_per_s']} images/s, {s['crops_per_s']} crops/s (second stage) on {s['device']}",
     ]
+    if s.get("images_resumed"):
+        lines.insert(1, f"resumed: {s['images_resumed']} image(s) taken from an earlier run's parts, "
+                        f"{s['images_processed']} processed now (the speed counts these only)")
     ev = s.get("eval")
     if ev:
         lines.append(f"COCO box mAP on {ev['two_stage']['images']} images ({ev['annotations']}):")

@@ -3,7 +3,7 @@
 ``InferenceClassifier`` takes crops as float ``[N, 3, S, S]`` RGB in [0, 1] (what ``crops.extract_crops``
 gives) and returns class probabilities ``[N, K]`` (float32). Inside, once: ImageNet-style normalisation
 with the checkpoint's mean/std, the network in eval mode with every BN folded into its convolution
-(``fuse.fuse_conv_bn``; 94 memory-bound passes fewer), weights and input in channels_last (oneDNN and cuDNN
+(``fuse.optimize_for_inference``; 94 memory-bound passes fewer), weights and input in channels_last (oneDNN and cuDNN
 run NHWC convolutions without layout conversions), ``torch.inference_mode``, the requested precision, and
 the softmax. ``SecondStage``, ``tools/infer.py``, the Detectron2 meta-architecture, ``tools/evaluate.py``
 and the benchmarks all build it through ``build_inference_classifier``; no other place normalises crops
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..errors import UsageError
 from ..structures import ClassifierMeta, CropSpec
-from .fuse import fuse_conv_bn
+from .fuse import optimize_for_inference
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -117,18 +117,13 @@ def build_inference_classifier(
     fold_bn: bool = True,
     channels_last: bool = True,
 ) -> InferenceClassifier:
-    """The inference form of ``model`` (left untouched: folding works on a copy). ``meta``: a
+    """The inference form of ``model`` (left untouched: the form is built on a copy). ``meta``: a
     ``ClassifierMeta`` or the checkpoint's meta dict. ``device``: default the model's."""
     meta = meta if isinstance(meta, ClassifierMeta) else ClassifierMeta.from_dict(meta)
     if device is None:
         device = next(iter(model.parameters()), torch.zeros(0)).device
     check_precision(precision, device)
-    net = fuse_conv_bn(model) if fold_bn else model.eval()
-    net = net.to(device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    for p in net.parameters():
-        p.requires_grad_(False)
+    net = optimize_for_inference(model, fuse=fold_bn, channels_last=channels_last).to(device)
     return InferenceClassifier(net, meta, precision=precision, channels_last=channels_last).to(device)
 
 

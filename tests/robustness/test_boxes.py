@@ -16,6 +16,7 @@ from torch import nn
 
 from crop_classifier.crops import extract_crops, valid_boxes_mask
 from crop_classifier.pipeline import FUSION_MODES, ClassMap, SecondStage, fuse
+from classifier_helpers import inference_form
 
 PROPERTY = settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 H, W = 40, 56
@@ -191,7 +192,7 @@ def test_fusion_invariants(case, mode):
 
 
 def _stage(fusion="replace", **kw):
-    return SecondStage(TinyNet(3), ["a", "b", "c"], ["a", "b", "x"], fusion=fusion, **kw)
+    return SecondStage(inference_form(TinyNet(3), ["a", "b", "c"], TinyNet.input_size), ["a", "b", "x"], fusion=fusion, **kw)
 
 
 @PROPERTY
@@ -212,7 +213,7 @@ def test_second_stage_survives_any_boxes(boxes, mode):
     assert not bool((r.classified & ~valid[r.index]).any()), "a box that cannot be cropped was classified"
     assert torch.isfinite(r.scores).all()
     if mode != "filter":
-        assert len(r) == n or (mode == "replace" and stage.nms_thresh > 0)
+        assert len(r) == n or (mode == "replace" and stage.options.nms_thresh > 0)
 
 
 def test_10000_boxes_through_the_second_stage_in_bounded_forwards():
@@ -223,7 +224,7 @@ def test_10000_boxes_through_the_second_stage_in_bounded_forwards():
     stage = _stage("rescore", max_crops_per_forward=512)
     (r,) = stage([img], [b], [torch.zeros(10000, dtype=torch.long)], [torch.full((10000,), 0.5)])
     assert len(r) == 10000 and bool(r.classified.all()) and torch.isfinite(r.scores).all()
-    assert stage.classifier.max_batch <= 512 and stage.classifier.calls == math.ceil(10000 / 512)
+    assert stage.classifier.net.max_batch <= 512 and stage.classifier.net.calls == math.ceil(10000 / 512)
 
 
 def test_second_stage_with_no_boxes():

@@ -93,7 +93,7 @@ def test_detections_file_with_bad_entries_fails_the_run_but_uses_the_rest(datase
     assert "entry 1" in entry and "category_id 7" in entry and str(dets) in entry and "entry 1" in err
 
 
-def test_stopped_run_resumes_without_redoing_or_duplicating(dataset, tmp_path, monkeypatch):
+def test_stopped_run_resumes_without_redoing_or_duplicating(dataset, tmp_path, monkeypatch, capsys):
     from crop_classifier.inference import runner
 
     infer = _infer()
@@ -101,19 +101,23 @@ def test_stopped_run_resumes_without_redoing_or_duplicating(dataset, tmp_path, m
     assert infer.main(_args(dataset, ref)) == 1
 
     seen = []
-    real = runner._process
+    real = runner.process_batch
 
-    def counting(records, *a, **k):
+    def counting(run_, records, *a, **k):
         seen.extend(Path(r.file_name).name for r in records)
         if stop_after is not None and len(seen) > stop_after:
             raise KeyboardInterrupt  # the run is stopped in its third batch
-        return real(records, *a, **k)
+        return real(run_, records, *a, **k)
 
-    monkeypatch.setattr(runner, "_process", counting)
+    monkeypatch.setattr(runner, "process_batch", counting)
     out = tmp_path / "out"
     stop_after = 4
-    with pytest.raises(KeyboardInterrupt):
-        infer.main(_args(dataset, out))
+    capsys.readouterr()
+    # Ctrl-C: exit 130, no traceback, what is saved and the command that continues
+    assert infer.main(_args(dataset, out)) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "interrupted: 4 image(s) saved" in err
+    assert err.strip().endswith("--resume") and f"--output {out}" in err
     assert not (out / "predictions.json").exists()
     finished = sorted(p for p in (out / "parts").glob("*.json") if p.name != "options.json")
     assert len(finished) == 4
@@ -128,6 +132,9 @@ def test_stopped_run_resumes_without_redoing_or_duplicating(dataset, tmp_path, m
     assert got == json.loads((ref / "predictions.json").read_text())  # no duplicates, same as uninterrupted
     s_ref, s = (json.loads((d / "summary.json").read_text()) for d in (ref, out))
     assert (s["images"], s["boxes"], s["bad_inputs"]) == (s_ref["images"], s_ref["boxes"], s_ref["bad_inputs"])
+    # the images taken from the earlier parts are reported apart from those processed (and timed) now
+    assert (s["images_resumed"], s["images_processed"]) == (4, 1) and s_ref["images_resumed"] == 0
+    assert "resumed: 4 image(s)" in capsys.readouterr().out
 
     # resuming a finished run redoes nothing; other options are refused; without --resume it starts afresh
     seen.clear()

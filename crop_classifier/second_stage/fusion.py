@@ -1,0 +1,112 @@
+"""Fusion of the detector's and the classifier's opinions, per box, and the NMS that follows ``replace``.
+
+For a box of detector class ``d`` (score ``s``) whose crop gets classifier probabilities ``p`` and whose
+class set is ``S = map[d]`` (``class_map.ClassMap``):
+
+- ``replace``: class ``k* = argmax_{k in S} p_k``, score ``s * p_k*`` (the decision is taken within S);
+- ``rescore``: class ``d``, score ``s * sum_{k in S} p_k`` (the classifier's probability of ``d``);
+- ``filter``: YOLOv5's ``apply_classifier``: the box is dropped when the classifier's overall argmax is not
+  in ``S``; class and score stay the detector's.
+
+``replace`` can merge two detector hypotheses of one object into the same class, so it ends with a
+class-wise NMS (``nms_thresh``; Detectron2's test-time default 0.5, ``0`` turns it off). Boxes that were not
+classified (unmapped class, class not selected, size gate, a box that cannot be cropped) keep their
+detector class and score, translated to the output id of the same name; they are never dropped.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+from ..structures import FusedDetections
+from .class_map import ClassMap
+
+FUSION_MODES = ("replace", "rescore", "filter")
+
+
+def check_fusion_mode(mode: str) -> str:
+    if mode not in FUSION_MODES:
+        raise ValueError(f"unknown fusion mode {mode!r}; valid: {', '.join(FUSION_MODES)}")
+    return mode
+
+
+def fuse(
+    det_classes: Tensor,
+    det_scores: Tensor,
+    probs: Tensor,
+    classified: Tensor,
+    class_map: ClassMap,
+    mode: str,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Pure fusion of one batch of boxes (see module doc).
+
+    ``det_classes`` ``[N]`` detector class ids, ``det_scores`` ``[N]``, ``probs`` ``[N, K]`` classifier
+    probabilities (rows of boxes that were not classified are ignored), ``classified`` ``[N]`` bool.
+    Returns ``(classes, scores, keep, cls_scores)``: output class ids, fused scores, a keep mask
+    (``filter`` drops disagreements) and the classifier probability each decision rests on (NaN where
+    the box was not classified).
+    """
+    check_fusion_mode(mode)
+    n = det_classes.numel()
+    device = det_scores.device
+    sets = class_map.sets.to(device)[det_classes]  # [N, K]
+    classes = class_map.det_to_out.to(device)[det_classes].clone()
+    scores = det_scores.clone().float()
+    keep = torch.ones(n, dtype=torch.bool, device=device)
+    cls_scores = torch.full((n,), math.nan, device=device)
+    if n == 0 or not bool(classified.any()):
+        return classes, scores, keep, cls_scores
+    c = classified & sets.any(dim=1)
+    p = probs.float()
+    if mode == "replace":
+        within = p.masked_fill(~sets, -1.0)  # the decision is taken within the detector class's set
+        best_p, best_k = within.max(dim=1)
+        classes[c] = best_k[c]  # classifier classes are the first K output ids
+        scores[c] = scores[c] * best_p[c]
+        cls_scores[c] = best_p[c]
+    elif mode == "rescore":
+        p_set = (p * sets).sum(dim=1)
+        scores[c] = scores[c] * p_set[c]
+        cls_scores[c] = p_set[c]
+    else:  # filter
+        top = p.argmax(dim=1)
+        agree = sets.gather(1, top[:, None]).squeeze(1)
+        keep = ~c | agree
+        cls_scores[c] = (p * sets).sum(dim=1)[c]
+    return classes, scores, keep, cls_scores
+
+
+def class_nms(r: FusedDetections, thresh: float) -> FusedDetections:
+    """Class-wise NMS (``0 < thresh < 1``), then sorted by score. ``batched_nms`` offsets boxes by the largest
+    coordinate, so one NaN/inf box would poison every IoU: only finite boxes take part; the others pass."""
+    if not 0 < thresh < 1 or not len(r):
+        return r.select(torch.argsort(r.scores, descending=True))
+    finite = torch.isfinite(r.boxes).all(dim=1)
+    fi = torch.nonzero(finite).flatten()
+    kept = fi[batched_nms(r.boxes[fi], r.scores[fi], r.classes[fi], thresh)]
+    kept = torch.cat([kept, torch.nonzero(~finite).flatten()])
+    return r.select(kept[torch.argsort(r.scores[kept], descending=True, stable=True)])
+
+
+def fuse_image(
+    boxes: Tensor,
+    det_classes: Tensor,
+    det_scores: Tensor,
+    probs: Tensor,
+    classified: Tensor,
+    class_map: ClassMap,
+    mode: str,
+    nms_thresh: float,
+) -> FusedDetections:
+    """One image's boxes -> its output (fused, ``filter``-dropped, NMS after ``replace``, sorted by score)."""
+    classes, scores, keep, cls_scores = fuse(det_classes, det_scores, probs, classified, class_map, mode)
+    r = FusedDetections(
+        boxes=boxes.float(), classes=classes, scores=scores, det_classes=det_classes, det_scores=det_scores.float(),
+        cls_probs=probs, cls_scores=cls_scores, classified=classified,
+        index=torch.arange(boxes.shape[0], device=boxes.device),
+    ).select(keep)
+    return class_nms(r, nms_thresh if mode == "replace" else 0.0)
