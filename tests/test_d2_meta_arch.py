@@ -22,6 +22,7 @@ from crop_classifier.d2 import (  # noqa: E402
 )
 from crop_classifier.models import build_classifier, model_meta, save_checkpoint  # noqa: E402
 
+from classifier_helpers import inference_form  # noqa: E402
 from test_pipeline import MeanColourNet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,8 +48,9 @@ def colour_model(*opts):
     """The tiny detector with a classifier whose answer is known (mean colour of the crop)."""
     torch.manual_seed(0)
     model = build_model(tiny_cfg(*opts)).eval()
-    model.second_stage.classifier = MeanColourNet()
-    model.second_stage.input_size = 16
+    stage = model.second_stage
+    stage.classifier = inference_form(MeanColourNet(), COLOURS, 16)
+    stage.crop = stage.classifier.crop
     return model
 
 
@@ -183,8 +185,8 @@ def test_classifier_weights_from_checkpoint_and_mismatch_errors(tmp_path):
     clf = build_classifier("v3_79", 3, width=0.0625, aux_logits=False)
     path = save_checkpoint(tmp_path / "clf.pth", clf, model_meta(clf, "v3_79", COLOURS, context=0.2, mode="square"))
     model = build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.WEIGHTS", str(path)))
-    assert torch.equal(model.second_stage.classifier.fc.weight, clf.fc.weight)
-    assert model.second_stage.context == 0.2
+    assert torch.equal(model.second_stage.classifier.net.fc.weight, clf.fc.weight)
+    assert model.second_stage.crop.context == 0.2
     from crop_classifier.models import CheckpointError
 
     with pytest.raises(CheckpointError, match="class_names"):

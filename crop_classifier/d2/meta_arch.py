@@ -83,7 +83,7 @@ def build_second_stage(cfg) -> SecondStage:
         "from MODEL.WEIGHTS (a checkpoint of this meta-architecture)", c.ARCH
     )
     model = build_classifier(c.ARCH, len(c.CLASS_NAMES), width=c.WIDTH, aux_logits=False)
-    meta = {"class_names": list(c.CLASS_NAMES), "input_size": model.input_size}
+    meta = {"arch": c.ARCH, "width": c.WIDTH, "class_names": list(c.CLASS_NAMES), "input_size": model.input_size}
     return SecondStage.from_model(model, meta, det_names, **options)
 
 
