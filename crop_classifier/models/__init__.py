@@ -1,6 +1,7 @@
 """Inception-v3 crop classifiers with the paper's Section 9 stems (v3_79, v3_151, v3_299)."""
 from .inception_v3 import STEMS, InceptionV3, StemSpec
-from .registry import ARCHITECTURES, build_classifier
+from .builder import build_classifier
+from .registry import ARCHITECTURES, create_classifier
 from .weights import (
     CheckpointError,
     WeightsUnavailableError,
@@ -12,7 +13,7 @@ from .weights import (
 )
 
 __all__ = [
-    "ARCHITECTURES", "STEMS", "InceptionV3", "StemSpec", "build_classifier", "CheckpointError",
+    "ARCHITECTURES", "STEMS", "InceptionV3", "StemSpec", "build_classifier", "create_classifier", "CheckpointError",
     "WeightsUnavailableError", "classifier_from_checkpoint", "load_checkpoint", "load_imagenet_weights",
     "model_meta", "save_checkpoint",
 ]

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..errors import UsageError
 from ..structures import ClassifierMeta, CropSpec
 from .fuse import optimize_for_inference
+from .weights import classifier_from_checkpoint
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -136,8 +137,6 @@ def load_inference_classifier(
     **kwargs: Any,
 ) -> InferenceClassifier:
     """A checkpoint's classifier in its inference form (meta checked against ``expected_meta``)."""
-    from .weights import classifier_from_checkpoint
-
     check_precision(precision, device)
     model, meta = classifier_from_checkpoint(path, map_location=device, expected_meta=expected_meta)
     return build_inference_classifier(model, meta, device=device, precision=precision, **kwargs)

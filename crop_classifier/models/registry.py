@@ -1,29 +1,21 @@
-"""Architecture names -> builders."""
+"""Architecture names -> builders of randomly initialised models (weights are ``builder``'s business)."""
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
-
 from .inception_v3 import STEMS, InceptionV3
 
 ARCHITECTURES = tuple(STEMS)  # ("v3_299", "v3_151", "v3_79")
 
 
-def build_classifier(
+def create_classifier(
     name: str,
     num_classes: int = 1000,
     *,
     width: float = 1.0,
     aux_logits: bool = True,
-    weights: Optional[Union[str, "os.PathLike[str]"]] = None,  # noqa: F821
     dropout: float = 0.5,
 ) -> InceptionV3:
-    """Build ``v3_79``, ``v3_151`` or ``v3_299``.
-
-    ``weights``: None (random init), ``"imagenet"`` (torchvision's file, downloaded; offline it fails naming
-    the way to pass a local file), or a path to a torchvision/timm ImageNet state dict or to one of our
-    checkpoints (metadata checked). A class count different from the file's re-initialises the head.
-    """
+    """``v3_79``, ``v3_151`` or ``v3_299`` with random weights (arguments checked, each error naming its value)."""
     if name not in STEMS:
         raise ValueError(f"unknown classifier architecture {name!r}; valid choices: {', '.join(ARCHITECTURES)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -32,9 +24,4 @@ def build_classifier(
         raise ValueError(f"width must be a number in (0, 4] (1.0 = torchvision's channel counts), got {width!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    model = InceptionV3(STEMS[name], num_classes, width=float(width), aux_logits=aux_logits, dropout=dropout)
-    if weights is not None:
-        from .weights import load_pretrained
-
-        load_pretrained(model, weights, arch=name)
-    return model
+    return InceptionV3(STEMS[name], num_classes, width=float(width), aux_logits=aux_logits, dropout=dropout)

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import CheckpointError, WeightsUnavailableError
 from ..structures import IMAGENET_MEAN, IMAGENET_STD
+from .registry import create_classifier
 from ..utils.io import atomic_torch_save, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -143,8 +144,6 @@ def classifier_from_checkpoint(
     path: PathLike, map_location: Any = "cpu", expected_meta: Optional[Mapping[str, Any]] = None
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """Rebuilds the classifier a checkpoint describes; returns (model in eval mode, meta)."""
-    from .registry import build_classifier
-
     ckpt = load_checkpoint(path, expected_meta, map_location)
     meta, sd = ckpt["meta"], ckpt["model"]
     if len(meta["class_names"]) != meta["num_classes"]:
@@ -152,7 +151,7 @@ def classifier_from_checkpoint(
             f"{path}: meta lists {len(meta['class_names'])} class names for num_classes={meta['num_classes']}"
         )
     try:
-        model = build_classifier(
+        model = create_classifier(
             meta["arch"], meta["num_classes"], width=meta["width"], aux_logits=any(k.startswith("AuxLogits.") for k in sd)
         )
     except ValueError as e:
