@@ -334,8 +334,10 @@ def extract_crops_hwc(
     return out
 
 
-def _cv2_into(img, sample, content, valid, mode, size, antialias, chunk_size, out: torch.Tensor) -> None:
-    """Fill ``out`` ``[N, 3, S, S]`` float chunk by chunk through reused HWC and planar buffers."""
+def _cv2_into(img, geometry, mode, size, antialias, chunk_size, out: torch.Tensor) -> None:
+    """Fill ``out`` ``[N, 3, S, S]`` float chunk by chunk through reused HWC and planar buffers.
+    ``geometry``: ``crop_boxes``' (sample, content, valid)."""
+    sample, content, valid = geometry
     n = len(sample)
     m = min(chunk_size, n)
     stage = np.empty((m, size, size, 3), dtype=img.dtype)
@@ -427,7 +429,7 @@ def extract_crops(
         # NumPy allocates large arrays on huge pages: first-touching them is ~5x cheaper than a
         # fresh torch.empty (60 ms vs 10 ms for 1000 crops of 79 px). NumPy has no bfloat16.
         arr = _numpy_backed(len(sample), size, out.dtype)
-        _cv2_into(_as_hwc_numpy(image), sample, content, valid, mode, size, antialias, chunk_size, arr)
+        _cv2_into(_as_hwc_numpy(image), (sample, content, valid), mode, size, antialias, chunk_size, arr)
         return arr.to(out.dtype)
     img_f = _as_chw_float(image, device)
     rois = _rois(sample, np.zeros(len(sample)), img_f.dtype, device)
@@ -472,28 +474,31 @@ def extract_crops_batch(
     if len(devices) > 1 or len(dtypes) > 1:
         raise ValueError(f"images must share one device and output dtype, got {devices} / {dtypes}")
     device, dtype = devices.pop(), dtypes.pop()
+    geometry = [crop_boxes(bx, _image_hw(im), context=context, mode=mode) for im, bx in zip(images, boxes)]
     if _resolve_backend(backend, device) == "cv2":
-        per = [crop_boxes(bx, _image_hw(im), context=context, mode=mode) for im, bx in zip(images, boxes)]
-        arr = _numpy_backed(sum(len(p[0]) for p in per), size, dtype)
+        arr = _numpy_backed(sum(len(g[0]) for g in geometry), size, dtype)
         start = 0
-        for im, (sample, content, valid) in zip(images, per):
-            if len(sample):
-                part = arr[start:start + len(sample)]
-                _cv2_into(_as_hwc_numpy(im), sample, content, valid, mode, size, antialias, chunk_size, part)
-                start += len(sample)
+        for im, geo in zip(images, geometry):
+            if len(geo[0]):
+                _cv2_into(_as_hwc_numpy(im), geo, mode, size, antialias, chunk_size, arr[start:start + len(geo[0])])
+                start += len(geo[0])
         return arr.to(dtype)
-    box_list = [_as_box_array(bx) for bx in boxes]
-    counts = [len(bx) for bx in box_list]
+    return _roi_batch(images, geometry, mode, size, antialias, chunk_size, (device, dtype))
+
+
+def _roi_batch(images, geometry, mode: str, size: int, antialias: bool, chunk_size: int, where) -> torch.Tensor:
+    """``extract_crops_batch`` on the roi_align path: one call per distinct image size."""
+    device, dtype = where
+    counts = [len(g[0]) for g in geometry]
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist()
     out = torch.empty((starts[-1], 3, size, size), dtype=dtype, device=device)
     groups: Dict[Tuple[int, int], List[int]] = {}
     for i, im in enumerate(images):
         if counts[i]:
             groups.setdefault(_image_hw(im), []).append(i)
-    for hw, idx in groups.items():
+    for idx in groups.values():
         stack = torch.stack([_as_chw_float(images[i], device) for i in idx])
-        per = [crop_boxes(box_list[i], hw, context=context, mode=mode) for i in idx]
-        sample, content, valid = (np.concatenate([p[k] for p in per]) for k in range(3))
+        sample, content, valid = (np.concatenate([geometry[i][k] for i in idx]) for k in range(3))
         bidx = np.repeat(np.arange(len(idx)), [counts[i] for i in idx])
         rois = _rois(sample, bidx, stack.dtype, device)
         res = torch.empty((len(rois), 3, size, size), dtype=stack.dtype, device=device)

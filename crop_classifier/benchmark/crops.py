@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import torch
 
+from crop_classifier.crops import DEFAULT_CONTEXT, extract_crops
+
 from .timing import paired_ratio, time_interleaved
 
 
@@ -72,7 +74,6 @@ def run_crops(
 ) -> Dict[str, object]:
     """Per (size, boxes): the loop vs ``extract_crops`` (default backend for the device, with and without
     anti-aliasing; on CPU also ``roi_align``), timed interleaved. ``speedup_X`` = loop time / X's time."""
-    from crop_classifier.crops import DEFAULT_CONTEXT, extract_crops
 
     dev = torch.device(device)
     W, H = image_wh

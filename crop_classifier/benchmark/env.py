@@ -11,6 +11,9 @@ from typing import Dict, Optional
 
 import torch
 
+from crop_classifier import __version__
+
+
 _PACKAGES = ("torch", "torchvision", "numpy", "opencv-python-headless", "fvcore", "sal-detectron2", "psutil")
 
 
@@ -43,8 +46,6 @@ def _git_commit() -> Optional[str]:
 
 def environment(device: str = "cpu") -> Dict[str, object]:
     import psutil
-
-    from crop_classifier import __version__
 
     env: Dict[str, object] = {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -15,6 +15,10 @@ from typing import Callable, Dict, List
 import numpy as np
 import torch
 
+from crop_classifier.crops import DEFAULT_CONTEXT
+from crop_classifier.models import build_classifier
+from crop_classifier.second_stage import SecondStage
+
 from .crops import random_boxes
 
 SIZES = ((640, 480), (800, 600), (512, 384), (1280, 720))
@@ -33,10 +37,6 @@ def run_memory(
     log: Callable[[str], None] = print,
 ) -> Dict[str, object]:
     import psutil
-
-    from crop_classifier.crops import DEFAULT_CONTEXT
-    from crop_classifier.models import build_classifier
-    from crop_classifier.pipeline import SecondStage
 
     if num_images < 1 or warmup < 0 or sample_every < 1:
         raise ValueError("num_images >= 1, warmup >= 0 and sample_every >= 1 are required")

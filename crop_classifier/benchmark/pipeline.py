@@ -20,6 +20,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from crop_classifier.crops import DEFAULT_CONTEXT
+from crop_classifier.structures import ImageRecord
+from crop_classifier.models import build_classifier
+from crop_classifier.second_stage import SecondStage
+from crop_classifier.detectors.detectron2_model import Detectron2Detector, detectron2_config
+
 from .crops import random_image
 from .models import count_gmacs
 from .timing import time_interleaved
@@ -29,8 +35,6 @@ def _random_weights_detector(device: str, max_boxes: int, min_size_test: int, co
     """The model-zoo Faster R-CNN (or ``config_file``) with random weights, through the project's Detectron2
     first stage (which needs a weights file: the random state dict is saved to a temporary one)."""
     from detectron2.modeling import build_model
-
-    from crop_classifier.detectors.detectron2_model import Detectron2Detector, detectron2_config
 
     opts = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", str(max_boxes),
             "INPUT.MIN_SIZE_TEST", str(min_size_test), "MODEL.DEVICE", "cpu"]
@@ -99,10 +103,6 @@ def run_pipeline(
 ) -> Dict[str, object]:
     """``config_file``: a Detectron2 YAML instead of the model zoo's R50-FPN (relative paths are taken from
     the repository root; the test suite uses the tiny R-18 one)."""
-    from crop_classifier.crops import DEFAULT_CONTEXT
-    from crop_classifier.detectors import ImageRecord
-    from crop_classifier.models import build_classifier
-    from crop_classifier.pipeline import SecondStage
 
     W, H = image_wh
     max_boxes = max(box_counts)
