@@ -100,7 +100,8 @@ def test_base_list_and_relative_paths_follow_fvcore(tmp_path):
     """A base path is relative to the file naming it; later bases and the file's own keys win."""
     (tmp_path / "sub").mkdir()
     _write(tmp_path, {"sub/a.yaml": "SEED: 1\nSOLVER:\n  BASE_LR: 0.2\n", "sub/b.yaml": '_BASE_: "a.yaml"\nSEED: 2\n',
-                      "top.yaml": '_BASE_: ["sub/b.yaml", "%s"]\nSOLVER:\n  MAX_EPOCHS: 3\n' % (CONFIGS / "v3_79.yaml")})
+                      "top.yaml": '_BASE_: ["sub/b.yaml", "%s"]\nSOLVER:\n  MAX_EPOCHS: 3\n'
+                                  % (CONFIGS / "v3_79.yaml")})
     cfg = load_config(tmp_path / "top.yaml")
     assert (cfg.SEED, cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_EPOCHS, cfg.MODEL.ARCH) == (2, 0.045, 3, "v3_79")
 

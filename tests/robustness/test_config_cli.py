@@ -240,7 +240,8 @@ def test_offline_imagenet_message_names_only_what_exists(tmp_path, monkeypatch, 
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    seen = _capture(monkeypatch, "train", lambda cfg: weights_mod.load_imagenet_weights(None, cfg.MODEL.IMAGENET_WEIGHTS))
+    seen = _capture(monkeypatch, "train",
+                    lambda cfg: weights_mod.load_imagenet_weights(None, cfg.MODEL.IMAGENET_WEIGHTS))
     rc = load_tool("train").main(["--config-file", str(_config(tmp_path)), "--imagenet-weights", "imagenet"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and seen[0].MODEL.IMAGENET_WEIGHTS == "imagenet"
