@@ -14,12 +14,15 @@ Dataset names (``DATASETS.TRAIN`` / ``DATASETS.TEST`` entries):
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
-from fvcore.common.config import CfgNode
+import yaml
+from fvcore.common.config import BASE_KEY, CfgNode
 
 from .crops import DEFAULT_CONTEXT
+from .errors import ConfigError
 
 
 def get_cfg() -> CfgNode:
@@ -113,8 +116,11 @@ def load_config(
         config_file = Path(config_file)
         if not config_file.is_file():
             raise FileNotFoundError(f"config file not found: {config_file}")
+        loaded = read_yaml_with_base(config_file)
         try:
-            cfg.merge_from_file(str(config_file))
+            cfg.merge_from_other_cfg(CfgNode(loaded))
+        except ConfigError:
+            raise
         except (KeyError, ValueError) as e:
             raise type(e)(f"{config_file}: {_message(e)}") from None
     if opts:
@@ -135,6 +141,94 @@ def load_config(
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def load_tool_config(
+    config_file: Union[str, Path], opts: Optional[Sequence[str]] = None, *, imagenet_weights: Optional[str] = None,
+    need_imagenet_weights: bool = True,
+) -> CfgNode:
+    """``load_config`` for the command-line tools: every problem is a ``ConfigError`` (exit code 2) whose
+    message names the file, key or flag. ``imagenet_weights`` (``--imagenet-weights``) sets
+    MODEL.IMAGENET_WEIGHTS verbatim (not read as a YAML literal, so any path works); with
+    ``need_imagenet_weights`` a named file must exist (checked before any dataset is built).
+    """
+    try:
+        cfg = load_config(config_file, opts, freeze=False)
+    except ConfigError:
+        raise
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        raise ConfigError(_message(e)) from None
+    if imagenet_weights:
+        cfg.MODEL.IMAGENET_WEIGHTS = str(imagenet_weights)
+    weights = cfg.MODEL.IMAGENET_WEIGHTS
+    if need_imagenet_weights and weights and weights != "imagenet" and not os.path.isfile(weights):
+        where = "--imagenet-weights" if imagenet_weights else f"{config_file}: config key MODEL.IMAGENET_WEIGHTS"
+        raise ConfigError(f"{where} {weights}: no such file")
+    cfg.freeze()
+    return cfg
+
+
+def read_yaml_with_base(path: Union[str, Path], _chain: Sequence[str] = ()) -> Dict[str, Any]:
+    """A config file as a dict with its ``_BASE_`` chain merged in (fvcore's rules: a base path is relative
+    to the file naming it; a list of bases merges left to right; the file's own keys win).
+
+    Unlike fvcore's loader, every problem is a ``ConfigError`` naming the file: a base that names itself
+    or closes a cycle (fvcore recurses until ``RecursionError``), invalid YAML, a file that is not a
+    mapping of keys, a missing base file.
+    """
+    path = str(path)
+    real = os.path.realpath(path)
+    chain = list(_chain)
+    if real in chain:  # an ancestor in this very chain: a diamond (two bases sharing one) is fine
+        cycle = [os.path.basename(c) for c in chain[chain.index(real):]] + [os.path.basename(real)]
+        raise ConfigError(f"{path}: {BASE_KEY} cycle: " + " -> ".join(cycle))
+    cfg = _read_yaml_mapping(path)
+    if BASE_KEY not in cfg:
+        return cfg
+    bases = cfg.pop(BASE_KEY)
+    bases = bases if isinstance(bases, list) else [bases]
+    merged: Dict[str, Any] = {}
+    for base in bases:
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{path}: {BASE_KEY} must be a file name or a list of them, got {base!r}")
+        base = os.path.expanduser(base)
+        if not os.path.isabs(base):
+            base = os.path.join(os.path.dirname(path), base)
+        if not os.path.isfile(base):
+            raise ConfigError(f"{path}: {BASE_KEY} file not found: {base}")
+        _merge_into(read_yaml_with_base(base, chain + [real]), merged, base)
+    _merge_into(cfg, merged, path)
+    return merged
+
+
+def _read_yaml_mapping(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.MarkedYAMLError as e:  # yaml's own message spans several lines; one line with the position
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file (a YAML config was expected)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror or e})") from None
+    if not isinstance(data, dict):
+        found = "an empty file" if data is None else f"a YAML {type(data).__name__}"
+        raise ConfigError(f"{path}: expected a mapping of config keys (KEY: value), found {found}")
+    return data
+
+
+def _merge_into(src: Dict[str, Any], dst: Dict[str, Any], path: str, prefix: str = "") -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and k in dst:
+            if not isinstance(dst[k], dict):
+                raise ConfigError(f"{path}: {prefix}{k} is a group of keys here but a value in its {BASE_KEY}")
+            _merge_into(v, dst[k], path, f"{prefix}{k}.")
+        else:
+            dst[k] = v
 
 
 def _check_key_exists(cfg: CfgNode, full_key: str) -> None:

@@ -81,6 +81,31 @@ def test_missing_config_file():
         load_config("nope.yaml")
 
 
+def test_a_diamond_of_bases_is_not_a_cycle(tmp_path):
+    """Two bases that share one base (a diamond) load; only an ancestor named again is a cycle."""
+    _write(tmp_path, {"root.yaml": "SEED: 1\nSOLVER:\n  BASE_LR: 0.1\n",
+                              "b.yaml": '_BASE_: "root.yaml"\nSEED: 2\n',
+                              "c.yaml": '_BASE_: "root.yaml"\nSOLVER:\n  MAX_EPOCHS: 7\n',
+                              "top.yaml": '_BASE_: ["b.yaml", "c.yaml"]\nMODEL:\n  WIDTH: 0.5\n'})
+    cfg = load_config(tmp_path / "top.yaml")
+    assert (cfg.SEED, cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_EPOCHS, cfg.MODEL.WIDTH) == (1, 0.1, 7, 0.5)
+
+
+def _write(tmp_path, files):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+
+
+def test_base_list_and_relative_paths_follow_fvcore(tmp_path):
+    """A base path is relative to the file naming it; later bases and the file's own keys win."""
+    (tmp_path / "sub").mkdir()
+    _write(tmp_path, {"sub/a.yaml": "SEED: 1\nSOLVER:\n  BASE_LR: 0.2\n", "sub/b.yaml": '_BASE_: "a.yaml"\nSEED: 2\n',
+                      "top.yaml": '_BASE_: ["sub/b.yaml", "%s"]\nSOLVER:\n  MAX_EPOCHS: 3\n'
+                                  % (CONFIGS / "v3_79.yaml")})
+    cfg = load_config(tmp_path / "top.yaml")
+    assert (cfg.SEED, cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_EPOCHS, cfg.MODEL.ARCH) == (2, 0.045, 3, "v3_79")
+
+
 def test_dataset_names():
     assert parse_dataset_name("coco:/a/b/ann.json:/a/images") == {
         "kind": "coco", "ann_file": "/a/b/ann.json", "image_dir": "/a/images"}

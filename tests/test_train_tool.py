@@ -13,7 +13,9 @@ CONFIG = REPO / "configs" / "cpu" / "v3_79_w025_synthetic.yaml"
 
 
 def _run(tool, *args):
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    # the package of this checkout, not whichever one is installed in the environment
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, str(REPO / "tools" / tool), *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Train a crop classifier from a config (Detectron2-style command line).
 
-    tools/train.py --config-file configs/cpu/v3_79_w025_synthetic.yaml [--resume] [--output-dir D] [KEY VALUE ...]
+    tools/train.py --config-file configs/cpu/v3_79_w025_synthetic.yaml [--resume] [--output-dir D]
+                   [--imagenet-weights FILE] [KEY VALUE ...]
 
 Several processes (one per GPU, or CPU processes with gloo):
     torchrun --nproc_per_node=N tools/train.py --config-file F SOLVER.IMS_PER_BATCH 256
@@ -16,30 +17,38 @@ import sys
 from pathlib import Path
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", required=True, metavar="FILE", help="YAML config (may use _BASE_)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUTPUT_DIR/last_checkpoint (optimiser, schedule, epoch, random states)")
     p.add_argument("--output-dir", metavar="DIR", help="shorthand for OUTPUT_DIR DIR")
+    p.add_argument("--imagenet-weights", metavar="FILE",
+                   help="start from a local ImageNet Inception-v3 file (torchvision or timm state dict, .pth or "
+                        ".safetensors; 'imagenet' downloads torchvision's); shorthand for MODEL.IMAGENET_WEIGHTS FILE")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                    help="config overrides, e.g. SOLVER.MAX_EPOCHS 10 MODEL.WIDTH 0.25")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # offline machines: no update check on import
-    from crop_classifier.config import load_config
+    from crop_classifier.config import load_tool_config
     from crop_classifier.engine import NonFiniteLossError, train
     from crop_classifier.engine.distributed import init_from_env, is_main_process
+    from crop_classifier.errors import CheckpointError, UsageError, WeightsUnavailableError
 
     opts = list(args.opts) + (["OUTPUT_DIR", args.output_dir] if args.output_dir else [])
     try:
-        cfg = load_config(args.config_file, opts)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        cfg = load_tool_config(args.config_file, opts, imagenet_weights=args.imagenet_weights)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     init_from_env()
     main_proc = is_main_process()
@@ -54,6 +63,9 @@ def main(argv=None) -> int:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except (UsageError, CheckpointError, WeightsUnavailableError) as e:  # e.g. unusable ImageNet weights
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if main_proc:
         print(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}, indent=2))
     return 0

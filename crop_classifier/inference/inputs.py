@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Iterator, List, Sequence, Tuple, Union
 
@@ -13,8 +14,18 @@ import numpy as np
 from ..data.images import ImageReadError, read_rgb
 from ..detectors.base import ImageRecord
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+# Files with these extensions are taken from folders and globs without a look inside; any other file there is
+# taken when Pillow recognises its header as an image, and reported as a bad input otherwise.
+IMAGE_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif",
+              ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".pfm", ".sr", ".ras", ".exr", ".hdr", ".pic")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
+
+INPUT_HELP = (
+    "image files, folders, glob patterns and video files (read frame by frame). A folder is searched "
+    "recursively in sorted path order, skipping hidden files and folders (names starting with '.'), as glob "
+    "does; quote patterns so the shell leaves them alone ('**' matches any depth). Every file found is "
+    "processed or listed as a bad input with the reason (e.g. a file that is not an image or video)"
+)
 
 
 @dataclass
@@ -24,22 +35,27 @@ class BadInput:
 
 
 def expand_inputs(paths: Sequence[str]) -> Tuple[List[str], List[BadInput]]:
-    """Files in order: a folder gives its images and videos (sorted, not recursive), a glob its matches."""
+    """The files to process, in order, and the inputs that cannot be (with the reason); see ``INPUT_HELP``.
+
+    A path given by name is taken as it is (its reader reports it when it is unreadable); the files a
+    folder or pattern yields are each either taken or listed as bad, so every input is accounted for.
+    File names are the paths as found (``os.path.join(folder, relative path)``), each once.
+    """
     files: List[str] = []
     bad: List[BadInput] = []
     for p in paths:
         if os.path.isdir(p):
-            found = sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTS + VIDEO_EXTS))
+            found = _walk_folder(p, bad)
             if not found:
-                bad.append(BadInput(p, "folder holds no image or video files"))
-            files.extend(found)
+                bad.append(BadInput(p, "folder holds no files (hidden ones are skipped)"))
+            _take(found, files, bad)
         elif os.path.exists(p):
             files.append(p)
         elif glob.has_magic(p):
-            found = sorted(f for f in glob.glob(p) if os.path.isfile(f))
+            found = sorted((f for f in glob.glob(p, recursive=True) if os.path.isfile(f)), key=_path_key)
             if not found:
                 bad.append(BadInput(p, "pattern matches no file"))
-            files.extend(found)
+            _take(found, files, bad)
         else:
             bad.append(BadInput(p, "no such file or folder"))
     seen, unique = set(), []
@@ -48,6 +64,55 @@ def expand_inputs(paths: Sequence[str]) -> Tuple[List[str], List[BadInput]]:
             seen.add(f)
             unique.append(f)
     return unique, bad
+
+
+def _path_key(path: str) -> List[str]:
+    # component-wise, so "a/x.jpg" sorts before "a-b/x.jpg" and a folder's files stay together
+    return os.path.normpath(path).split(os.sep)
+
+
+def _walk_folder(folder: str, bad: List[BadInput]) -> List[str]:
+    """Every non-hidden file under ``folder`` (symbolic links followed, each real folder once), sorted."""
+    found: List[str] = []
+    seen_dirs = set()
+
+    def unreadable(e: OSError) -> None:
+        bad.append(BadInput(e.filename or folder, f"cannot list folder ({e.strerror or e})"))
+
+    for root, dirs, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen_dirs:  # a link back up the tree (or to a folder already walked)
+            dirs[:] = []
+            continue
+        seen_dirs.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(os.path.join(root, n) for n in names if not n.startswith("."))
+    return sorted(found, key=_path_key)
+
+
+def _take(found: Sequence[str], files: List[str], bad: List[BadInput]) -> None:
+    for f in found:
+        if f.lower().endswith(IMAGE_EXTS + VIDEO_EXTS) or _image_header(f):
+            files.append(f)
+        else:
+            ext = os.path.splitext(f)[1]
+            bad.append(BadInput(f, f"not an image or video file (extension {ext!r} and contents unrecognised)"
+                                if ext else "not an image or video file (no extension, contents unrecognised)"))
+
+
+def _image_header(path: str) -> bool:
+    """Whether Pillow recognises the file as an image from its header alone (nothing is decoded)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. DecompressionBombWarning: the reader's pixel limit decides
+            with Image.open(path):
+                return True
+    except Image.DecompressionBombError:  # an image, too large for Pillow; the reader says so with its limit
+        return True
+    except Exception:  # any failure to identify: not an image we can read
+        return False
 
 
 def read_image_rgb(path: str) -> np.ndarray:

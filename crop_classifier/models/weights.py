@@ -27,9 +27,10 @@ PathLike = Union[str, os.PathLike]
 
 # torchvision's port of Google's Inception-v3 ImageNet weights (expects inputs in [-1, 1]).
 IMAGENET_URL = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
+# Every flag named here must exist (tests parse this text and check each flag against the tools' parsers).
 WEIGHTS_FLAG_HELP = (
     "pass a local file instead: build_classifier(..., weights='/path/to/inception_v3_google-0cc3c7bd.pth'), "
-    "the config key MODEL.IMAGENET_WEIGHTS, or --imagenet-weights PATH on the command line"
+    "the config key MODEL.IMAGENET_WEIGHTS, or tools/train.py --imagenet-weights PATH"
 )
 REQUIRED_META = ("arch", "num_classes", "class_names", "input_size", "width")
 HEAD_PREFIXES = ("fc.", "AuxLogits.fc.")

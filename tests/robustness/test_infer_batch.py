@@ -143,3 +143,58 @@ def test_stopped_run_resumes_without_redoing_or_duplicating(dataset, tmp_path, m
     assert infer.main(_args(dataset, out, "--resume", "--fusion", "rescore")) == 2
     seen.clear()
     assert infer.main(_args(dataset, out)) == 1 and sorted(seen) == GOOD
+
+
+# ------------------------------------------------------------------------------------- nested folders, vis names
+@pytest.fixture(scope="module")
+def nested(tmp_path_factory, dataset):
+    """A folder with a sub-folder, a GIF and a text file; ground truth for every image (keyed by base name)."""
+    from PIL import Image
+
+    from robustness_helpers import pil_bytes
+
+    _, _, ckpt = dataset
+    d = tmp_path_factory.mktemp("nested")
+    files = {"in/a/x.jpg": encode(smooth_rgb(48, 64, seed=1), ".jpg"),
+             "in/a/x.png": encode(smooth_rgb(48, 64, seed=2), ".png"),
+             "in/b/deep/y.jpg": encode(smooth_rgb(48, 64, seed=3), ".jpg"),
+             "in/anim.gif": pil_bytes(Image.fromarray(smooth_rgb(48, 64, seed=4)).convert("P"), "GIF"),
+             "in/b/notes.txt": b"not pixels\n"}
+    for name, data in files.items():
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes(data)
+    names = ["x.jpg", "x.png", "y.jpg", "anim.gif"]
+    gt = d / "gt.json"
+    gt.write_text(json.dumps({
+        "images": [{"id": i + 1, "file_name": n, "width": 64, "height": 48} for i, n in enumerate(names)],
+        "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [2, 3, 20, 16], "iscrowd": 0}
+                        for i in range(len(names))],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}))
+    return d / "in", gt, ckpt
+
+
+def test_nested_folder_gif_and_text_file_are_all_accounted_for(nested, tmp_path, capsys):
+    """Before: the sub-folders and the GIF were skipped and the text file dropped without a word."""
+    folder, gt, ckpt = nested
+    out = tmp_path / "out"
+    rc = _infer().main(["--input", str(folder), "--output", str(out), "--detector", f"gt:{gt}",
+                        "--classifier-weights", str(ckpt), "--no-progress", "--vis-limit", "0"])
+    err = capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    preds = json.loads((out / "predictions.json").read_text())
+    assert {str(Path(p["file_name"]).relative_to(folder)) for p in preds} == {
+        "a/x.jpg", "a/x.png", "b/deep/y.jpg", "anim.gif"}
+    assert summary["images"] == 4
+    assert [Path(b["path"]).name for b in summary["bad_inputs"]] == ["notes.txt"]
+    assert rc == 1 and "notes.txt" in err and "not an image or video" in err
+
+
+@pytest.mark.xfail(strict=True, reason="runner.py still names pictures with _vis_name (base name without folder "
+                                       "and extension); the lead wires inference.visualize.vis_names/vis_file_name")
+def test_every_input_leaves_its_own_picture(nested, tmp_path):
+    folder, gt, ckpt = nested
+    out = tmp_path / "out"
+    _infer().main(["--input", str(folder), "--output", str(out), "--detector", f"gt:{gt}",
+                   "--classifier-weights", str(ckpt), "--no-progress", "--vis-limit", "10"])
+    assert sorted(p.name for p in (out / "vis").iterdir()) == ["a_x.jpg", "a_x.png.jpg", "anim.gif.jpg",
+                                                               "b_deep_y.jpg"]

@@ -37,7 +37,9 @@ def _checkpoints_all_load(run: Path) -> int:
 
 
 def test_sigkill_mid_epoch_then_resume(tmp_path):
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    # PYTHONPATH: the package of this checkout, not whichever one is installed in the environment
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "train.py"), *_overrides(tmp_path, 50)], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
