@@ -195,4 +195,4 @@ def test_video_frames_and_cli_exit_code(tmp_path, classifier):
     # frames are named VIDEO#FRAME, so a detections file can address one of them
     assert [p["file_name"] for p in preds] == [f"{video}#000002"]
     assert preds[0]["det_category_name"] == "person" and preds[0]["det_score"] == pytest.approx(0.9)
-    assert sorted(p.name for p in (out / "vis").iterdir()) == ["clip_000000.jpg", "clip_000002.jpg"]
+    assert sorted(p.name for p in (out / "vis").iterdir()) == ["clip.avi#000000.jpg", "clip.avi#000002.jpg"]

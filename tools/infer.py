@@ -27,13 +27,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from crop_classifier.errors import CheckpointError, WeightsUnavailableError  # noqa: E402
 from crop_classifier.inference import InferenceRun, InferOptions, UsageError, format_summary  # noqa: E402
+from crop_classifier.inference.inputs import INPUT_HELP  # noqa: E402
 from crop_classifier.models.inference import PRECISIONS  # noqa: E402
 from crop_classifier.second_stage import FUSION_MODES  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", required=True, help="image files, folders, globs, video files")
+    p.add_argument("--input", nargs="+", required=True, help=INPUT_HELP)
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--detector", default="faster_rcnn",
                    help="faster_rcnn | detections:FILE.json | gt:ANNOTATIONS.json (default: faster_rcnn)")

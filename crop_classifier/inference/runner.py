@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from ..structures import ImageRecord
 from ..utils.io import atomic_save_json, atomic_write_bytes
 from .coco_results import assign_category_ids, coco_box_map, detector_results, fused_results
 from .inputs import BadInput, expand_inputs, iter_records
-from .visualize import draw
+from .visualize import draw, vis_file_name, vis_names
 from . import resume as resume_mod
 from .sharding import gather_parts, merge_parts, resolve_shard, shard_device, write_part
 
@@ -92,12 +91,6 @@ def _encode_jpg(rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def _vis_name(file_name: str) -> str:
-    path, _, frame = file_name.partition("#")  # video frames: VIDEO#FRAME
-    stem = os.path.splitext(os.path.basename(path))[0]
-    return f"{stem}_{frame}.jpg" if frame else f"{stem}.jpg"
-
-
 def build_stages(o: InferOptions, device: str):
     """(first stage, second stage, reference categories or None)."""
     if not o.classifier_weights:
@@ -154,6 +147,7 @@ class InferenceRun:
         self.det_ids = assign_category_ids(self.first.class_names, ref_cats)
         self._load_ground_truth()
         self.files, self.bad = expand_inputs(o.input)
+        self.vis_names = vis_names(self.files)  # from every input, so shards and resumes name pictures alike
         if self.shard.count > 1:  # a contiguous part; missing paths are reported once, by shard 0
             self.files, self.bad = self.shard.take(self.files), (self.bad if self.shard.index == 0 else [])
         self.parts_dir = resume_mod.parts_dir(self.out_dir, self.shard.index, self.shard.count)
@@ -360,7 +354,7 @@ def process_batch(run_: InferenceRun, records: List[ImageRecord], n_before: int)
         parts.append(_image_part(r, d, f, n_crops, changed, run_, times, top1))
         if n_before + j < o.vis_limit:
             pic = draw(r.image, f, second.output_class_names, first.class_names, changed, o.vis_score_thresh)
-            atomic_write_bytes(run_.out_dir / "vis" / _vis_name(r.file_name), _encode_jpg(pic))
+            atomic_write_bytes(run_.out_dir / "vis" / vis_file_name(run_.vis_names, r.file_name), _encode_jpg(pic))
     return parts
 
 

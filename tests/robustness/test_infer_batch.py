@@ -189,8 +189,6 @@ def test_nested_folder_gif_and_text_file_are_all_accounted_for(nested, tmp_path,
     assert rc == 1 and "notes.txt" in err and "not an image or video" in err
 
 
-@pytest.mark.xfail(strict=True, reason="runner.py still names pictures with _vis_name (base name without folder "
-                                       "and extension); the lead wires inference.visualize.vis_names/vis_file_name")
 def test_every_input_leaves_its_own_picture(nested, tmp_path):
     folder, gt, ckpt = nested
     out = tmp_path / "out"
