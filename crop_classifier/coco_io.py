@@ -132,6 +132,7 @@ class AnnotationBoxes:
     """One image's annotations, in file order."""
 
     boxes: np.ndarray  # float64 [N, 4] XYXY, as the file gives them (not clipped)
+    xywh: np.ndarray  # float64 [N, 4] the file's own [x, y, w, h]
     category_ids: np.ndarray  # int64 [N]
     ids: np.ndarray  # int64 [N] annotation ids
     iscrowd: np.ndarray  # bool [N]
@@ -140,7 +141,8 @@ class AnnotationBoxes:
         return len(self.ids)
 
     def select(self, keep: np.ndarray) -> "AnnotationBoxes":
-        return AnnotationBoxes(self.boxes[keep], self.category_ids[keep], self.ids[keep], self.iscrowd[keep])
+        return AnnotationBoxes(self.boxes[keep], self.xywh[keep], self.category_ids[keep], self.ids[keep],
+                               self.iscrowd[keep])
 
 
 class CocoFile:
@@ -173,8 +175,9 @@ class CocoFile:
         for r, a in enumerate(anns):
             rows.setdefault(a["image_id"], []).append(r)
         self._rows = {iid: np.array(r, dtype=np.int64) for iid, r in rows.items()}
+        xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
         self._all = AnnotationBoxes(
-            xywh_to_xyxy([a["bbox"] for a in anns]), np.array([a["category_id"] for a in anns], dtype=np.int64),
+            xywh_to_xyxy(xywh), xywh, np.array([a["category_id"] for a in anns], dtype=np.int64),
             np.array([a["id"] for a in anns], dtype=np.int64), np.array([bool(a["iscrowd"]) for a in anns], dtype=bool))
 
     # -- parsing (one entry kind each)

@@ -10,6 +10,7 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
+from ..coco_io import load_coco
 from ..utils.io import atomic_write_text
 from .config import add_crop_classifier_config
 
@@ -31,9 +32,7 @@ def register_coco(name: str, json_file: str, image_root: Optional[str] = None) -
                              f"({MetadataCatalog.get(name).get('json_file', None)})")
     else:
         register_coco_instances(name, {}, json_file, image_root)
-    from ..detectors.coco_files import categories, load_annotations
-
-    names, _ = categories(load_annotations(json_file), json_file)  # = load_coco_json's order (sorted by id)
+    names = list(load_coco(json_file).class_names)  # coco_io's rules; = load_coco_json's order (ascending id)
     MetadataCatalog.get(name).set(thing_classes=names)
     return names
 
