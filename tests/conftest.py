@@ -1,14 +1,12 @@
 import importlib.util
 import os
-from pathlib import Path
 
 import pytest
+from data_paths import COCO128, REPO  # noqa: F401  (one definition of the shared data path)
 
 # albumentations checks PyPI for updates on import; tests (and CI) stay offline and quiet.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-COCO128 = REPO.parent / "shared" / "data" / "coco128"
 HAVE_D2 = importlib.util.find_spec("detectron2") is not None
 
 

@@ -24,7 +24,13 @@ from crop_classifier.data import (
     read_rgb,
 )
 from crop_classifier.data import coco as coco_mod
-from crop_classifier.data.coco import box_iou
+
+
+def box_iou(a, b):
+    """Element-wise IoU of two [N, 4] XYXY arrays (torchvision's pairwise IoU, its diagonal)."""
+    from torchvision.ops import box_iou as pairwise
+
+    return pairwise(torch.from_numpy(a), torch.from_numpy(b)).diagonal().numpy()
 
 
 def _coco128(coco128):

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_paths import COCO128  # ../shared/data/coco128 next to the checkout, as tests/conftest.py uses
 from tool_loader import load_tool
 
 pytest.importorskip("detectron2")
 pytestmark = pytest.mark.detectron2
 
 ROOT = Path(__file__).resolve().parents[1]
-COCO128 = Path("/work/shared/data/coco128")
 ANN = COCO128 / "annotations" / "instances_train2017.json"
 
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from crop_classifier.models import build_classifier, model_meta, save_checkpoint
+from data_paths import COCO128  # ../shared/data/coco128 next to the checkout, as tests/conftest.py uses
 from tool_loader import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
-COCO128 = Path("/work/shared/data/coco128")
 ANN = COCO128 / "annotations" / "instances_train2017.json"
 IMAGES = ["000000000009.jpg", "000000000025.jpg", "000000000030.jpg"]
 

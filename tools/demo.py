@@ -173,7 +173,9 @@ def main(argv=None) -> int:
 
     log("1/3 held-out synthetic test scenes (generated once, then reused)")
     test_ann = scenes(ROOT / args.train_dir.parent / "demo_test", args.test_scenes, TEST_SEED, "test")
-    classes = [c["name"] for c in sorted(json.loads(test_ann.read_text())["categories"], key=lambda c: c["id"])]
+    from crop_classifier.coco_io import load_coco
+
+    classes = load_coco(test_ann).class_names
     log(f"    {len(classes)} fine classes: {', '.join(classes)}")
 
     det_cfg, det_w, cls_w = models(args, out)

@@ -61,25 +61,18 @@ class Upsampled(nn.Module):
 # ------------------------------------------------------------------------------------------------ data
 def _coco_records(ann_file: Path, image_dir: Path):
     """[(image path, boxes XYXY [N, 4], category ids [N])] of non-crowd boxes, and {category id: name}."""
-    import contextlib
-    import io
+    from crop_classifier.coco_io import load_coco
 
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco = COCO(str(ann_file))
-    cats = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    coco = load_coco(ann_file)  # the package's one COCO reader: its id/category rules, parsed once
+    if coco.errors:
+        raise ValueError(coco.errors[0])
     records = []
-    for img_id in sorted(coco.getImgIds()):
-        info = coco.loadImgs(img_id)[0]
-        anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=False))
-                if a["bbox"][2] >= 1 and a["bbox"][3] >= 1]
-        if not anns:
-            continue
-        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                          for a in anns], dtype=np.float32)
-        records.append((Path(image_dir) / info["file_name"], boxes, np.array([a["category_id"] for a in anns])))
-    return records, cats
+    for info in sorted(coco.images, key=lambda im: im["id"]):
+        anns = coco.annotations(info["id"], include_crowd=False)
+        anns = anns.select((anns.xywh[:, 2] >= 1) & (anns.xywh[:, 3] >= 1))
+        if len(anns):
+            records.append((Path(image_dir) / info["file_name"], anns.boxes.astype(np.float32), anns.category_ids))
+    return records, dict(zip(coco.category_ids, coco.class_names))
 
 
 def _read_rgb(path: Path) -> np.ndarray:

@@ -10,6 +10,7 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
+from ..coco_io import load_coco, summarize_errors
 from ..utils.io import atomic_write_text
 from .config import add_crop_classifier_config
 
@@ -25,15 +26,18 @@ def register_coco(name: str, json_file: str, image_root: Optional[str] = None) -
     if not Path(json_file).is_file():
         raise FileNotFoundError(f"dataset {name}: annotations {json_file}: no such file")
     image_root = str(image_root or Path(json_file).parent)
+    # coco_io's rules (ids, categories), checked before anything is registered: Detectron2's loader reads the
+    # file again when training, and a malformed entry must not reach it. Class order = load_coco_json's.
+    coco = load_coco(json_file)
+    if coco.errors:
+        raise ValueError(f"dataset {name}: {summarize_errors(json_file, coco.errors)}")
+    names = list(coco.class_names)
     if name in DatasetCatalog.list():
         if MetadataCatalog.get(name).get("json_file", None) != json_file:
             raise ValueError(f"dataset {name} is already registered with another file "
                              f"({MetadataCatalog.get(name).get('json_file', None)})")
     else:
         register_coco_instances(name, {}, json_file, image_root)
-    from ..detectors.coco_files import categories, load_annotations
-
-    names, _ = categories(load_annotations(json_file), json_file)  # = load_coco_json's order (sorted by id)
     MetadataCatalog.get(name).set(thing_classes=names)
     return names
 

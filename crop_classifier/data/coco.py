@@ -7,7 +7,6 @@ when training and normalises with the ImageNet mean/std.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -17,13 +16,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from torchvision.ops import box_iou
 
+from ..coco_io import load_coco, summarize_errors
 from ..crops import CROP_MODES, DEFAULT_CONTEXT, extract_crops, extract_crops_hwc
 from .images import read_rgb  # the one robust reader (EXIF, 16-bit, CMYK, truncation, pixel limit)
 from .transforms import normalize
 
 __all__ = ["CocoSamples", "CropDataset", "Sample", "collate_identity", "jitter_boxes", "load_coco_samples",
-           "box_iou", "read_rgb"]
+           "read_rgb"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,33 +55,11 @@ class CocoSamples:
         return np.array([s[2] for s in self.samples], dtype=np.int64)
 
 
-def _need(obj, key: str, where: str):
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__} {str(obj)[:60]!r}")
-    if key not in obj:
-        raise ValueError(f"{where}: missing key {key!r}")
-    return obj[key]
-
-
-def _id(value, key: str, where: str):
-    # COCO ids are integers (strings tolerated); a list or a float would not even be hashable/matchable.
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"{where}: {key} must be an integer, got {type(value).__name__} {str(value)[:40]!r}")
-    return value
-
-
-def _size(value, key: str, where: str) -> Optional[float]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{where}: {key} must be a non-negative number, got {value!r}")
-    return float(value)
-
-
 def load_coco_samples(ann_file: Union[str, os.PathLike], image_dir: Union[str, os.PathLike], *,
                       class_names: Optional[Sequence[str]] = None, min_size: float = 0,
                       skip_crowd: bool = True, strict: bool = True) -> CocoSamples:
-    """Ground-truth boxes of a COCO instances file as crop samples.
+    """Ground-truth boxes of a COCO instances file as crop samples (read by ``coco_io.load_coco``: its id and
+    category rules, parsed once per process).
 
     ``class_names``: the classes to keep and their label order, by category *name* (default: all
     categories in id order); a name the file lacks is an error listing the valid names.
@@ -92,135 +71,74 @@ def load_coco_samples(ann_file: Union[str, os.PathLike], image_dir: Union[str, o
     loaded. A broken file or category list is always an error: it defines the class space.
     """
     ann_file = str(ann_file)
-    try:
-        with open(ann_file) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{ann_file}: annotation file not found") from None
-    except ValueError as e:
-        raise ValueError(f"{ann_file}: not valid JSON ({e})") from None
-    where = ann_file
-    cats, images, anns = (_need(data, k, where) for k in ("categories", "images", "annotations"))
-    for k, v in (("categories", cats), ("images", images), ("annotations", anns)):
-        if not isinstance(v, list):
-            raise ValueError(f"{where}: {k!r} must be a list, got {type(v).__name__}")
-
-    name_of: Dict[int, str] = {}
-    for i, c in enumerate(cats):
-        cid, name = _need(c, "id", f"{where}: categories[{i}]"), _need(c, "name", f"{where}: categories[{i}]")
-        cid = _id(cid, "id", f"{where}: categories[{i}]")
-        if cid in name_of:
-            raise ValueError(f"{where}: category id {cid} appears twice")
-        if name in name_of.values():
-            raise ValueError(f"{where}: category name {name!r} appears twice")
-        name_of[cid] = str(name)
-    all_names = [name_of[k] for k in sorted(name_of, key=lambda k: (isinstance(k, str), k))]
+    coco = load_coco(ann_file)
+    if not coco.has_annotations:
+        raise ValueError(f"{ann_file}: missing key 'annotations'")
+    if strict and coco.errors:
+        raise ValueError(coco.errors[0])
+    all_names = coco.class_names
     if class_names is None:
         class_names = all_names
     else:
         class_names = [str(n) for n in class_names]
         unknown = [n for n in class_names if n not in all_names]
         if unknown:
-            raise ValueError(f"{where}: unknown class names {unknown}; valid names: {all_names}")
+            raise ValueError(f"{ann_file}: unknown class names {unknown}; valid names: {all_names}")
         if len(set(class_names)) != len(class_names):
             raise ValueError(f"class_names has duplicates: {class_names}")
     label_of_name = {n: i for i, n in enumerate(class_names)}
-    label_of_cat = {cid: label_of_name.get(n) for cid, n in name_of.items()}
+    label_of_cat = {cid: label_of_name.get(n, -1) for cid, n in zip(coco.category_ids, all_names)}
 
-    errors: List[str] = []
-
-    def bad(msg: str) -> None:
-        if strict:
-            raise ValueError(msg)
-        errors.append(msg)
-
-    image_of: Dict[int, Tuple[str, Optional[float], Optional[float]]] = {}
-    order: List[int] = []
-    for i, im in enumerate(images):
-        w = f"{where}: images[{i}]"
-        try:
-            iid, fname = _id(_need(im, "id", w), "id", w), _need(im, "file_name", w)
-            if not isinstance(fname, str) or not fname:
-                raise ValueError(f"{w}: file_name must be a non-empty string, got {fname!r}")
-            if iid in image_of:
-                raise ValueError(f"{where}: image id {iid} appears twice")
-            size = _size(im.get("width"), "width", w), _size(im.get("height"), "height", w)
-        except ValueError as e:
-            bad(str(e))
-            continue
-        image_of[iid] = (os.path.join(str(image_dir), fname), *size)
-        order.append(iid)
-
-    skipped = {"crowd": 0, "other_class": 0, "empty": 0, "small": 0, "invalid": 0}
-    per_image: Dict[int, List[Tuple[np.ndarray, int, int]]] = {}
-    for i, a in enumerate(anns):
-        try:
-            aid = _id(_need(a, "id", f"{where}: annotations[{i}]"), "id", f"{where}: annotations[{i}]")
-            w = f"{where}: annotation id {aid}"
-            iid, cid, bbox = _need(a, "image_id", w), _need(a, "category_id", w), _need(a, "bbox", w)
-            iid, cid = _id(iid, "image_id", w), _id(cid, "category_id", w)
-            if iid not in image_of:
-                raise ValueError(f"{w}: image_id {iid} is not in 'images'")
-            if cid not in name_of:
-                raise ValueError(f"{w}: category_id {cid} is not in 'categories'")
-            if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                               for v in bbox)):
-                raise ValueError(f"{w}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
-            if bbox[2] < 0 or bbox[3] < 0:
-                raise ValueError(f"{w}: bbox has a negative width or height: {bbox!r}")
-        except ValueError as e:
-            bad(str(e))
-            skipped["invalid"] += 1
-            continue
-        if skip_crowd and a.get("iscrowd", 0):
-            skipped["crowd"] += 1
-            continue
-        label = label_of_cat[cid]
-        if label is None:
-            skipped["other_class"] += 1
-            continue
-        x, y, bw, bh = (float(v) for v in bbox)
-        x1, y1, x2, y2 = x, y, x + bw, y + bh
-        _, W, H = image_of[iid]
-        if W and H:
-            x1, x2 = min(max(x1, 0.0), float(W)), min(max(x2, 0.0), float(W))
-            y1, y2 = min(max(y1, 0.0), float(H)), min(max(y2, 0.0), float(H))
-        if x2 - x1 <= 0 or y2 - y1 <= 0:
-            skipped["empty"] += 1
-            continue
-        if min(x2 - x1, y2 - y1) < min_size:
-            skipped["small"] += 1
-            continue
-        per_image.setdefault(iid, []).append((np.array([x1, y1, x2, y2], np.float32), label, int(aid) if isinstance(aid, int) else i))
-    if errors:
-        logger.warning("%s: skipped %d malformed entr%s: %s%s", ann_file, len(errors), "y" if len(errors) == 1 else "ies",
-                       "; ".join(errors[:5]), " ..." if len(errors) > 5 else "")
-
+    skipped = {"crowd": 0, "other_class": 0, "empty": 0, "small": 0, "invalid": coco.num_bad_annotations}
     samples: List[Sample] = []
     index: List[int] = []
     paths: List[str] = []
-    for iid in order:
-        if iid not in per_image:
+    for im in coco.images:
+        anns = coco.annotations(im["id"])
+        if skip_crowd:
+            skipped["crowd"] += int(anns.iscrowd.sum())
+            anns = anns.select(~anns.iscrowd)
+        labels = np.array([label_of_cat[c] for c in anns.category_ids], dtype=np.int64)
+        skipped["other_class"] += int((labels < 0).sum())
+        boxes, labels, ids = anns.boxes[labels >= 0], labels[labels >= 0], anns.ids[labels >= 0]
+        W, H = im.get("width"), im.get("height")
+        if W and H:
+            boxes = np.stack([boxes[:, 0].clip(0, W), boxes[:, 1].clip(0, H),
+                              boxes[:, 2].clip(0, W), boxes[:, 3].clip(0, H)], 1)
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        empty = (w <= 0) | (h <= 0)
+        small = ~empty & (np.minimum(w, h) < min_size)
+        skipped["empty"] += int(empty.sum())
+        skipped["small"] += int(small.sum())
+        keep = ~empty & ~small
+        if not keep.any():
             continue
-        path = image_of[iid][0]
-        for box, label, aid in per_image[iid]:
-            samples.append((path, box, label, aid))
+        path = os.path.join(str(image_dir), im["file_name"])
+        for box, label, aid in zip(boxes[keep].astype(np.float32), labels[keep], ids[keep]):
+            samples.append((path, box, int(label), int(aid)))
             index.append(len(paths))
         paths.append(path)
-    return CocoSamples(list(class_names), samples, np.array(index, dtype=np.int64), paths, ann_file, skipped, errors)
+    if coco.errors:
+        logger.warning("%s", summarize_errors(ann_file, coco.errors))
+    return CocoSamples(list(class_names), samples, np.array(index, dtype=np.int64), paths, ann_file, skipped,
+                       list(coco.errors))
 
 
 # ----------------------------------------------------------------------------------------- boxes
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Element-wise IoU of two ``[N, 4]`` XYXY arrays."""
-    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = iw * ih
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
+def _paired_iou(cand: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of each box's candidates with it: ``cand [n, T, 4]``, ``boxes [n, 4]`` (XYXY) -> ``[n, T]``.
+
+    torchvision's ``box_iou`` gives every pair; a block of boxes at a time bounds that to ``block^2 * T``
+    and keeps each box's own row."""
+    out = np.empty(cand.shape[:2])
+    for s in range(0, len(boxes), 64):
+        b, c = torch.from_numpy(boxes[s:s + 64]), torch.from_numpy(cand[s:s + 64])
+        k = len(b)
+        iou = box_iou(b, c.reshape(-1, 4)).reshape(k, k, -1)
+        out[s:s + k] = iou[torch.arange(k), torch.arange(k)].numpy()
+    return out
 
 
 def jitter_boxes(boxes: np.ndarray, min_iou: float, rng: np.random.Generator, *, tries: int = 16) -> np.ndarray:
@@ -245,8 +163,7 @@ def jitter_boxes(boxes: np.ndarray, min_iou: float, rng: np.random.Generator, *,
     nw = w * np.exp(rng.uniform(-b, b, (n, tries)))
     nh = h * np.exp(rng.uniform(-b, b, (n, tries)))
     cand = np.stack([cx - nw / 2, cy - nh / 2, cx + nw / 2, cy + nh / 2], -1)  # [n, tries, 4]
-    iou = box_iou(cand.reshape(-1, 4), np.repeat(boxes, tries, 0)).reshape(n, tries)
-    ok = iou >= min_iou
+    ok = _paired_iou(cand, boxes) >= min_iou  # NaN (a zero-area box) is never >= min_iou
     first = np.argmax(ok, axis=1)
     out = np.where(ok.any(1)[:, None], cand[np.arange(n), first], boxes)
     return out.astype(np.float32)
