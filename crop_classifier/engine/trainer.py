@@ -91,7 +91,8 @@ class Trainer:
         self.per_rank_batch = cfg.SOLVER.IMS_PER_BATCH // self.world_size
         seed_everything(cfg.SEED)  # the same initial weights on every process
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
-        self.amp_dtype = getattr(torch, cfg.SOLVER.AMP_DTYPE) if (self.device.type == "cuda" and cfg.SOLVER.AMP) else None
+        on_gpu = self.device.type == "cuda"
+        self.amp_dtype = getattr(torch, cfg.SOLVER.AMP_DTYPE) if (on_gpu and cfg.SOLVER.AMP) else None
         self.channels_last = cfg.MODEL.CHANNELS_LAST
         self.test_samples: List = []
         self.test_loader = None
