@@ -221,3 +221,26 @@ def test_tradeoff_recipes():
         assert getattr(cpu.SOLVER, key) == getattr(yaml.SOLVER, key), key
     with pytest.raises(ValueError, match="recipe"):
         _recipe_cfg(32, 3, None, "fast")
+
+
+def test_tradeoff_trains_through_the_engine_and_recalibrates_bn(tmp_path):
+    from crop_classifier.benchmark.tradeoff import TrainSettings, train_and_evaluate
+    from crop_classifier.models import build_classifier, model_meta
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (6, 3, 35, 35), dtype=torch.uint8, generator=g)
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    net = build_classifier("v3_79", 2, width=0.0625, aux_logits=False)
+    meta = model_meta(net, "v3_79", ["a", "b"], context=0.1, mode="square")
+    meta["input_size"] = 35
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"kind": "stale"}\n')
+    r = train_and_evaluate(net, meta, (x, y), (x[:4], y[:4]), TrainSettings(epochs=2, batch_size=32), tmp_path / "run")
+    # A batch larger than the training set is clamped to it: one step per epoch, through the engine's Trainer.
+    assert r["batch_size"] == 6 and r["steps"] == 2 and 0.0 <= r["top1"] <= r["top5"] == 1.0
+    kinds = [json.loads(line)["kind"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "stale" not in kinds and kinds.count("epoch") == 2
+    # BN statistics recomputed from scratch over the calibration batches (here the one batch of the training
+    # set; training itself tracked two), momentum restored afterwards.
+    bn = net.Conv2d_1a_3x3.bn
+    assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 1 and float(bn.running_mean.abs().sum()) > 0

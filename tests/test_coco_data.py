@@ -155,12 +155,15 @@ def test_dataset_decodes_each_image_once_and_crops_like_inference(coco128, monke
     x, y = ds.__getitems__(indices)
     assert len(reads) == 3 and x.shape == (len(indices), 3, 40, 40) and x.dtype == torch.float32
     assert y.dtype == torch.long and y.tolist() == [s.samples[i][2] for i in indices]
+    # Not training: plain crops in [0, 1] (the inference form normalises them); training: normalised.
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     for row, i in enumerate(indices):
         path, box, _, _ = s.samples[i]
         ref = extract_crops(torch.from_numpy(read_rgb(path)).permute(2, 0, 1), torch.from_numpy(box[None]), 40,
                             context=0.2, mode="letterbox")[0]
-        assert torch.allclose(x[row] * std + mean, ref, atol=1e-5)
+        assert torch.allclose(x[row], ref, atol=1e-5)
+    xt, _ = CropDataset(s, 40, context=0.2, mode="letterbox", train=True).__getitems__(indices)
+    assert torch.allclose(xt * std + mean, x, atol=1e-5)
     xi, yi = ds[indices[4]]
     assert torch.equal(xi, x[4]) and yi == y[4]
 

@@ -9,19 +9,24 @@ width, and evaluated on held-out crops (top-1/top-5):
 * ``v3_299 stem @79``: the unmodified 299 stem fed 79 px crops directly (Section 9's "just shrink it"
   network, with its much lower cost).
 
-Training uses the engine's recipe pieces (``crop_classifier.engine``: RMSProp and linear LR scaling, the
-staircase schedule, label-smoothed loss, gradient clipping, metrics), with the settings of ``RECIPES``: the
-paper's, or by default the CPU configs' overrides for short runs (``configs/cpu/``), in a compact
-loop over crops extracted once into memory (``crop_classifier.crops.extract_crops`` on the ground-truth
-boxes, the default context), with random horizontal flips. Keeping the crops in memory rather than
-decoding and augmenting each epoch is what lets ten trainings fit in a few minutes of two CPU cores; the
-auxiliary head is off for all models, because at 79 px the unmodified 299 stem's 17x17 grid is 3x3,
-too small for it.
+Training runs through the engine's loop (``crop_classifier.engine.Trainer`` given ``TrainingParts``:
+RMSProp and linear LR scaling, the staircase schedule, label-smoothed loss, gradient clipping, AMP on GPU,
+metrics), with the settings of ``RECIPES``: the paper's, or by default the CPU configs' overrides for short
+runs (``configs/cpu/``), over crops extracted once into memory (``crop_classifier.crops.extract_crops`` on
+the ground-truth boxes, the default context; ``engine.data.TensorCropDataset``: random horizontal flips and
+the training normalisation). Keeping the crops in memory rather than decoding and augmenting each epoch is
+what lets ten trainings fit in a few minutes of two CPU cores; the auxiliary head is off for all models,
+because at 79 px the unmodified 299 stem's 17x17 grid is 3x3, too small for it. Each run's config and
+metrics go to ``WORK_DIR/runs/DATASET/MODEL``. Before evaluation the BN statistics are recomputed
+(``torch.optim.swa_utils.update_bn``); evaluation runs the classifier's inference form
+(``models.inference.build_inference_classifier``).
 """
 from __future__ import annotations
 
-import math
+import itertools
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -30,7 +35,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.inception_v3 import IMAGENET_MEAN, IMAGENET_STD
 from .models import count_gmacs
 
 COCO128 = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco128"
@@ -155,82 +159,66 @@ def _recipe_cfg(batch_size: int, epochs: int, base_lr: Optional[float], recipe: 
     return cfg
 
 
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches) -> int:
-    """Recompute every BatchNorm's running statistics as a plain average over ``batches`` (train-mode
-    forward passes, no gradient). After a few hundred steps the exponential running averages still carry
-    their initial values (0.9^100 is 3e-5, but 0.9^10 is 0.35), so a short training run is evaluated with
-    the statistics of its final weights instead; long runs are unaffected."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    was_training = model.training
-    model.train()
-    n = 0
-    for x in batches:
-        model(x)
-        n += 1
-    for m, mom in zip(bns, momenta):
-        m.momentum = mom
-    model.train(was_training)
-    return n
+#: Training batches whose train-mode statistics replace the BN running averages before evaluation.
+CALIBRATION_BATCHES = 20
 
 
-def train_and_evaluate(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                       test_y: torch.Tensor, class_names: Sequence[str], *, epochs: int, batch_size: int,
-                       seed: int = 0, base_lr: Optional[float] = None, device: str = "cpu",
-                       recipe: str = "cpu") -> Dict[str, object]:
-    """Train with the engine's recipe on uint8 crops (flip augmentation), then top-1/top-5 on the test crops."""
+@dataclass
+class TrainSettings:
+    """One trade-off training: epochs, batch (clamped to the training set), recipe, seed and device."""
+
+    epochs: int
+    batch_size: int
+    seed: int = 0
+    base_lr: Optional[float] = None
+    device: str = "cpu"
+    recipe: str = "cpu"
+
+
+def _trainer_cfg(settings: TrainSettings, batch_size: int, meta: Dict[str, object], output_dir: Path):
+    cfg = _recipe_cfg(batch_size, settings.epochs, settings.base_lr, settings.recipe)
+    cfg.MODEL.ARCH, cfg.MODEL.WIDTH, cfg.MODEL.AUX_LOGITS = meta["arch"], meta["width"], False
+    cfg.DATALOADER.NUM_WORKERS = 0  # the crops are in memory: workers would only copy them
+    cfg.SEED, cfg.OUTPUT_DIR = settings.seed, str(output_dir)
+    return cfg
+
+
+def train_and_evaluate(model: nn.Module, meta: Dict[str, object], train: Tuple[torch.Tensor, torch.Tensor],
+                       test: Tuple[torch.Tensor, torch.Tensor], settings: TrainSettings,
+                       output_dir: Path) -> Dict[str, object]:
+    """Trains ``model`` through the engine's ``Trainer`` on uint8 crops ``train = (x, y)`` (flips, the
+    training normalisation), recomputes its BN statistics, then top-1/top-5 of its inference form on
+    ``test``. ``output_dir`` gets the run's config and metrics (emptied first)."""
+    from torch.optim.swa_utils import update_bn
+
+    from crop_classifier.engine import Trainer, TrainingParts
+    from crop_classifier.engine.data import TensorCropDataset
     from crop_classifier.engine.evaluation import compute_metrics
-    from crop_classifier.engine.losses import InceptionLoss
-    from crop_classifier.engine.optim import build_lr_scheduler, build_optimizer, clip_gradients
+    from crop_classifier.models.inference import build_inference_classifier
 
-    cfg = _recipe_cfg(batch_size, epochs, base_lr, recipe)
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    model.to(device).train()
-    n = len(train_y)
-    iters_per_epoch = max(1, n // batch_size)  # drop_last, like the engine's loader
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_lr_scheduler(cfg, optimizer, iters_per_epoch)
-    criterion = InceptionLoss(cfg.SOLVER.LABEL_SMOOTHING, 0.0)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
-
-    def prep(x: torch.Tensor) -> torch.Tensor:
-        return (x.to(device).float() - mean) / std
-
-    losses = []
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=g)
-        for it in range(iters_per_epoch):
-            idx = order[it * batch_size:(it + 1) * batch_size]
-            x = prep(train_x[idx])
-            flip = torch.rand(len(idx), generator=g) < 0.5
-            x[flip] = x[flip].flip(-1)
-            loss = criterion(model(x), train_y[idx].to(device))
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"non-finite training loss {loss.item()}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_gradients(model.parameters(), cfg.SOLVER.CLIP_GRAD_NORM)
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-    train_s = time.perf_counter() - t0
-    calib = train_x[torch.randperm(n, generator=g)[:min(n, 20 * batch_size)]]
-    recalibrate_bn(model, (prep(calib[i:i + batch_size]) for i in range(0, len(calib), batch_size)))
-    model.eval()
-    with torch.inference_mode():
-        logits = torch.cat([model(prep(test_x[i:i + 64])).float().cpu() for i in range(0, len(test_y), 64)])
-    metrics = compute_metrics(logits, test_y, class_names)
+    shutil.rmtree(output_dir, ignore_errors=True)  # the metrics file is appended to
+    cfg = _trainer_cfg(settings, min(settings.batch_size, len(train[1])), meta, output_dir)
+    parts = TrainingParts(model, meta, TensorCropDataset(*train), device=torch.device(settings.device))
+    trainer = Trainer(cfg, progress=False, parts=parts)
+    try:
+        epochs = [trainer.train_one_epoch(e) for e in range(settings.epochs)]
+    finally:
+        trainer.metrics.close()
+    # After a few hundred steps the BN running averages still carry their initial values (0.9^10 is 0.35),
+    # so a short run is evaluated with the statistics of its final weights instead; long runs are unaffected.
+    update_bn(itertools.islice(trainer.train_loader, CALIBRATION_BATCHES), trainer.module, device=trainer.device)
+    classifier = build_inference_classifier(trainer.module, meta, device=trainer.device)
+    test_x, test_y = test
+    probs = torch.cat([classifier(test_x[i:i + 64].float().div_(255)).cpu() for i in range(0, len(test_y), 64)])
+    metrics = compute_metrics(probs, test_y, meta["class_names"])
     return {"top1": metrics["top1"], "top5": metrics["top5"], "top5_k": metrics["top5_k"],
-            "mean_class_accuracy": metrics["mean_class_accuracy"], "train_s": train_s,
-            "steps": epochs * iters_per_epoch, "final_loss": float(np.mean(losses[-max(1, iters_per_epoch):])),
-            "lr": optimizer.param_groups[0]["lr"]}
+            "mean_class_accuracy": metrics["mean_class_accuracy"], "train_s": sum(e["time_s"] for e in epochs),
+            "steps": settings.epochs * trainer.iters_per_epoch, "final_loss": epochs[-1]["loss"],
+            "lr": epochs[-1]["lr"], "batch_size": cfg.SOLVER.IMS_PER_BATCH}
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
 
 def run_tradeoff(
@@ -253,9 +241,10 @@ def run_tradeoff(
     log: Callable[[str], None] = print,
 ) -> Dict[str, object]:
     from crop_classifier.crops import DEFAULT_CONTEXT
-    from crop_classifier.models import build_classifier
+    from crop_classifier.models import build_classifier, model_meta
 
     specs = [m for m in MODELS if m[0] in models]
+    settings = TrainSettings(epochs, batch_size, seed=seed, base_lr=base_lr, device=device, recipe=recipe)
     rows: List[Dict[str, object]] = []
     majority: Dict[str, float] = {}
     data_info: Dict[str, Dict[str, object]] = {}
@@ -282,9 +271,11 @@ def run_tradeoff(
             torch.manual_seed(seed)  # the same initial weights for every model of one architecture
             net = build_classifier(arch, len(class_names), width=width, aux_logits=False)
             model = Upsampled(net, up) if up else net
+            meta = model_meta(net, arch, class_names, context=DEFAULT_CONTEXT, mode="square")
+            meta.update(input_size=crop, **({"upsampled_to": up} if up else {}))
             gmacs = count_gmacs(model.eval(), crop)
-            r = train_and_evaluate(model, train_x[crop], train_y, test_x[crop], test_y, class_names, epochs=epochs,
-                                   batch_size=batch_size, seed=seed, base_lr=base_lr, device=device, recipe=recipe)
+            r = train_and_evaluate(model, meta, (train_x[crop], train_y), (test_x[crop], test_y), settings,
+                                   Path(work_dir) / "runs" / ds / _slug(name))
             rows.append({"dataset": ds, "name": name, "arch": arch, "crop": crop,
                          "input": f"{crop}" + (f"→{up}" if up else ""), "width": width, "gmacs": gmacs,
                          "params": sum(p.numel() for p in net.parameters()),
@@ -292,14 +283,16 @@ def run_tradeoff(
             log(f"    {name:18s} {gmacs:.3f} GMACs: top-1 {100 * r['top1']:.1f} %, top-5 {100 * r['top5']:.1f} % "
                 f"({r['steps']} steps, {r['train_s']:.0f} s, final loss {r['final_loss']:.2f})")
     cfg = _recipe_cfg(batch_size, epochs, base_lr, recipe)
+    amp = f", AMP ({cfg.SOLVER.AMP_DTYPE})" if torch.device(device).type == "cuda" and cfg.SOLVER.AMP else ""
     text = (f"Width {width}, {epochs} epochs, batch {batch_size}, recipe '{recipe}': RMSProp (decay "
             f"{cfg.SOLVER.RMSPROP_DECAY}, eps {cfg.SOLVER.RMSPROP_EPS}, momentum {cfg.SOLVER.MOMENTUM}), lr "
             f"{cfg.SOLVER.BASE_LR} x batch/{cfg.SOLVER.REFERENCE_BATCH_SIZE} decayed x{cfg.SOLVER.LR_DECAY} every "
             f"{cfg.SOLVER.LR_DECAY_EPOCHS} epochs after {cfg.SOLVER.WARMUP_EPOCHS} warm-up epochs, label smoothing "
             f"{cfg.SOLVER.LABEL_SMOOTHING}, gradient clipping {cfg.SOLVER.CLIP_GRAD_NORM}, "
-            f"no auxiliary head, horizontal flips; crops of ground-truth boxes with context {DEFAULT_CONTEXT}; "
-            f"from scratch (random init, seed {seed}); BN statistics recomputed on up to {20 * batch_size} "
-            "training crops before evaluation.")
+            f"no auxiliary head, horizontal flips{amp}; trained by the engine's Trainer; crops of ground-truth "
+            f"boxes with context {DEFAULT_CONTEXT}; from scratch (random init, seed {seed}); BN statistics "
+            f"recomputed (torch.optim.swa_utils.update_bn) on up to {CALIBRATION_BATCHES} training batches before "
+            "evaluation, which runs the inference form (BN folded).")
     return {"device": device, "width": width, "epochs": epochs, "batch_size": batch_size, "recipe": text,
             "recipe_name": recipe,
             "datasets": data_info, "majority_top1": majority, "rows": rows}

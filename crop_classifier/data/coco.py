@@ -179,14 +179,16 @@ def collate_identity(batch):
 
 
 class CropDataset(torch.utils.data.Dataset):
-    """Map-style dataset of normalised crops ``(Tensor[3, S, S], label)``.
+    """Map-style dataset of crops ``(Tensor[3, S, S], label)``.
 
     ``__getitems__(indices)`` (used by ``DataLoader`` with a batch sampler and
     ``collate_fn=collate_identity``) returns ``(Tensor[B, 3, S, S] float, LongTensor[B])`` and
     decodes each distinct image of the batch once. With ``train=True``: boxes are jittered to
-    IoU >= ``jitter_iou`` with their ground truth (when given) and ``transform`` (an
-    albumentations transform of uint8 HxWx3 crops, e.g. ``build_train_transform``) is applied.
-    Crops use the same ``extract_crops`` geometry (context, mode) as inference.
+    IoU >= ``jitter_iou`` with their ground truth (when given), ``transform`` (an
+    albumentations transform of uint8 HxWx3 crops, e.g. ``build_train_transform``) is applied and
+    the crops are normalised (``transforms.normalize``, the training-time normalisation). With
+    ``train=False``: plain crops in [0, 1], what ``models.inference.InferenceClassifier`` takes (it
+    normalises them itself). Crops use the same ``extract_crops`` geometry (context, mode) as inference.
     """
 
     def __init__(self, samples: Union[CocoSamples, Sequence[Sample]], input_size: int, *,
@@ -263,7 +265,7 @@ class CropDataset(torch.utils.data.Dataset):
             pos_t = torch.tensor(positions)
             out[pos_t] = self._crops(img, boxes)
             labels[pos_t] = torch.tensor([self.samples[indices[p]][2] for p in positions])
-        return normalize(out), labels
+        return (normalize(out) if self.train else out), labels
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         x, y = self.__getitems__([index])

@@ -7,11 +7,11 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 from fvcore.common.config import CfgNode
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from ..config import parse_dataset_name
 from ..data import (CocoSamples, CropDataset, ImageGroupedBatchSampler, build_train_transform, collate_identity,
-                    generate_scenes, load_coco_samples)
+                    generate_scenes, load_coco_samples, normalize)
 from .distributed import main_process_first
 
 logger = logging.getLogger(__name__)
@@ -73,8 +73,55 @@ def build_train_loader(cfg: CfgNode, samples: Sequence, input_size: int, *, per_
                       collate_fn=collate_identity, pin_memory=torch.cuda.is_available())
 
 
+class TensorCropDataset(Dataset):
+    """Training batches from crops held in memory (uint8 ``[N, 3, S, S]``): random horizontal flips, then the
+    training normalisation (``data.transforms.normalize``, as ``CropDataset`` applies it).
+
+    The flips draw from torch's global generator, which the trainer seeds per epoch, so runs repeat.
+    Use with ``collate_fn=collate_identity`` (``__getitems__`` returns the collated batch).
+    """
+
+    def __init__(self, crops: torch.Tensor, labels: torch.Tensor, *, flip: bool = True):
+        if crops.dtype != torch.uint8 or crops.dim() != 4 or crops.shape[1] != 3:
+            raise ValueError(f"crops must be uint8 [N, 3, S, S], got {crops.dtype} {tuple(crops.shape)}")
+        if labels.shape != crops.shape[:1]:
+            raise ValueError(f"labels must be [N] = [{crops.shape[0]}], got {tuple(labels.shape)}")
+        self.crops, self.labels, self.flip = crops, labels.long(), bool(flip)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitems__(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        x = self.crops[idx].float().div_(255)
+        if self.flip:
+            flip = torch.rand(len(idx)) < 0.5
+            x[flip] = x[flip].flip(-1)
+        return normalize(x), self.labels[idx]
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        x, y = self.__getitems__([index])
+        return x[0], int(y[0])
+
+
+def build_dataset_train_loader(cfg: CfgNode, dataset: Dataset, *, per_rank_batch: int, num_replicas: int = 1,
+                               rank: int = 0) -> DataLoader:
+    """Shuffled, drop-last batches of a prebuilt training dataset (one returning whole batches from
+    ``__getitems__``, e.g. ``TensorCropDataset``), split over ``num_replicas`` processes. ``set_epoch`` is on
+    ``loader.batch_sampler.sampler``."""
+    sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=cfg.SEED,
+                                 drop_last=True)
+    batches = BatchSampler(sampler, per_rank_batch, drop_last=True)
+    if len(batches) == 0:
+        raise ValueError(f"the training set has {len(dataset)} crops, fewer than one batch of {per_rank_batch} per "
+                         "process; lower SOLVER.IMS_PER_BATCH or add data")
+    return DataLoader(dataset, batch_sampler=batches, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                      collate_fn=collate_identity, pin_memory=torch.cuda.is_available())
+
+
 def build_test_loader(cfg: CfgNode, samples: Sequence, input_size: int, *, context: float, mode: str) -> DataLoader:
-    """Deterministic batches of un-augmented crops, in sample order (grouped by image when consecutive)."""
+    """Deterministic batches of un-augmented crops in [0, 1] (not normalised: they go through the classifier's
+    inference form), in sample order (grouped by image when consecutive)."""
     dataset = CropDataset(samples, input_size, context=context, mode=mode, train=False)
     sampler = ImageGroupedBatchSampler(samples, cfg.TEST.IMS_PER_BATCH, shuffle=False, drop_last=False)
     # Its own generator: evaluating never advances the training run's random streams.

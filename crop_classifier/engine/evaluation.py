@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
+from ..models.inference import InferenceClassifier, build_inference_classifier
 from ..utils.io import atomic_save_json, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -121,19 +122,23 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str
     return atomic_write_bytes(path, buf.getvalue())
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, loader, device: torch.device, *, amp_dtype=None,
-            channels_last: bool = False, progress: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Runs ``model`` (put in eval mode) over ``loader``; returns (logits [N, K] float32 on CPU, labels [N])."""
-    model.eval()
+#: The inference form's precision for the engine's autocast dtype (SOLVER.AMP_DTYPE; None: no AMP).
+_PRECISION_OF = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def inference_form(model: torch.nn.Module, meta: Dict[str, Any], device: torch.device, *, amp_dtype=None,
+                   channels_last: bool = False) -> InferenceClassifier:
+    """``model`` (left untouched) in the one inference form, at the precision of the engine's AMP setting."""
+    return build_inference_classifier(model, meta, device=device, precision=_PRECISION_OF[amp_dtype],
+                                      channels_last=channels_last)
+
+
+def predict(classifier: InferenceClassifier, loader, *, progress: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Runs ``classifier`` (see ``inference_form``) over ``loader``'s crops in [0, 1]; returns (logits [N, K]
+    float32 on CPU, labels [N])."""
     all_scores, all_labels = [], []
     for images, labels in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float16, enabled=amp_dtype is not None):
-            logits = model(images)
-        all_scores.append(logits.float().cpu())
+        all_scores.append(classifier.logits(images).cpu())
         all_labels.append(labels.cpu())
     if not all_scores:
         raise ValueError("the evaluation loader produced no batches (empty dataset?)")

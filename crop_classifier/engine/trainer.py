@@ -5,6 +5,7 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from fvcore.common.config import CfgNode
+from torch import nn
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..models import build_classifier, classifier_from_checkpoint, load_imagenet_weights, model_meta
@@ -19,8 +22,8 @@ from ..errors import NonFiniteLossError
 from ..utils.io import atomic_write_text
 from . import distributed as du
 from .checkpoint import EpochCheckpointer, capture_rng_state, restore_rng_state
-from .data import build_test_loader, build_train_loader, load_datasets
-from .evaluation import box_sizes_in_loader_order, compute_metrics, predict, write_results
+from .data import build_dataset_train_loader, build_test_loader, build_train_loader, load_datasets
+from .evaluation import box_sizes_in_loader_order, compute_metrics, inference_form, predict, write_results
 from .losses import InceptionLoss
 from .metrics import MetricsWriter
 from .optim import build_lr_scheduler, build_optimizer, clip_gradients, scaled_lr
@@ -39,6 +42,12 @@ def seed_everything(*keys: int) -> None:
     torch.manual_seed(seed)
 
 
+def _set_epoch(loader, epoch: int) -> None:
+    # ImageGroupedBatchSampler shuffles per epoch itself; a BatchSampler leaves it to its DistributedSampler.
+    batches = loader.batch_sampler
+    (batches if hasattr(batches, "set_epoch") else batches.sampler).set_epoch(epoch)
+
+
 def _grad_scaler(enabled: bool):
     # torch.amp.GradScaler is the current name (torch >= 2.3); torch.cuda.amp's is deprecated there.
     if hasattr(torch.amp, "GradScaler"):
@@ -46,19 +55,34 @@ def _grad_scaler(enabled: bool):
     return torch.cuda.amp.GradScaler(enabled=enabled)
 
 
+@dataclass
+class TrainingParts:
+    """What a caller that holds its data in memory gives the ``Trainer`` instead of ``DATASETS``/``MODEL``
+    names (the trade-off benchmark): the network, its checkpoint meta, a training dataset whose
+    ``__getitems__`` returns ready batches (augmented and normalised, e.g. ``engine.data.TensorCropDataset``)
+    and optionally the device. The recipe (optimiser, schedule, loss, clipping, AMP, DDP, metrics) still
+    comes from the config; there is no test set (the caller evaluates)."""
+
+    model: nn.Module
+    meta: Dict[str, Any]
+    train_dataset: Dataset
+    device: Optional[torch.device] = None
+
+
 class Trainer:
-    """Builds everything a run needs from the config; ``train()`` runs it.
+    """Builds everything a run needs from the config (or from ``parts``); ``train()`` runs it.
 
     Attributes tests and tools use: ``model`` (DDP-wrapped when distributed), ``module`` (the bare
     classifier), ``optimizer``, ``scheduler``, ``meta``, ``start_epoch``, ``checkpointer``.
     """
 
-    def __init__(self, cfg: CfgNode, *, resume: bool = False, progress: bool = True):
+    def __init__(self, cfg: CfgNode, *, resume: bool = False, progress: bool = True,
+                 parts: Optional[TrainingParts] = None):
         self.cfg = cfg
         du.init_from_env()
         self.rank, self.world_size = du.get_rank(), du.get_world_size()
         self.is_main = du.is_main_process()
-        self.device = du.training_device()
+        self.device = torch.device(parts.device) if parts and parts.device is not None else du.training_device()
         self.progress = progress and self.is_main
         self.output_dir = Path(cfg.OUTPUT_DIR)
         if cfg.SOLVER.IMS_PER_BATCH % self.world_size:
@@ -70,45 +94,18 @@ class Trainer:
         on_gpu = self.device.type == "cuda"
         self.amp_dtype = getattr(torch, cfg.SOLVER.AMP_DTYPE) if (on_gpu and cfg.SOLVER.AMP) else None
         self.channels_last = cfg.MODEL.CHANNELS_LAST
+        self.test_samples: List = []
+        self.test_loader = None
+        if parts is None:
+            module = self._build_from_config(cfg)
+        else:
+            module, self.meta = parts.model, dict(parts.meta)
+            self.class_names, self.input_size = list(self.meta["class_names"]), int(self.meta["input_size"])
+            self.train_loader = build_dataset_train_loader(cfg, parts.train_dataset, per_rank_batch=self.per_rank_batch,
+                                                           num_replicas=self.world_size, rank=self.rank)
+        self._place(module)
 
-        # ---- data
-        if not cfg.DATASETS.TRAIN:
-            raise ValueError("config key DATASETS.TRAIN is empty: name at least one training dataset")
-        train_samples, class_names = load_datasets(
-            cfg.DATASETS.TRAIN, class_names=list(cfg.DATASETS.CLASS_NAMES) or None,
-            min_size=cfg.DATASETS.MIN_BOX_SIZE_TRAIN)
-        self.class_names = class_names
-        self.test_samples = (load_datasets(cfg.DATASETS.TEST, class_names=class_names,
-                                           min_size=cfg.DATASETS.MIN_BOX_SIZE_TEST)[0] if cfg.DATASETS.TEST else [])
-        num_classes = cfg.MODEL.NUM_CLASSES or len(class_names)
-        if num_classes != len(class_names):
-            raise ValueError(f"config key MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES} but the datasets define "
-                             f"{len(class_names)} classes; set it to 0 to derive it")
-
-        # ---- model
-        module = build_classifier(cfg.MODEL.ARCH, num_classes, width=cfg.MODEL.WIDTH, aux_logits=cfg.MODEL.AUX_LOGITS)
-        if cfg.MODEL.IMAGENET_WEIGHTS:
-            load_imagenet_weights(module, cfg.MODEL.IMAGENET_WEIGHTS)
-        self.input_size = cfg.INPUT.SIZE or module.input_size
-        self.meta = model_meta(module, cfg.MODEL.ARCH, class_names, context=float(cfg.CROP.CONTEXT), mode=cfg.CROP.MODE)
-        self.meta["input_size"] = int(self.input_size)
-        module.to(self.device)
-        if self.channels_last:
-            module.to(memory_format=torch.channels_last)
-        if self.world_size > 1 and cfg.MODEL.SYNC_BN:
-            if not on_gpu:
-                raise ValueError("config key MODEL.SYNC_BN: PyTorch's SyncBatchNorm runs on GPUs only; set it False on CPU")
-            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        self.module = self.model = module
-        if self.world_size > 1:
-            self.model = torch.nn.parallel.DistributedDataParallel(
-                module, device_ids=[self.device.index] if on_gpu else None)
-
-        # ---- loaders, optimisation
-        self.train_loader = build_train_loader(cfg, train_samples, self.input_size, per_rank_batch=self.per_rank_batch,
-                                               num_replicas=self.world_size, rank=self.rank)
-        self.test_loader = (build_test_loader(cfg, self.test_samples, self.input_size, context=cfg.CROP.CONTEXT,
-                                              mode=cfg.CROP.MODE) if self.test_samples else None)
+        # ---- optimisation
         self.iters_per_epoch = len(self.train_loader)
         self.optimizer = build_optimizer(cfg, self.module)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer, self.iters_per_epoch)
@@ -124,11 +121,53 @@ class Trainer:
             atomic_write_text(self.output_dir / "config.yaml", cfg.dump())
         logger.info("training %s (width %s, %d classes, %dx%d crops) on %d crops, %d iterations/epoch, "
                     "global batch %d over %d process(es), peak lr %.4g, device %s",
-                    cfg.MODEL.ARCH, cfg.MODEL.WIDTH, num_classes, self.input_size, self.input_size,
-                    len(train_samples), self.iters_per_epoch, cfg.SOLVER.IMS_PER_BATCH, self.world_size,
+                    self.meta["arch"], self.meta["width"], len(self.class_names), self.input_size, self.input_size,
+                    len(self.train_loader.dataset), self.iters_per_epoch, cfg.SOLVER.IMS_PER_BATCH, self.world_size,
                     scaled_lr(cfg), self.device)
         if resume:
             self.resume()
+
+    def _build_from_config(self, cfg: CfgNode) -> nn.Module:
+        """Datasets, classifier, meta and loaders named by the config; returns the (unplaced) classifier."""
+        if not cfg.DATASETS.TRAIN:
+            raise ValueError("config key DATASETS.TRAIN is empty: name at least one training dataset")
+        train_samples, class_names = load_datasets(
+            cfg.DATASETS.TRAIN, class_names=list(cfg.DATASETS.CLASS_NAMES) or None,
+            min_size=cfg.DATASETS.MIN_BOX_SIZE_TRAIN)
+        self.class_names = class_names
+        if cfg.DATASETS.TEST:
+            self.test_samples = load_datasets(cfg.DATASETS.TEST, class_names=class_names,
+                                              min_size=cfg.DATASETS.MIN_BOX_SIZE_TEST)[0]
+        num_classes = cfg.MODEL.NUM_CLASSES or len(class_names)
+        if num_classes != len(class_names):
+            raise ValueError(f"config key MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES} but the datasets define "
+                             f"{len(class_names)} classes; set it to 0 to derive it")
+        module = build_classifier(cfg.MODEL.ARCH, num_classes, width=cfg.MODEL.WIDTH, aux_logits=cfg.MODEL.AUX_LOGITS)
+        if cfg.MODEL.IMAGENET_WEIGHTS:
+            load_imagenet_weights(module, cfg.MODEL.IMAGENET_WEIGHTS)
+        self.input_size = cfg.INPUT.SIZE or module.input_size
+        self.meta = model_meta(module, cfg.MODEL.ARCH, class_names, context=float(cfg.CROP.CONTEXT), mode=cfg.CROP.MODE)
+        self.meta["input_size"] = int(self.input_size)
+        self.train_loader = build_train_loader(cfg, train_samples, self.input_size, per_rank_batch=self.per_rank_batch,
+                                               num_replicas=self.world_size, rank=self.rank)
+        if self.test_samples:
+            self.test_loader = build_test_loader(cfg, self.test_samples, self.input_size, context=cfg.CROP.CONTEXT,
+                                                 mode=cfg.CROP.MODE)
+        return module
+
+    def _place(self, module: nn.Module) -> None:
+        """Moves the classifier to the device (channels_last, SyncBN, DDP as configured): ``module``/``model``."""
+        module.to(self.device)
+        if self.channels_last:
+            module.to(memory_format=torch.channels_last)
+        if self.world_size > 1 and self.cfg.MODEL.SYNC_BN:
+            if self.device.type != "cuda":
+                raise ValueError("config key MODEL.SYNC_BN: PyTorch's SyncBatchNorm runs on GPUs only; set it False on CPU")
+            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        self.module = self.model = module
+        if self.world_size > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     # ------------------------------------------------------------------------------------------ resume
     def resume(self) -> bool:
@@ -154,12 +193,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ training
     def train(self) -> Dict[str, Any]:
-        """Runs epochs ``start_epoch .. MAX_EPOCHS``; returns a summary (final metrics and file paths)."""
+        """Runs epochs ``start_epoch .. MAX_EPOCHS``; returns a summary (final metrics, file paths and each
+        epoch's training summary)."""
         cfg = self.cfg
         max_epochs = cfg.SOLVER.MAX_EPOCHS
+        epochs: List[Dict[str, float]] = []
         try:
             for epoch in range(self.start_epoch, max_epochs):
-                self.train_one_epoch(epoch)
+                epochs.append(self.train_one_epoch(epoch))
                 done = epoch + 1
                 last = done == max_epochs
                 if self.test_loader is not None and (last or (cfg.TEST.EVAL_PERIOD and done % cfg.TEST.EVAL_PERIOD == 0)):
@@ -174,7 +215,7 @@ class Trainer:
         finally:
             self.metrics.close()
         return {"model_final": final, "last_checkpoint": self.checkpointer.last_path() if self.is_main else None,
-                "eval": self.last_eval, "epochs": max_epochs}
+                "eval": self.last_eval, "epochs": max_epochs, "train": epochs}
 
     def train_one_epoch(self, epoch: int) -> Dict[str, float]:
         cfg = self.cfg
@@ -182,7 +223,7 @@ class Trainer:
         # function of (SEED, epoch, rank) alone, so a resumed run repeats them exactly.
         seed_everything(cfg.SEED, epoch, self.rank)
         self.model.train()
-        self.train_loader.batch_sampler.set_epoch(epoch)
+        _set_epoch(self.train_loader, epoch)
         n_iter = len(self.train_loader)
         totals = {"loss": 0.0, "correct": 0, "seen": 0}
         window = {"loss": 0.0, "grad_norm": 0.0, "steps": 0}
@@ -266,8 +307,9 @@ class Trainer:
         """Evaluates on DATASETS.TEST on the main process (the others wait); writes ``inference/``."""
         metrics = None
         if self.is_main:
-            scores, labels = predict(self.module, self.test_loader, self.device, amp_dtype=self.amp_dtype,
-                                     channels_last=self.channels_last, progress=self.progress)
+            classifier = inference_form(self.module, self.meta, self.device, amp_dtype=self.amp_dtype,
+                                        channels_last=self.channels_last)
+            scores, labels = predict(classifier, self.test_loader, progress=self.progress)
             metrics = compute_metrics(scores, labels, self.class_names,
                                       box_sizes=box_sizes_in_loader_order(self.test_loader, self.test_samples))
             write_results(metrics, self.output_dir / "inference", extra={"epoch": epoch})
@@ -299,12 +341,9 @@ def evaluate_checkpoint(cfg: CfgNode, weights: Path, *, output_dir: Optional[Pat
     crop = meta.get("crop") or {"context": cfg.CROP.CONTEXT, "mode": cfg.CROP.MODE}
     samples, _ = load_datasets(cfg.DATASETS.TEST, class_names=meta["class_names"], min_size=cfg.DATASETS.MIN_BOX_SIZE_TEST)
     loader = build_test_loader(cfg, samples, meta["input_size"], context=crop["context"], mode=crop["mode"])
-    on_gpu = device.type == "cuda"
-    if cfg.MODEL.CHANNELS_LAST:
-        model.to(memory_format=torch.channels_last)
-    scores, labels = predict(model, loader, device,
-                             amp_dtype=getattr(torch, cfg.SOLVER.AMP_DTYPE) if on_gpu and cfg.SOLVER.AMP else None,
-                             channels_last=cfg.MODEL.CHANNELS_LAST, progress=progress)
+    amp_dtype = getattr(torch, cfg.SOLVER.AMP_DTYPE) if device.type == "cuda" and cfg.SOLVER.AMP else None
+    classifier = inference_form(model, meta, device, amp_dtype=amp_dtype, channels_last=cfg.MODEL.CHANNELS_LAST)
+    scores, labels = predict(classifier, loader, progress=progress)
     metrics = compute_metrics(scores, labels, meta["class_names"], box_sizes=box_sizes_in_loader_order(loader, samples))
     out = Path(output_dir) if output_dir else Path(cfg.OUTPUT_DIR) / "inference"
     paths = write_results(metrics, out, extra={"weights": str(weights), "datasets": list(cfg.DATASETS.TEST),
