@@ -9,7 +9,7 @@ PKG = Path(__file__).resolve().parents[1] / "crop_classifier"
 # Lower number = lower layer. A module may import its own layer or lower ones, never a higher one.
 LAYERS = {
     "errors": 0, "structures": 0, "utils": 0,
-    "config": 1, "models": 1, "crops": 1,
+    "config": 1, "models": 1, "crops": 1, "coco_io": 1,
     "data": 2,
     "detectors": 3,
     "second_stage": 4, "pipeline": 4,

@@ -219,7 +219,6 @@ def test_coco_object_is_ready_for_cocoeval_and_quiet(tmp_path, capsys):
 def test_each_file_is_parsed_once_per_process_by_every_reader(tmp_path, monkeypatch):
     from crop_classifier.data.coco import load_coco_samples
     from crop_classifier.detectors import DetectionsFile, GroundTruthBoxes
-    from crop_classifier.detectors import coco_files
 
     p = _write(tmp_path / "ann.json")
     parsed = []
@@ -232,7 +231,6 @@ def test_each_file_is_parsed_once_per_process_by_every_reader(tmp_path, monkeypa
     DetectionsFile(str(d), annotations=str(p))
     load_coco_samples(p, tmp_path)
     load_coco(os.path.relpath(p))  # another spelling of the same file
-    coco_files.categories(None, str(p)), coco_files.images_by_key(None, str(p))
     assert parsed == [str(p)] and gt.coco is f and load_coco(p) is f
     # A file changed on disk is read again.
     _write(p, categories=[{"id": 1, "name": "cat"}, {"id": 3, "name": "wolf"}])

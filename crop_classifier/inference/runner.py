@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..detectors import GroundTruthBoxes, build_first_stage
-from ..detectors.coco_files import images_by_key, load_annotations
+from ..coco_io import load_coco
 from ..errors import CheckpointError, UsageError
 from ..second_stage import SecondStage
 from ..structures import ImageRecord
@@ -73,6 +73,7 @@ class _Tally:
     det_results: List[dict] = field(default_factory=list)
     results: List[dict] = field(default_factory=list)
     eval_img_ids: List[int] = field(default_factory=list)
+    entry_errors: List[str] = field(default_factory=list)  # malformed detection entries found per image
     records: List[tuple] = field(default_factory=list)  # (image id, fixed by an annotation file), input order
 
 
@@ -99,7 +100,7 @@ def build_stages(o: InferOptions, device: str):
     if not Path(o.classifier_weights).is_file():
         raise UsageError(f"--classifier-weights {o.classifier_weights}: no such file")
     ref_path = o.eval or (o.detector[3:] if o.detector.startswith("gt:") else None) or o.categories
-    ref_cats = categories_of(ref_path) if ref_path else None
+    ref_cats = load_coco(ref_path).categories if ref_path else None
     try:
         first = build_first_stage(
             o.detector, config_file=o.detector_config, weights=o.detector_weights, device=device,
@@ -118,10 +119,6 @@ def build_stages(o: InferOptions, device: str):
         raise UsageError(f"--classifier-weights: {e}" + (" (use --classifier to name the checkpoint's architecture)"
                                                         if "arch" in str(e) else "")) from e
     return first, second, ref_cats
-
-
-def categories_of(path: str) -> List[dict]:
-    return list(load_annotations(path)["categories"])
 
 
 class InferenceRun:
@@ -162,19 +159,15 @@ class InferenceRun:
         o = self.o
         self.gt = self.gt_boxes = None
         gt_images: Dict[str, dict] = {}
-        if o.eval:
-            from pycocotools.coco import COCO
-            import contextlib
-            import io
-
-            with contextlib.redirect_stdout(io.StringIO()):
-                self.gt = COCO(o.eval)
-            gt_images = images_by_key(self.gt.dataset, o.eval)
-            self.gt_boxes = GroundTruthBoxes(o.eval)
-        elif isinstance(self.first, GroundTruthBoxes):
-            gt_images = self.first.images
+        first = self.first
+        if o.eval:  # one parse of the file serves COCOeval, image ids and the crop top-1 boxes
+            ev = load_coco(o.eval)
+            self.gt, gt_images = ev.coco, ev.images_by_key
+            self.gt_boxes = first if isinstance(first, GroundTruthBoxes) and first.coco is ev else GroundTruthBoxes(ev)
+        elif isinstance(first, GroundTruthBoxes):
+            gt_images = first.images
         elif o.categories:
-            gt_images = images_by_key(load_annotations(o.categories), o.categories)
+            gt_images = load_coco(o.categories).images_by_key
         self.known_ids = {k: int(i["id"]) for k, i in gt_images.items()}
         for k, i in getattr(self.first, "image_ids", {}).items():  # a detections file's own image ids
             self.known_ids.setdefault(k, i)
@@ -279,8 +272,15 @@ class InferenceRun:
         else:
             extra.update(images_resumed=self.resumed, images_processed=self.processed,
                          images_per_s=round(self.processed / wall, 3) if wall > 0 and self.processed else None)
-        entries = list(getattr(self.first, "errors", [])) + list(getattr(self.gt_boxes, "errors", []))
-        return write_outputs(self, tally, bad, wall, extra, entries)
+        return write_outputs(self, tally, bad, wall, extra, self._bad_entries(tally))
+
+    def _bad_entries(self, tally: _Tally) -> List[str]:
+        """Malformed entries of the detections/annotation files, each once: those found when the files were
+        read, then those found per image (kept in the parts, so resumed and sharded runs report them too)."""
+        per_image = {e for errs in getattr(self.first, "errors_by_key", {}).values() for e in errs}
+        at_load = [e for e in getattr(self.first, "errors", []) if e not in per_image]
+        files = [e for p in (self.o.eval, self.o.categories) if p for e in load_coco(p).errors]
+        return list(dict.fromkeys([*at_load, *files, *tally.entry_errors]))
 
     def saved_images(self) -> int:
         """Images whose results are saved in the parts folder (what ``--resume`` will not redo)."""
@@ -332,6 +332,7 @@ def _image_part(r: ImageRecord, d, f, n_crops: int, changed: np.ndarray, run_: I
         "det_results": detector_results(r.image_id, r.file_name, d, det_names, run_.det_ids),
         "results": fused_results(r.image_id, r.file_name, f, out_names, run_.out_ids, det_names, run_.det_ids, changed),
         "eval_img_ids": [r.image_id] if r.file_name in top1 else [], "bad": [], "wall": 0.0,
+        "entry_errors": list(getattr(run_.first, "errors_by_key", {}).get(r.key, [])),
     }
 
 

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 SHARD_DIR = "shards"
 _SUMMED = ("images", "boxes", "crops", "changed", "dropped", "t_detect", "t_second", "top1_hits", "top1_total")
-_LISTS = ("det_results", "results", "eval_img_ids")
+_LISTS = ("det_results", "results", "eval_img_ids", "entry_errors")
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,7 @@ def merge_parts(parts: List[dict], first_new_id: int) -> Tuple[Dict[str, Any], L
         for k in ("results", "det_results"):
             merged[k] += [{**r, "image_id": new_ids.get(r["image_id"], r["image_id"])} for r in part[k]]
         merged["eval_img_ids"] += [new_ids.get(i, i) for i in part["eval_img_ids"]]
+        merged["entry_errors"] += part.get("entry_errors", [])  # malformed entries found per image
         bad += part["bad"]
     return merged, bad, max((p["wall"] for p in parts), default=0.0)
 
