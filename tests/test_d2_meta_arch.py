@@ -193,8 +193,40 @@ def test_classifier_weights_from_checkpoint_and_mismatch_errors(tmp_path):
         build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.WEIGHTS", str(path), "MODEL.CROP_CLASSIFIER.CLASS_NAMES", ["a", "b", "c"]))
     with pytest.raises(CheckpointError, match="v3_151"):
         build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.WEIGHTS", str(path), "MODEL.CROP_CLASSIFIER.ARCH", "v3_151"))
-    with pytest.raises(ValueError, match="WEIGHTS .* or CLASS_NAMES"):
+    with pytest.raises(ValueError, match="WEIGHTS is empty.*set MODEL.CROP_CLASSIFIER.CLASS_NAMES"):
         build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.CLASS_NAMES", []))
+    with pytest.raises(ValueError, match="set MODEL.CROP_CLASSIFIER.ARCH, MODEL.CROP_CLASSIFIER.WIDTH"):
+        build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.ARCH", None, "MODEL.CROP_CLASSIFIER.WIDTH", None))
+
+
+def test_width_classes_and_crop_come_from_the_checkpoint_unless_set(tmp_path):
+    """Issue 13.7: without WIDTH (nor ARCH, CLASS_NAMES, CONTEXT, CROP_MODE) the checkpoint's meta decides;
+    a WIDTH that contradicts it is an error naming both values; CONTEXT / CROP_MODE set in the config win."""
+    torch.manual_seed(0)
+    clf = build_classifier("v3_79", 3, width=0.125, aux_logits=False)
+    path = save_checkpoint(tmp_path / "clf.pth", clf, model_meta(clf, "v3_79", COLOURS, context=0.2, mode="letterbox"))
+    unset = ["MODEL.CROP_CLASSIFIER.WEIGHTS", str(path), "MODEL.CROP_CLASSIFIER.WIDTH", None,
+             "MODEL.CROP_CLASSIFIER.ARCH", None, "MODEL.CROP_CLASSIFIER.CLASS_NAMES", []]
+    stage = build_model(tiny_cfg(*unset)).second_stage
+    assert torch.equal(stage.classifier.net.fc.weight, clf.fc.weight)  # width 0.125 built from the meta
+    assert stage.class_map.classifier_classes == COLOURS
+    assert (stage.context, stage.crop_mode, stage.input_size) == (0.2, "letterbox", 79)
+    stage = build_model(tiny_cfg(*unset, "MODEL.CROP_CLASSIFIER.CONTEXT", 0.0, "MODEL.CROP_CLASSIFIER.CROP_MODE",
+                                 "square")).second_stage
+    assert (stage.context, stage.crop_mode) == (0.0, "square")
+    build_model(tiny_cfg(*unset, "MODEL.CROP_CLASSIFIER.WIDTH", 0.125))  # agreeing is fine
+    from crop_classifier.models import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"WIDTH is 0\.25 but .*clf\.pth holds a classifier with width 0\.125"):
+        build_model(tiny_cfg(*unset, "MODEL.CROP_CLASSIFIER.WIDTH", 0.25))
+
+
+@pytest.mark.parametrize("key,old", [("CONTEXT", -1.0), ("CROP_MODE", "")])
+def test_old_from_the_checkpoint_sentinels_are_refused_by_key(key, old):
+    """-1.0 / "" used to mean "the checkpoint's"; now that is an unset key, and the old values name the key."""
+    cfg = tiny_cfg(f"MODEL.CROP_CLASSIFIER.{key}", old)
+    with pytest.raises(ValueError, match=rf"MODEL\.CROP_CLASSIFIER\.{key}: got .*unset: the checkpoint's"):
+        build_model(cfg)
 
 
 def test_predictor_passes_the_original_image_and_names_output_classes(tmp_path):
@@ -231,6 +263,33 @@ def test_predictor_offline_weights_error_names_the_key():
     cfg.MODEL.WEIGHTS = "/nonexistent/model_final.pth"
     with pytest.raises(WeightsUnavailableError, match="MODEL.WEIGHTS"):
         CropClassifierPredictor(cfg)
+
+
+def test_predictor_reports_only_real_gaps_of_the_detector_checkpoint(tmp_path, caplog):
+    """Issue 13.6: a detector-only MODEL.WEIGHTS leaves the classifier (from CROP_CLASSIFIER.WEIGHTS) out;
+    only a genuinely missing detector key is reported, not ~200 classifier tensors."""
+    import logging
+
+    torch.manual_seed(0)
+    clf = build_classifier("v3_79", 3, width=0.0625, aux_logits=False)
+    clf_path = save_checkpoint(tmp_path / "clf.pth", clf, model_meta(clf, "v3_79", COLOURS))
+    cfg = tiny_cfg("MODEL.CROP_CLASSIFIER.WEIGHTS", str(clf_path))
+    detector = {k: v for k, v in build_model(cfg).state_dict().items()
+                if not k.startswith("second_stage.") and not k.startswith("roi_heads.box_predictor.bbox_pred.")}
+    weights = tmp_path / "det.pth"
+    torch.save({"model": detector}, weights)
+    cfg.MODEL.WEIGHTS = str(weights)
+    with caplog.at_level(logging.WARNING):
+        pred = CropClassifierPredictor(cfg)
+    log = caplog.text
+    assert "roi_heads.box_predictor.bbox_pred" in log  # a real gap is still reported
+    assert "second_stage" not in log
+    assert torch.equal(pred.model.second_stage.classifier.net.fc.weight, clf.fc.weight)
+    # Without CROP_CLASSIFIER.WEIGHTS the classifier must come from MODEL.WEIGHTS: missing, it is a real gap.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        CropClassifierPredictor(tiny_cfg("MODEL.WEIGHTS", str(weights)))
+    assert "second_stage.classifier" in caplog.text
 
 
 def test_default_trainer_trains_the_detector_with_the_classifier_frozen(tmp_path):

@@ -61,3 +61,13 @@ def test_dataset_argument_errors():
     assert parse_dataset_arg("a=x/ann.json:/imgs") == ("a", "x/ann.json", "/imgs")
     with pytest.raises(ValueError, match="NAME=ANNOTATIONS"):
         parse_dataset_arg("ann.json")
+
+
+def test_config_usage_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    tool = load_tool("train_detector")
+    config = str(ROOT / "configs" / "d2" / "demo_synthetic_R18_FPN.yaml")
+    assert tool.main(["--config-file", str(tmp_path / "nope.yaml"), "--output-dir", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"error: --config-file {tmp_path / 'nope.yaml'}: no such file\n"
+    assert tool.main(["--config-file", config, "--output-dir", str(tmp_path / "o"), "MODEL.ROI_HEADS.NUM_CLASSEZ", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "MODEL.ROI_HEADS.NUM_CLASSEZ" in err

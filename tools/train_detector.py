@@ -17,6 +17,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import torch  # noqa: E402
+from detectron2.engine import launch  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+
+from crop_classifier.d2.train import detector_cfg, parse_dataset_arg, train_detector  # noqa: E402
+from crop_classifier.errors import UsageError  # noqa: E402
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,20 +40,15 @@ def main(argv=None) -> int:
                    help="rendezvous of the process group: tcp://HOST:PORT of machine 0 (auto: a free local port)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = p.parse_args(argv)
-    from crop_classifier.d2.train import detector_cfg, parse_dataset_arg
-
     try:
         datasets = {}
         for d in args.dataset:
             name, json_file, root = parse_dataset_arg(d)
             datasets[name] = (json_file, root)
         detector_cfg(args.config_file, args.output_dir, args.opts, datasets)  # errors before any process starts
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UsageError, ValueError, FileNotFoundError, KeyError) as e:
+        print(f"error: {str(e).strip(chr(39))}", file=sys.stderr)
         return 2
-    import torch
-    from detectron2.engine import launch
-
     if args.num_gpus * args.num_machines > 1 and not torch.cuda.is_available():
         # DefaultTrainer's create_ddp_model always passes device_ids=[local rank], which DDP refuses on CPU.
         print("error: --num-gpus/--num-machines > 1 needs CUDA GPUs (Detectron2's DefaultTrainer runs DDP on GPUs "
@@ -60,10 +62,6 @@ def main(argv=None) -> int:
 
 def worker(args, datasets) -> None:
     """One training process; datasets are registered in each (Detectron2's catalogs are per process)."""
-    from detectron2.utils import comm
-
-    from crop_classifier.d2.train import detector_cfg, train_detector
-
     cfg = detector_cfg(args.config_file, args.output_dir, args.opts, datasets)
     path = train_detector(cfg, resume=args.resume)
     if comm.is_main_process():

@@ -8,14 +8,19 @@
     outputs = CropClassifierPredictor(cfg)(cv2.imread("input.jpg"))
 
 Importing this package registers ``CropClassifierRCNN`` in ``META_ARCH_REGISTRY`` and
-``build_narrow_resnet_fpn_backbone`` (R-18/34 FPN of any width, for CPU-sized detectors) in ``BACKBONE_REGISTRY``.
+``build_narrow_resnet_fpn_backbone`` (R-18/34 FPN of any width, for CPU-sized detectors; it lives with the
+plain Detectron2 first stage in ``crop_classifier.detectors``) in ``BACKBONE_REGISTRY``.
 """
-from . import backbone as _backbone  # noqa: F401  (registers build_narrow_resnet_fpn_backbone)
+from ..detectors.detectron2_backbone import build_narrow_resnet_fpn_backbone, register_backbones
+from ..detectors.detectron2_model import detector_class_names, load_detector_weights
+from ..errors import WeightsUnavailableError
 from .config import add_crop_classifier_config
-from .meta_arch import CropClassifierRCNN, build_second_stage, detector_class_names
-from .predictor import CropClassifierPredictor, WeightsUnavailableError, load_detector_weights
+from .meta_arch import CropClassifierRCNN, build_second_stage
+from .predictor import CropClassifierPredictor
+
+register_backbones()
 
 __all__ = [
     "add_crop_classifier_config", "CropClassifierRCNN", "build_second_stage", "detector_class_names",
-    "CropClassifierPredictor", "WeightsUnavailableError", "load_detector_weights",
+    "CropClassifierPredictor", "WeightsUnavailableError", "load_detector_weights", "build_narrow_resnet_fpn_backbone",
 ]

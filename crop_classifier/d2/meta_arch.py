@@ -12,6 +12,8 @@ Output ``Instances`` (in the output class space, see ``output_class_names``): ``
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -19,72 +21,94 @@ import torch
 from torch import Tensor
 
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Instances
 
-from ..pipeline import FusedDetections, SecondStage
+from ..detectors.detectron2_model import detector_class_names
+from ..errors import CheckpointError, ConfigError
+from ..models import ARCHITECTURES, build_classifier, classifier_from_checkpoint
+from ..second_stage import FUSION_MODES, SecondStage
+from ..structures import FusedDetections
+from ..structures import CROP_MODES
 
 logger = logging.getLogger(__name__)
 
+KEY = "MODEL.CROP_CLASSIFIER."
 
-def detector_class_names(cfg) -> List[str]:
-    """The detector's class names: the config key, else the metadata of the test (or train) dataset."""
-    names = list(cfg.MODEL.CROP_CLASSIFIER.DETECTOR_CLASS_NAMES)
-    if not names:
-        for ds in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
-            names = list(MetadataCatalog.get(ds).get("thing_classes", None) or [])
-            if names:
-                break
-    if not names:
-        raise ValueError(
-            "MODEL.CROP_CLASSIFIER.DETECTOR_CLASS_NAMES is empty and neither DATASETS.TEST nor DATASETS.TRAIN has "
-            "thing_classes in the MetadataCatalog: the class map works by name, so set the detector's class names"
+
+@dataclass(frozen=True)
+class CropClassifierSettings:
+    """``MODEL.CROP_CLASSIFIER`` read and checked in one block (each error names its key); ``None`` = not set."""
+
+    weights: str
+    arch: Optional[str]
+    width: Optional[float]
+    class_names: Tuple[str, ...]
+    detector_class_names: Tuple[str, ...]
+    context: Optional[float]
+    crop_mode: Optional[str]
+    stage_options: Dict[str, Any]  # SecondStage's keyword options (class map, fusion, gates, chunking, NMS)
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "CropClassifierSettings":
+        c = cfg.MODEL.CROP_CLASSIFIER
+        for key, ok, expected in (
+            ("ARCH", c.ARCH is None or c.ARCH in ARCHITECTURES, "one of " + ", ".join(sorted(ARCHITECTURES))),
+            ("WIDTH", c.WIDTH is None or (isinstance(c.WIDTH, (int, float)) and c.WIDTH > 0), "a number > 0"),
+            ("CONTEXT", c.CONTEXT is None or (isinstance(c.CONTEXT, (int, float)) and math.isfinite(c.CONTEXT)
+                                              and c.CONTEXT >= 0), "a number >= 0 (unset: the checkpoint's)"),
+            ("CROP_MODE", c.CROP_MODE is None or c.CROP_MODE in CROP_MODES,
+             "one of " + ", ".join(CROP_MODES) + " (unset: the checkpoint's)"),
+            ("FUSION", c.FUSION in FUSION_MODES, "one of " + ", ".join(FUSION_MODES)),
+        ):
+            if not ok:
+                raise ConfigError(f"config key {KEY}{key}: got {c[key]!r}, expected {expected}")
+        if not c.WEIGHTS:
+            missing = [k for k in ("ARCH", "WIDTH") if c[k] is None] + ([] if len(c.CLASS_NAMES) else ["CLASS_NAMES"])
+            if missing:
+                raise ConfigError(f"{KEY}WEIGHTS is empty, so the config describes the classifier: set "
+                                  + ", ".join(KEY + k for k in missing) + " (or set WEIGHTS, a classifier checkpoint)")
+        return cls(
+            weights=str(c.WEIGHTS), arch=c.ARCH, width=None if c.WIDTH is None else float(c.WIDTH),
+            class_names=tuple(c.CLASS_NAMES), detector_class_names=tuple(detector_class_names(cfg)),
+            context=None if c.CONTEXT is None else float(c.CONTEXT), crop_mode=c.CROP_MODE,
+            stage_options=dict(
+                class_map=[list(p) for p in c.CLASS_MAP], fusion=c.FUSION, min_size=c.MIN_BOX_SIZE,
+                max_size=c.MAX_BOX_SIZE, reclassify=list(c.RECLASSIFY),
+                max_crops_per_forward=c.MAX_CROPS_PER_FORWARD, nms_thresh=c.NMS_THRESH,
+            ),
         )
-    if len(names) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-        raise ValueError(
-            f"{len(names)} detector class names but MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES}"
-        )
-    return names
+
+
+def check_against_checkpoint(s: CropClassifierSettings, meta: Dict[str, Any]) -> None:
+    """Every key the config sets must agree with what the checkpoint holds; the error names both."""
+    for key, want, got in (("ARCH", s.arch, meta["arch"]), ("WIDTH", s.width, meta["width"]),
+                           ("CLASS_NAMES", list(s.class_names) or None, list(meta["class_names"]))):
+        if want is None:
+            continue
+        same = math.isclose(float(want), float(got), rel_tol=1e-9) if key == "WIDTH" else want == got
+        if not same:
+            raise CheckpointError(
+                f"{KEY}{key} is {want!r} but {KEY}WEIGHTS {s.weights} holds a classifier with {key.lower()} {got!r}; "
+                f"leave {key} unset to take it from the checkpoint"
+            )
 
 
 def build_second_stage(cfg) -> SecondStage:
     """The second stage a config describes (classifier weights loaded when MODEL.CROP_CLASSIFIER.WEIGHTS is set)."""
-    from .config import validate_crop_classifier_config
-
-    validate_crop_classifier_config(cfg)
-    c = cfg.MODEL.CROP_CLASSIFIER
-    det_names = detector_class_names(cfg)
-    options = dict(
-        class_map=[list(p) for p in c.CLASS_MAP],
-        fusion=c.FUSION,
-        min_size=c.MIN_BOX_SIZE,
-        max_size=c.MAX_BOX_SIZE,
-        reclassify=list(c.RECLASSIFY),
-        max_crops_per_forward=c.MAX_CROPS_PER_FORWARD,
-        nms_thresh=c.NMS_THRESH,
-        context=c.CONTEXT if c.CONTEXT >= 0 else None,
-        crop_mode=c.CROP_MODE or None,
-    )
-    if c.WEIGHTS:
-        from ..models import classifier_from_checkpoint
-
-        expected = {"arch": c.ARCH, "width": c.WIDTH}
-        if len(c.CLASS_NAMES):
-            expected["class_names"] = list(c.CLASS_NAMES)
-        model, meta = classifier_from_checkpoint(c.WEIGHTS, map_location="cpu", expected_meta=expected)
-        return SecondStage.from_model(model, meta, det_names, **options)
-    from ..models import build_classifier
-
-    if not len(c.CLASS_NAMES):
-        raise ValueError("MODEL.CROP_CLASSIFIER: set WEIGHTS (a classifier checkpoint) or CLASS_NAMES")
+    s = CropClassifierSettings.from_cfg(cfg)
+    crop = dict(context=s.context, crop_mode=s.crop_mode)
+    if s.weights:
+        model, meta = classifier_from_checkpoint(s.weights, map_location="cpu")
+        check_against_checkpoint(s, meta)
+        return SecondStage.from_model(model, meta, s.detector_class_names, **crop, **s.stage_options)
     logger.warning(
         "MODEL.CROP_CLASSIFIER.WEIGHTS is empty: the %s classifier starts from random weights; they must come "
-        "from MODEL.WEIGHTS (a checkpoint of this meta-architecture)", c.ARCH
+        "from MODEL.WEIGHTS (a checkpoint of this meta-architecture)", s.arch
     )
-    model = build_classifier(c.ARCH, len(c.CLASS_NAMES), width=c.WIDTH, aux_logits=False)
-    meta = {"arch": c.ARCH, "width": c.WIDTH, "class_names": list(c.CLASS_NAMES), "input_size": model.input_size}
-    return SecondStage.from_model(model, meta, det_names, **options)
+    model = build_classifier(s.arch, len(s.class_names), width=s.width, aux_logits=False)
+    meta = {"arch": s.arch, "width": s.width, "class_names": list(s.class_names), "input_size": model.input_size}
+    return SecondStage.from_model(model, meta, s.detector_class_names, **crop, **s.stage_options)
 
 
 def to_rgb_chw(image: Any, input_format: str) -> Tensor:
@@ -108,14 +132,18 @@ def to_rgb_chw(image: Any, input_format: str) -> Tensor:
 @META_ARCH_REGISTRY.register()
 class CropClassifierRCNN(GeneralizedRCNN):
     @configurable
-    def __init__(self, *, second_stage: SecondStage, **kwargs: Any):
+    def __init__(self, *, second_stage: SecondStage, classifier_preloaded: bool = False, **kwargs: Any):
         super().__init__(**kwargs)
         self.second_stage = second_stage
+        # True when the classifier's weights came from MODEL.CROP_CLASSIFIER.WEIGHTS: a detector checkpoint
+        # (MODEL.WEIGHTS) without them then leaves no gap there (see CropClassifierPredictor).
+        self.classifier_preloaded = bool(classifier_preloaded)
 
     @classmethod
     def from_config(cls, cfg) -> Dict[str, Any]:
         ret = super().from_config(cfg)
         ret["second_stage"] = build_second_stage(cfg)
+        ret["classifier_preloaded"] = bool(cfg.MODEL.CROP_CLASSIFIER.WEIGHTS)
         return ret
 
     @property

@@ -1,67 +1,55 @@
-"""``CropClassifierPredictor``: ``DefaultPredictor`` that also hands the model the original image."""
+"""``CropClassifierPredictor``: Detectron2's ``DefaultPredictor`` that also hands the model the original image."""
 from __future__ import annotations
 
-import urllib.error
-from typing import Any, Dict
+from typing import Any, Dict, Sequence
 
 import numpy as np
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
-from detectron2.data import transforms as T
-from detectron2.modeling import build_model
+from detectron2.engine import DefaultPredictor
 
-from ..errors import WeightsUnavailableError
-
-
-def load_detector_weights(model: torch.nn.Module, weights: str, flag: str = "MODEL.WEIGHTS") -> None:
-    """``DetectionCheckpointer.load`` with a clear error instead of a bare URLError when offline."""
-    try:
-        DetectionCheckpointer(model).load(weights)
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-        raise WeightsUnavailableError(
-            f"cannot download detector weights {weights!r} ({e}); this machine is offline: pass a local weights "
-            f"file with {flag}"
-        ) from e
-    except (FileNotFoundError, AssertionError) as e:  # the checkpointer asserts the file exists
-        raise WeightsUnavailableError(f"cannot read detector weights {weights!r} ({e}); check {flag}") from e
+from ..detectors.detectron2_model import load_detector_weights, predictor_inputs, without_weights
 
 
-class CropClassifierPredictor:
+class PartialCheckpointer(DetectionCheckpointer):
+    """Reports as missing only the parameters nothing else provides: those under ``preloaded`` prefixes (the
+    classifier, loaded from MODEL.CROP_CLASSIFIER.WEIGHTS) are not gaps of a detector-only MODEL.WEIGHTS."""
+
+    def __init__(self, model: torch.nn.Module, preloaded: Sequence[str] = (), **kwargs: Any):
+        super().__init__(model, **kwargs)
+        self.preloaded = tuple(preloaded)
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        missing = [k for k in incompatible.missing_keys if not k.startswith(self.preloaded)]
+        super()._log_incompatible_keys(incompatible._replace(missing_keys=missing))
+
+
+class CropClassifierPredictor(DefaultPredictor):
     """One BGR image (HxWx3 uint8, as cv2.imread gives) -> ``{"instances": Instances}``.
 
-    Like ``DefaultPredictor``: loads MODEL.WEIGHTS, resizes per INPUT.MIN/MAX_SIZE_TEST, converts to
-    INPUT.FORMAT; in addition the untouched original image travels as ``"original_image"`` so the crop
-    classifier sees full resolution. ``metadata.thing_classes`` is the output class space (for Visualizer).
+    ``DefaultPredictor`` (MODEL.WEIGHTS, resize per INPUT.MIN/MAX_SIZE_TEST, INPUT.FORMAT); in addition the
+    untouched original image travels as ``"original_image"`` so the crop classifier sees full resolution.
+    ``metadata.thing_classes`` is the output class space (for Visualizer). Weights that cannot be read raise
+    ``WeightsUnavailableError`` naming ``weights_flag``.
     """
 
     def __init__(self, cfg, weights_flag: str = "MODEL.WEIGHTS"):
-        self.cfg = cfg.clone()
-        self.model = build_model(self.cfg)
-        self.model.eval()
-        if self.cfg.MODEL.WEIGHTS:
-            load_detector_weights(self.model, self.cfg.MODEL.WEIGHTS, weights_flag)
-        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
-        self.input_format = cfg.INPUT.FORMAT
-        if self.input_format not in ("RGB", "BGR"):
-            raise ValueError(f"INPUT.FORMAT must be RGB or BGR, got {self.input_format!r}")
+        super().__init__(without_weights(cfg))
+        self.cfg.MODEL.WEIGHTS = cfg.MODEL.WEIGHTS
+        if cfg.MODEL.WEIGHTS:
+            preloaded = ("second_stage.",) if getattr(self.model, "classifier_preloaded", False) else ()
+            load_detector_weights(self.model, cfg.MODEL.WEIGHTS, weights_flag, PartialCheckpointer(self.model, preloaded))
         name = "crop_classifier_output"
         MetadataCatalog.get(name).set(thing_classes=list(self.model.output_class_names))
         self.metadata = MetadataCatalog.get(name)
 
-    @torch.no_grad()
     def __call__(self, original_image: np.ndarray) -> Dict[str, Any]:
         if original_image.ndim != 3 or original_image.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 BGR image, got shape {original_image.shape}")
-        if self.input_format == "RGB":
-            original_image = original_image[:, :, ::-1]
-        height, width = original_image.shape[:2]
-        image = self.aug.get_transform(original_image).apply_image(original_image)
-        inputs = {
-            "image": torch.as_tensor(image.astype("float32").transpose(2, 0, 1)),
-            "original_image": torch.as_tensor(np.ascontiguousarray(original_image.transpose(2, 0, 1))),
-            "height": height,
-            "width": width,
-        }
-        return self.model([inputs])[0]
+        inputs = predictor_inputs(self, original_image)
+        original = original_image if self.input_format == "BGR" else original_image[:, :, ::-1]
+        inputs["original_image"] = torch.as_tensor(np.ascontiguousarray(original.transpose(2, 0, 1)))
+        with torch.no_grad():
+            return self.model([inputs])[0]

@@ -9,8 +9,11 @@ from typing import Dict, Optional, Sequence, Tuple
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
+from detectron2.engine import DefaultTrainer
+from detectron2.utils.logger import setup_logger
 
 from ..coco_io import load_coco, summarize_errors
+from ..detectors.detectron2_model import merge_config_file, merge_config_opts
 from ..utils.io import atomic_write_text
 from .config import add_crop_classifier_config
 
@@ -56,8 +59,8 @@ def parse_dataset_arg(arg: str) -> Tuple[str, str, Optional[str]]:
 def detector_cfg(config_file: str, output_dir: str, opts: Sequence[str] = (),
                  datasets: Dict[str, Tuple[str, Optional[str]]] = None):
     cfg = add_crop_classifier_config(get_cfg())
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    merge_config_file(cfg, str(config_file), "--config-file")  # errors name the flag, file and key
+    merge_config_opts(cfg, list(opts), "config override")
     cfg.OUTPUT_DIR = str(output_dir)
     for name, (json_file, root) in (datasets or {}).items():
         register_coco(name, json_file, root)
@@ -75,9 +78,6 @@ def detector_cfg(config_file: str, output_dir: str, opts: Sequence[str] = (),
 
 def train_detector(cfg, resume: bool = False) -> str:
     """Trains with ``DefaultTrainer``; writes OUTPUT_DIR/config.yaml and OUTPUT_DIR/model_final.pth."""
-    from detectron2.engine import DefaultTrainer
-    from detectron2.utils.logger import setup_logger
-
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     setup_logger(output=cfg.OUTPUT_DIR, name="detectron2")
     atomic_write_text(Path(cfg.OUTPUT_DIR) / "config.yaml", cfg.dump())
