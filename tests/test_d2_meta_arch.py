@@ -210,10 +210,10 @@ def test_width_classes_and_crop_come_from_the_checkpoint_unless_set(tmp_path):
     stage = build_model(tiny_cfg(*unset)).second_stage
     assert torch.equal(stage.classifier.net.fc.weight, clf.fc.weight)  # width 0.125 built from the meta
     assert stage.class_map.classifier_classes == COLOURS
-    assert (stage.context, stage.crop_mode, stage.input_size) == (0.2, "letterbox", 79)
+    assert (stage.crop.context, stage.crop.mode, stage.crop.size) == (0.2, "letterbox", 79)
     stage = build_model(tiny_cfg(*unset, "MODEL.CROP_CLASSIFIER.CONTEXT", 0.0, "MODEL.CROP_CLASSIFIER.CROP_MODE",
                                  "square")).second_stage
-    assert (stage.context, stage.crop_mode) == (0.0, "square")
+    assert (stage.crop.context, stage.crop.mode) == (0.0, "square")
     build_model(tiny_cfg(*unset, "MODEL.CROP_CLASSIFIER.WIDTH", 0.125))  # agreeing is fine
     from crop_classifier.models import CheckpointError
 
