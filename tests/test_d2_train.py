@@ -25,12 +25,12 @@ def test_train_detector_then_infer_with_its_config(tmp_path):
     (tmp_path / "images").mkdir()
     for i in keep:
         shutil.copy(COCO128 / "images" / i["file_name"], tmp_path / "images" / i["file_name"])
-    ann = tmp_path / "images" / "ann.json"
+    ann = tmp_path / "ann.json"  # beside the images: a folder input reports every non-image file it holds
     ann.write_text(json.dumps(sub))
     out = tmp_path / "det"
     rc = load_tool("train_detector").main([
         "--config-file", str(ROOT / "configs" / "d2" / "tiny_R18_FPN_random.yaml"), "--output-dir", str(out),
-        "--dataset", f"t128_train={ann}",
+        "--dataset", f"t128_train={ann}:{tmp_path / 'images'}",
         "DATASETS.TRAIN", "('t128_train',)", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
         "SOLVER.BASE_LR", "0.001", "DATALOADER.NUM_WORKERS", "0", "SOLVER.CHECKPOINT_PERIOD", "1000",
     ])
