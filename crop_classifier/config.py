@@ -23,6 +23,7 @@ from fvcore.common.config import BASE_KEY, CfgNode
 
 from .crops import DEFAULT_CONTEXT
 from .errors import ConfigError
+from .models.registry import ARCHITECTURES
 
 
 def get_cfg() -> CfgNode:
@@ -242,8 +243,6 @@ def _check_key_exists(cfg: CfgNode, full_key: str) -> None:
 
 def validate(cfg: CfgNode) -> None:
     """Value checks that the type checks of CfgNode do not cover; each error names the key."""
-    from .models import ARCHITECTURES
-
     _check(cfg.MODEL.ARCH in ARCHITECTURES, "MODEL.ARCH", cfg.MODEL.ARCH, "one of " + ", ".join(sorted(ARCHITECTURES)))
     _check(cfg.MODEL.WIDTH > 0, "MODEL.WIDTH", cfg.MODEL.WIDTH, "> 0")
     _check(cfg.MODEL.NUM_CLASSES >= 0, "MODEL.NUM_CLASSES", cfg.MODEL.NUM_CLASSES, ">= 0 (0: derived)")

@@ -34,6 +34,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import update_bn
+
+from crop_classifier.coco_io import load_coco
+from crop_classifier.config import get_cfg
+from crop_classifier.crops import DEFAULT_CONTEXT, extract_crops
+from crop_classifier.data.images import read_rgb
+from crop_classifier.data.synthetic import generate_scenes
+from crop_classifier.engine import Trainer, TrainingParts
+from crop_classifier.engine.data import TensorCropDataset
+from crop_classifier.engine.evaluation import compute_metrics
+from crop_classifier.models import build_classifier, model_meta
+from crop_classifier.models.inference import build_inference_classifier
 
 from .models import count_gmacs
 
@@ -65,8 +77,6 @@ class Upsampled(nn.Module):
 # ------------------------------------------------------------------------------------------------ data
 def _coco_records(ann_file: Path, image_dir: Path):
     """[(image path, boxes XYXY [N, 4], category ids [N])] of non-crowd boxes, and {category id: name}."""
-    from crop_classifier.coco_io import load_coco
-
     coco = load_coco(ann_file)  # the package's one COCO reader: its id/category rules, parsed once
     if coco.errors:
         raise ValueError(coco.errors[0])
@@ -81,16 +91,12 @@ def _coco_records(ann_file: Path, image_dir: Path):
 
 def _read_rgb(path: Path) -> np.ndarray:
     # the one reader (EXIF orientation, 16-bit, alpha, pixel limit): crops match training and inference
-    from crop_classifier.data.images import read_rgb
-
     return read_rgb(path)
 
 
 def extract_all(records, sizes: Sequence[int], label_of: Dict[int, int], *, context: float,
                 max_crops: int = 0) -> Tuple[Dict[int, torch.Tensor], torch.Tensor]:
     """uint8 crops ``{size: [N, 3, S, S]}`` of every box whose category is in ``label_of``, and labels ``[N]``."""
-    from crop_classifier.crops import extract_crops
-
     crops: Dict[int, List[torch.Tensor]] = {s: [] for s in sizes}
     labels: List[int] = []
     for path, boxes, cats in records:
@@ -113,8 +119,6 @@ def _dataset(name: str, work_dir: Path, *, synthetic_train: int, synthetic_test:
              coco_test_fraction: float, seed: int = 0):
     """(train records, test records, class names) of one dataset."""
     if name == "synthetic":
-        from crop_classifier.data.synthetic import generate_scenes
-
         tr_dir, te_dir = work_dir / f"synthetic_train_{synthetic_train}", work_dir / f"synthetic_test_{synthetic_test}"
         tr_ann = generate_scenes(tr_dir, synthetic_train, seed=seed + 1, image_size=image_size, split_name="train")
         te_ann = generate_scenes(te_dir, synthetic_test, seed=seed + 2, image_size=image_size, split_name="test")
@@ -145,8 +149,6 @@ RECIPES: Dict[str, Dict[str, float]] = {
 
 
 def _recipe_cfg(batch_size: int, epochs: int, base_lr: Optional[float], recipe: str = "cpu"):
-    from crop_classifier.config import get_cfg
-
     if recipe not in RECIPES:
         raise ValueError(f"unknown trade-off recipe {recipe!r}; valid: {', '.join(RECIPES)}")
     cfg = get_cfg()
@@ -189,13 +191,6 @@ def train_and_evaluate(model: nn.Module, meta: Dict[str, object], train: Tuple[t
     """Trains ``model`` through the engine's ``Trainer`` on uint8 crops ``train = (x, y)`` (flips, the
     training normalisation), recomputes its BN statistics, then top-1/top-5 of its inference form on
     ``test``. ``output_dir`` gets the run's config and metrics (emptied first)."""
-    from torch.optim.swa_utils import update_bn
-
-    from crop_classifier.engine import Trainer, TrainingParts
-    from crop_classifier.engine.data import TensorCropDataset
-    from crop_classifier.engine.evaluation import compute_metrics
-    from crop_classifier.models.inference import build_inference_classifier
-
     shutil.rmtree(output_dir, ignore_errors=True)  # the metrics file is appended to
     cfg = _trainer_cfg(settings, min(settings.batch_size, len(train[1])), meta, output_dir)
     parts = TrainingParts(model, meta, TensorCropDataset(*train), device=torch.device(settings.device))
@@ -240,9 +235,6 @@ def run_tradeoff(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> Dict[str, object]:
-    from crop_classifier.crops import DEFAULT_CONTEXT
-    from crop_classifier.models import build_classifier, model_meta
-
     specs = [m for m in MODELS if m[0] in models]
     settings = TrainSettings(epochs, batch_size, seed=seed, base_lr=base_lr, device=device, recipe=recipe)
     rows: List[Dict[str, object]] = []
