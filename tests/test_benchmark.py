@@ -221,3 +221,18 @@ def test_tradeoff_recipes():
         assert getattr(cpu.SOLVER, key) == getattr(yaml.SOLVER, key), key
     with pytest.raises(ValueError, match="recipe"):
         _recipe_cfg(32, 3, None, "fast")
+
+
+@pytest.mark.detectron2
+def test_tiny_video_section(tmp_path):
+    """--only video with the demo models on a few synthetic frames: calls, accuracy per variant, report."""
+    pytest.importorskip("detectron2")
+    pytest.importorskip("norfair")
+    rc = _tool().main(["--output", str(tmp_path), "--tiny", "--threads", "1", "--only", "video"])
+    res = json.loads((tmp_path / "benchmark.json").read_text())
+    assert rc == 0, res.get("video")
+    v = res["video"]
+    assert v["frames"] == 3 and v["classifier_calls"]["policy"] <= v["classifier_calls"]["every_box"]
+    assert set(v["accuracy"]) >= {"per_frame", "track_weighted", "track_last", "track_mean"}
+    assert "## Video tracking" in (tmp_path / "benchmark.md").read_text()
+    assert any(t["target"].startswith("video: classifier calls") for t in res["targets"])

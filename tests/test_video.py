@@ -105,6 +105,7 @@ def test_resolution_weight_and_vote_rules():
     np.testing.assert_allclose(st.voted("weighted"), [(0.18 + 0.3) / 1.2, (0.02 + 0.7) / 1.2])
     np.testing.assert_allclose(st.voted("mean"), [0.6, 0.4])
     np.testing.assert_allclose(st.voted("last"), [0.3, 0.7])
+    np.testing.assert_allclose(st.voted("weighted", weight_power=2), [(0.036 + 0.3) / 1.04, (0.004 + 0.7) / 1.04])
     with pytest.raises(ValueError, match="vote"):
         ReinferOptions(vote="median")
 

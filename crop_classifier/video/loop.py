@@ -105,7 +105,7 @@ class TrackingLoop:
             if bool(due[i]):
                 st.add_view(frame.index, boxes_np[i], frame_probs[i].numpy(),
                             resolution_weight(boxes_np[i], self.context, self.input_size))
-            v = st.voted(self.options.reinfer.vote)
+            v = st.voted(self.options.reinfer.vote, self.options.reinfer.weight_power)
             if v is not None:
                 voted[i] = torch.from_numpy(v).float()
                 has_vote[i] = True

@@ -15,7 +15,8 @@ Temporal fusion (``vote``): the track's class probabilities ``P`` come from all 
   ``w_v = min(s_v, S) / S``: ``s_v`` is the native side (pixels of the frame) of the square crop the
   classifier reads, context margin included (``max(box w, box h) * (1 + 2 * context)``), ``S`` the
   classifier's input size. A view that fills the classifier's input at native resolution counts fully; an
-  upsampled one counts in proportion to the pixels it really has (Section 9: accuracy follows resolution);
+  upsampled one counts in proportion to the side it really has (Section 9: accuracy follows resolution).
+  ``weight_power`` p uses ``w_v ** p`` instead (p = 2: in proportion to the pixels, the area it fills);
 * ``mean``: the unweighted mean of the views' probabilities;
 * ``last``: the last classified view alone (what a cache of the last result, DeepStream's, shows).
 
@@ -41,11 +42,12 @@ class ReinferOptions:
     reinfer_interval: int = 30  # ... or after this many frames (0 = never)
     min_side: float = 0.0  # never classify a view whose box short side is under this (px; 0 = no gate)
     vote: str = "weighted"  # weighted | mean | last (module doc)
+    weight_power: float = 1.0  # weighted vote: w ** weight_power (1 = the side rule; 2 = the area the view fills)
 
     def __post_init__(self) -> None:
         if self.vote not in VOTE_MODES:
             raise ValueError(f"vote must be one of {', '.join(VOTE_MODES)}, got {self.vote!r}")
-        if not self.reinfer_area >= 0 or self.reinfer_interval < 0 or not self.min_side >= 0:
+        if not self.reinfer_area >= 0 or self.reinfer_interval < 0 or not self.min_side >= 0 or not self.weight_power >= 0:
             raise ValueError(f"reinfer_area, reinfer_interval and min_side must be >= 0; got {self}")
 
 
@@ -70,10 +72,7 @@ class TrackState:
     frames: int = 0
     last_view_frame: Optional[int] = None
     last_view_area: float = 0.0
-    views: List[Tuple[int, float]] = field(default_factory=list)  # (frame index, weight) of each classified view
-    sum_wp: Optional[np.ndarray] = None
-    sum_p: Optional[np.ndarray] = None
-    last_p: Optional[np.ndarray] = None
+    views: List[Tuple[int, float, np.ndarray]] = field(default_factory=list)  # (frame, weight, probs) per view
     class_name: Optional[str] = None  # current output class and score (updated every frame)
     score: float = float("nan")
     det_class_name: Optional[str] = None
@@ -83,25 +82,20 @@ class TrackState:
         self.frames += 1
 
     def add_view(self, frame_index: int, box, probs: np.ndarray, weight: float) -> None:
-        p = np.asarray(probs, np.float64)
-        if self.sum_p is None:
-            self.sum_wp, self.sum_p = np.zeros_like(p), np.zeros_like(p)
-        self.sum_wp += weight * p
-        self.sum_p += p
-        self.last_p = p
-        self.views.append((int(frame_index), float(weight)))
+        self.views.append((int(frame_index), float(weight), np.asarray(probs, np.float64)))
         self.last_view_frame, self.last_view_area = int(frame_index), _area(box)
 
-    def voted(self, vote: str) -> Optional[np.ndarray]:
+    def voted(self, vote: str, weight_power: float = 1.0) -> Optional[np.ndarray]:
         """The track's probabilities under ``vote`` (module doc); None before its first classified view."""
-        if self.last_p is None:
+        if not self.views:
             return None
         if vote == "last":
-            return self.last_p
+            return self.views[-1][2]
+        p = np.stack([v[2] for v in self.views])
         if vote == "mean":
-            return self.sum_p / len(self.views)
-        total = sum(w for _, w in self.views)
-        return self.sum_wp / total if total > 0 else self.sum_p / len(self.views)
+            return p.mean(axis=0)
+        w = np.array([v[1] for v in self.views]) ** weight_power
+        return (w[:, None] * p).sum(axis=0) / w.sum() if w.sum() > 0 else p.mean(axis=0)
 
 
 def reinfer_reason(state: TrackState, box, frame_index: int, o: ReinferOptions) -> str:
