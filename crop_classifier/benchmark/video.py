@@ -16,7 +16,7 @@ Accuracy is that of the label shown on each frame for ground-truth objects (visi
 shown box matches (IoU >= 0.5, one-to-one): ``detector`` (the detector's class), ``per_frame`` (this frame's
 own classification, every box every frame), ``track_last`` / ``track_mean`` / ``track_weighted`` (the track
 vote over the policy's views; module ``crop_classifier.video.temporal``), ``all_views_weighted`` (the vote
-over every frame's view), ``track_weighted_area`` (weights squared: the area a view fills), and
+over every frame's view), ``track_weighted_area`` (weights squared: the area a view fills), ``track_geometric`` (weighted geometric mean), and
 ``track_final`` (offline, with hindsight: every frame labelled with its track's final weighted vote), per size
 bucket of the object's nominal size. Class-aware IDF1 per variant (a match
 needs IoU >= 0.5 and the right fine class) comes from ``motmetrics`` when installed; HOTA is not computed
@@ -37,7 +37,7 @@ DET_CONFIG = ROOT / "configs" / "d2" / "demo_synthetic_R18_FPN.yaml"
 WEIGHTS = ROOT / "demo_weights"
 SIZE_BUCKETS = ((0, 32, "<32"), (32, 64, "32-64"), (64, 1e9, ">=64"))
 VARIANTS = ("detector", "per_frame", "track_last", "track_mean", "track_weighted", "track_weighted_area",
-            "all_views_weighted", "track_final")
+            "track_geometric", "all_views_weighted", "track_final")
 ONLINE = VARIANTS[:-1]  # track_final labels every frame with the track's final vote: hindsight, offline only
 
 
@@ -94,6 +94,7 @@ def _labels(loop, tf, every_tf, every_loop, names) -> Dict[str, List[str]]:
     for variant, lp, vote, power in (("track_last", loop, "last", 1), ("track_mean", loop, "mean", 1),
                                      ("track_weighted", loop, "weighted", 1),
                                      ("track_weighted_area", loop, "weighted", 2),
+                                     ("track_geometric", loop, "geometric", 1),
                                      ("all_views_weighted", every_loop, "weighted", 1)):
         probs, has = torch.zeros(n, K), torch.zeros(n, dtype=torch.bool)
         for i, tid in enumerate(tf.track_ids.tolist()):
@@ -202,7 +203,7 @@ def run_video(
     min_side: float = 0.0,
     min_visible: float = 0.5,
     min_score: float = 0.1,
-    max_distance: float = 0.8,
+    max_distance: float = 0.6,
     weights_dir: Optional[str] = None,
     log: Callable[[str], None] = print,
 ) -> Dict[str, object]:

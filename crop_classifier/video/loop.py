@@ -147,7 +147,7 @@ class TrackingLoop:
             out.append({"track_id": st.track_id, "class": st.class_name, "score": _num(st.score),
                         "det_class": st.det_class_name, "first_frame": st.first_frame, "last_frame": st.last_frame,
                         "frames": st.frames, "views_classified": len(st.views),
-                        "views": [{"frame_index": f, "weight": round(w, 4)} for f, w in st.views]})
+                        "views": [{"frame_index": f, "weight": round(w, 4)} for f, w, _ in st.views]})
         return out
 
     def counters(self) -> Dict[str, Any]:

@@ -18,7 +18,9 @@ Temporal fusion (``vote``): the track's class probabilities ``P`` come from all 
   upsampled one counts in proportion to the side it really has (Section 9: accuracy follows resolution).
   ``weight_power`` p uses ``w_v ** p`` instead (p = 2: in proportion to the pixels, the area it fills);
 * ``mean``: the unweighted mean of the views' probabilities;
-* ``last``: the last classified view alone (what a cache of the last result, DeepStream's, shows).
+* ``last``: the last classified view alone (what a cache of the last result, DeepStream's, shows);
+* ``geometric``: the resolution-weighted geometric mean, ``P ∝ exp(sum_v w_v log p_v / sum_v w_v)`` (views as
+  independent experts: one confident sharp view outvotes several flat ones).
 
 The track's current class and score then come from ``P`` and this frame's detector class and score through
 the second stage's own fusion rule (``crop_classifier.pipeline.fuse``: replace / rescore / filter, same
@@ -33,7 +35,7 @@ import numpy as np
 
 __all__ = ["VOTE_MODES", "ReinferOptions", "TrackState", "resolution_weight", "reinfer_reason"]
 
-VOTE_MODES = ("weighted", "mean", "last")
+VOTE_MODES = ("weighted", "mean", "last", "geometric")
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,13 @@ class TrackState:
         if vote == "mean":
             return p.mean(axis=0)
         w = np.array([v[1] for v in self.views]) ** weight_power
-        return (w[:, None] * p).sum(axis=0) / w.sum() if w.sum() > 0 else p.mean(axis=0)
+        if w.sum() <= 0:
+            w = np.ones(len(p))
+        if vote == "geometric":  # weighted product of the views' probabilities (independent views), renormalised
+            logp = (w[:, None] * np.log(np.clip(p, 1e-6, 1.0))).sum(axis=0) / w.sum()
+            q = np.exp(logp - logp.max())
+            return q / q.sum()
+        return (w[:, None] * p).sum(axis=0) / w.sum()
 
 
 def reinfer_reason(state: TrackState, box, frame_index: int, o: ReinferOptions) -> str:
