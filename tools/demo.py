@@ -219,8 +219,8 @@ def video_demo(out: Path) -> int:
                         out / "scene.mp4")
     log("2/2 detector + tracker + crop classifier at each object's best views")
     first, second = load_demo_models("cpu")
-    summary = run_tracking(str(video), first, second, RunOptions(track=TrackOptions(tracker=TrackerOptions(min_score=0.1))),
-                           out / "track")
+    options = RunOptions(track=TrackOptions(tracker=TrackerOptions(min_score=0.1)))
+    summary = run_tracking(str(video), first, second, options, out / "track")
     t = summary["totals"]
     log(f"{t['frames']} frames, {t['tracks']} tracks, {t['classifier_calls']} classifier calls "
         f"({t['classifier_calls_per_frame']:.2f} per frame, {t['boxes']} boxes seen)")

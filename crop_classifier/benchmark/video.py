@@ -16,7 +16,8 @@ Accuracy is that of the label shown on each frame for ground-truth objects (visi
 shown box matches (IoU >= 0.5, one-to-one): ``detector`` (the detector's class), ``per_frame`` (this frame's
 own classification, every box every frame), ``track_last`` / ``track_mean`` / ``track_weighted`` (the track
 vote over the policy's views; module ``crop_classifier.video.temporal``), ``all_views_weighted`` (the vote
-over every frame's view), ``track_weighted_area`` (weights squared: the area a view fills), ``track_geometric`` (weighted geometric mean), and
+over every frame's view), ``track_weighted_area`` (weights squared: the area a view fills), ``track_geometric``
+(weighted geometric mean), and
 ``track_final`` (offline, with hindsight: every frame labelled with its track's final weighted vote), per size
 bucket of the object's nominal size. Class-aware IDF1 per variant (a match
 needs IoU >= 0.5 and the right fine class) comes from ``motmetrics`` when installed; HOTA is not computed
@@ -180,7 +181,8 @@ class _Tally:
             import motmetrics as mm
 
             mh = mm.metrics.create()
-            out["idf1"] = {v: float(mh.compute(a, metrics=["idf1"], name=v)["idf1"].iloc[0]) for v, a in self.acc.items()}
+            out["idf1"] = {v: float(mh.compute(a, metrics=["idf1"], name=v)["idf1"].iloc[0])
+                           for v, a in self.acc.items()}
         return out
 
 
@@ -223,7 +225,8 @@ def run_video(
         scene = MovingScene(v, seed=seed, options=scene_o)
         frames = [scene.frame(k) for k in range(num_frames)]
         loop = TrackingLoop(first, second, TrackOptions(tracker=tracker, reinfer=policy), source_name=f"video{v}")
-        every = TrackingLoop(first, second, TrackOptions(tracker=tracker, reinfer=policy, every_frame=True), source_name=f"video{v}")
+        every = TrackingLoop(first, second, TrackOptions(tracker=tracker, reinfer=policy, every_frame=True),
+                             source_name=f"video{v}")
         tally.video, tally.frame_offset = v, v * num_frames
         for k, (image, gt) in enumerate(frames):
             frame = Frame(k, image, k / scene_o.fps)
@@ -250,7 +253,8 @@ def run_video(
     res.update({
         "device": device, "videos": num_videos, "frames": frames_total, "boxes": boxes_total,
         "scene": {"image_size": image_size, "num_frames": num_frames, "num_objects": num_objects, "seed": seed},
-        "policy": {"min_score": min_score, "max_distance": max_distance, "reinfer_area": reinfer_area, "reinfer_interval": reinfer_interval, "min_side": min_side},
+        "policy": {"min_score": min_score, "max_distance": max_distance, "reinfer_area": reinfer_area,
+                   "reinfer_interval": reinfer_interval, "min_side": min_side},
         "classifier_calls": calls,
         "classifier_calls_per_frame": {k: c / max(frames_total, 1) for k, c in calls.items()},
         "calls_ratio": calls["policy"] / max(calls["every_box"], 1),
@@ -278,7 +282,8 @@ def video_targets(v: Dict[str, object]) -> List[Dict[str, object]]:
     if acc["track_weighted"]["all"] is not None and acc["per_frame"]["all"] is not None:
         gain = acc["track_weighted"]["all"] - acc["per_frame"]["all"]
         out.append(_target("video: shown-label top-1, track vote (weighted) - per-frame", gain, 0.05, unit="fraction",
-                           detail=f"{100 * acc['track_weighted']['all']:.1f} % vs {100 * acc['per_frame']['all']:.1f} %"))
+                           detail=f"{100 * acc['track_weighted']['all']:.1f} % vs "
+                                  f"{100 * acc['per_frame']['all']:.1f} %"))
     return out
 
 

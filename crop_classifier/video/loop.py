@@ -109,7 +109,8 @@ class TrackingLoop:
             if v is not None:
                 voted[i] = torch.from_numpy(v).float()
                 has_vote[i] = True
-        classes, scores, keep_f, cls_scores = fuse(det_classes, det_scores, voted, has_vote, self.class_map, self.fusion)
+        classes, scores, keep_f, cls_scores = fuse(det_classes, det_scores, voted, has_vote, self.class_map,
+                                                   self.fusion)
         own_classes, _, _, own_scores = fuse(det_classes, det_scores, frame_probs, due, self.class_map, self.fusion)
         fused = FusedDetections(boxes=boxes, classes=classes, scores=scores, det_classes=det_classes,
                                 det_scores=det_scores, cls_probs=voted, cls_scores=cls_scores, classified=has_vote,

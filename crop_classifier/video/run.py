@@ -166,7 +166,7 @@ def _run_source(spec: str, first_stage, second_stage, o: RunOptions, outputs: _O
         for frame in source:
             if bar is None:
                 outputs.fps = source.fps
-                total = len(source.files) if source.files is not None else None
+                total = -(-source.frame_count // o.source.stride) if source.frame_count else None
                 bar = _progress(o.progress, total, source.name)
             tf = loop.step(frame)
             rows = frame_results(source.name, tf, loop.output_names, loop.detector_names, cat_ids)

@@ -95,11 +95,13 @@ class FrameSource:
         self.sleep = sleep
         self.live = is_stream(self.spec)
         self.fps: float = options.sequence_fps
+        self.frame_count: Optional[int] = None  # known for files and sequences once iteration starts
         if os.path.isdir(self.spec):
             self.files = sorted(os.path.join(self.spec, f) for f in os.listdir(self.spec)
                                 if f.lower().endswith(IMAGE_EXTS))
             if not self.files:
                 raise UsageError(f"--input {self.spec}: folder holds no image files for an image sequence")
+            self.frame_count = len(self.files)
         elif not self.live and not os.path.exists(self.spec):
             raise UsageError(f"--input {self.spec}: no such file, folder, camera index or stream URL")
         else:
@@ -147,6 +149,7 @@ class FrameSource:
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0)
         self.fps = fps if 0 < fps < 1000 else self.options.sequence_fps
         announced = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if not self.live else 0
+        self.frame_count = announced if announced > 0 else None
         index, bad_run, fails, t0 = 0, 0, 0, time.monotonic()
         try:
             while True:

@@ -26,7 +26,8 @@ def _sv():
     try:
         import supervision as sv
     except ImportError as e:
-        raise BackendUnavailableError("supervision interop needs the 'supervision' package (pip install supervision)") from e
+        raise BackendUnavailableError("supervision interop needs the 'supervision' package "
+                                      "(pip install supervision)") from e
     return sv
 
 

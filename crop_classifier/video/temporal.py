@@ -49,7 +49,8 @@ class ReinferOptions:
     def __post_init__(self) -> None:
         if self.vote not in VOTE_MODES:
             raise ValueError(f"vote must be one of {', '.join(VOTE_MODES)}, got {self.vote!r}")
-        if not self.reinfer_area >= 0 or self.reinfer_interval < 0 or not self.min_side >= 0 or not self.weight_power >= 0:
+        if not (self.reinfer_area >= 0 and self.reinfer_interval >= 0 and self.min_side >= 0
+                and self.weight_power >= 0):
             raise ValueError(f"reinfer_area, reinfer_interval and min_side must be >= 0; got {self}")
 
 

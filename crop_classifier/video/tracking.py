@@ -59,7 +59,8 @@ class BoxTracker:
 
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         scores = np.asarray(scores, np.float64).reshape(-1)
-        dets = [Detection(b.reshape(2, 2), scores=np.array([s, s]), data=i) for i, (b, s) in enumerate(zip(boxes, scores))]
+        dets = [Detection(b.reshape(2, 2), scores=np.array([s, s]), data=i)
+                for i, (b, s) in enumerate(zip(boxes, scores))]
         ids = np.zeros(len(dets), np.int64)
         for obj in self._tracker.update(dets):
             d = obj.last_detection
