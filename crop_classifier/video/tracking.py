@@ -25,7 +25,7 @@ __all__ = ["TrackerOptions", "BoxTracker", "select_for_tracking"]
 @dataclass(frozen=True)
 class TrackerOptions:
     min_score: float = 0.3  # detections under it are neither tracked nor output
-    nms_iou: float = 0.6  # class-agnostic NMS before tracking (0 = off)
+    nms_iou: float = 0.5  # class-agnostic NMS before tracking (0 = off; Detectron2 per-class NMS uses 0.5)
     max_distance: float = 0.6  # Norfair's IoU distance threshold: a box matches a track at IoU > 0.4
     max_age: int = 8  # frames a track survives without a matching box (Norfair hit_counter_max)
 
