@@ -244,3 +244,18 @@ def test_tradeoff_trains_through_the_engine_and_recalibrates_bn(tmp_path):
     # set; training itself tracked two), momentum restored afterwards.
     bn = net.Conv2d_1a_3x3.bn
     assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 1 and float(bn.running_mean.abs().sum()) > 0
+
+
+@pytest.mark.detectron2
+def test_tiny_video_section(tmp_path):
+    """--only video with the demo models on a few synthetic frames: calls, accuracy per variant, report."""
+    pytest.importorskip("detectron2")
+    pytest.importorskip("norfair")
+    rc = _tool().main(["--output", str(tmp_path), "--tiny", "--threads", "1", "--only", "video"])
+    res = json.loads((tmp_path / "benchmark.json").read_text())
+    assert rc == 0, res.get("video")
+    v = res["video"]
+    assert v["frames"] == 3 and v["classifier_calls"]["policy"] <= v["classifier_calls"]["every_box"]
+    assert set(v["accuracy"]) >= {"per_frame", "track_weighted", "track_last", "track_mean"}
+    assert "## Video tracking" in (tmp_path / "benchmark.md").read_text()
+    assert any(t["target"].startswith("video: classifier calls") for t in res["targets"])

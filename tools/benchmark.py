@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed and resolution trade-off benchmarks; writes benchmark.json, benchmark.md and PNG plots.
 
-    tools/benchmark.py --output DIR [--quick] [--device cpu|cuda] [--only models,crops,pipeline,tradeoff,memory]
+    tools/benchmark.py --output DIR [--quick] [--device cpu|cuda] [--only models,crops,pipeline,tradeoff,memory,video]
 
 The full run takes about 15 minutes on 2 CPU cores, --quick about 3. Ratios (against torchvision, the
 per-box crop loop, a dense matmul, the detector) come from interleaved timings in the same run; absolute

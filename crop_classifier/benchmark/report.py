@@ -225,6 +225,12 @@ def _memory_md(mem: Dict) -> str:
             f"slope {mem['slope_mb_per_1000_images']:.1f} MB per 1000 images), {mem['seconds']:.0f} s.")
 
 
+def _video_md(v: Dict) -> str:
+    from .video import video_md
+
+    return video_md(v)
+
+
 def render_markdown(results: Dict, plots: Optional[Dict[str, str]] = None) -> str:
     plots = plots or {}
     out = [f"# crop_classifier benchmark ({results.get('preset')})", "",
@@ -234,7 +240,7 @@ def render_markdown(results: Dict, plots: Optional[Dict[str, str]] = None) -> st
     sections = (("models", "Classifiers", _models_md, "throughput"), ("crops", "Crops", _crops_md, "crops"),
                 ("pipeline", "Pipeline", _pipeline_md, "pipeline"), ("tradeoff", "Resolution trade-off", _tradeoff_md,
                                                                      "tradeoff"),
-                ("memory", "Memory", _memory_md, None))
+                ("memory", "Memory", _memory_md, None), ("video", "Video tracking", _video_md, None))
     for key, title, fn, plot in sections:
         if key not in results:
             continue

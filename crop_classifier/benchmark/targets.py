@@ -82,10 +82,16 @@ def _memory_targets(mem: Dict[str, object]) -> List[Dict[str, object]]:
                     unit="MB", detail=f"slope {mem['slope_mb_per_1000_images']:.1f} MB per 1000 images")]
 
 
+def _video_targets(v: Dict[str, object]) -> List[Dict[str, object]]:
+    from .video import video_targets
+
+    return video_targets(v)
+
+
 def evaluate_targets(results: Dict[str, object]) -> List[Dict[str, object]]:
     out: List[Dict[str, object]] = []
     for key, fn in (("models", _models_targets), ("crops", _crops_targets), ("pipeline", _pipeline_targets),
-                    ("memory", _memory_targets)):
+                    ("memory", _memory_targets), ("video", _video_targets)):
         section = results.get(key)
         if isinstance(section, dict) and "error" not in section:
             out.extend(fn(section))

@@ -1,0 +1,162 @@
+"""One frame at a time: detect, track, classify the tracks whose view is due (``temporal``), vote, fuse.
+
+``TrackingLoop(first_stage, second_stage, options).step(frame) -> TrackedFrame``. The second stage is the
+pipeline's object (``crop_classifier.pipeline.SecondStage`` or anything with the same shape): the loop uses its
+``classify(images, boxes) -> [probs [N, K]]`` for the boxes that are due, its ``eligible(boxes, det_classes)``
+(class selection and size gates), ``class_map``, ``fusion``, ``input_size`` and ``context``, and
+``crop_classifier.pipeline.fuse`` for the fusion rule, so tracked boxes are fused as still images' boxes are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..structures import FusedDetections, ImageRecord
+from .sources import Frame
+from .temporal import ReinferOptions, TrackState, reinfer_reason, resolution_weight
+from .tracking import BoxTracker, TrackerOptions, select_for_tracking
+
+__all__ = ["TrackOptions", "TrackedFrame", "TrackingLoop"]
+
+
+@dataclass(frozen=True)
+class TrackOptions:
+    tracker: TrackerOptions = TrackerOptions()
+    reinfer: ReinferOptions = ReinferOptions()
+    every_frame: bool = False  # classify every box of every frame (the baseline the policy is measured against)
+
+
+@dataclass
+class TrackedFrame:
+    """One frame's output: ``fused`` carries the track's current class/score per box (``cls_probs`` = the
+    track's voted probabilities, ``classified`` = the track has at least one classified view); ``frame_*``
+    is this frame's own classifier result (where ``frame_classified``)."""
+
+    index: int
+    timestamp: float
+    fused: FusedDetections
+    track_ids: Tensor  # [N] int64
+    frame_classified: Tensor  # [N] bool: classified in this frame
+    frame_classes: Tensor  # [N] output class from this frame's own view alone
+    frame_cls_scores: Tensor  # [N] (NaN where not classified in this frame)
+    frame_probs: Tensor  # [N, K] this frame's own probabilities (zeros where not classified)
+    reasons: List[str] = field(default_factory=list)  # per box: first | grew | interval | every | ""
+
+
+class TrackingLoop:
+    def __init__(self, first_stage: Any, second_stage: Any, options: TrackOptions = TrackOptions(),
+                 source_name: str = "video"):
+        self.first, self.second, self.options = first_stage, second_stage, options
+        self.source_name = source_name
+        self.tracker = BoxTracker(options.tracker)
+        self.tracks: Dict[int, TrackState] = {}
+        self.classifier_calls = 0  # crops classified
+        self.classify_batches = 0  # classify() invocations
+        self.boxes_seen = 0
+        self.frames = 0
+        self.input_size = int(getattr(second_stage, "input_size"))
+        self.context = float(getattr(second_stage, "context", 0.0))
+        self.fusion = str(getattr(second_stage, "fusion", "replace"))
+        self.class_map = second_stage.class_map
+        self.output_names = list(second_stage.output_class_names)
+        self.detector_names = list(self.class_map.detector_classes)
+
+    def detect(self, frame: Frame):
+        record = ImageRecord(f"{self.source_name}#{frame.index:06d}", frame.image,
+                             extra={"video": self.source_name, "frame": frame.index})
+        return self.first.detect([record])[0]
+
+    def step(self, frame: Frame, dets: Optional[Any] = None) -> TrackedFrame:
+        """Processes one frame (``dets``: its first-stage detections when already computed)."""
+        from ..crops import valid_boxes_mask
+        from ..pipeline import fuse
+
+        dets = self.detect(frame) if dets is None else dets
+        keep = select_for_tracking(dets.boxes, dets.scores, self.options.tracker)
+        boxes_np = dets.boxes[keep]
+        ids = self.tracker.update(boxes_np, dets.scores[keep])
+        boxes = torch.from_numpy(boxes_np).float()
+        det_classes = torch.from_numpy(dets.classes[keep]).long()
+        det_scores = torch.from_numpy(dets.scores[keep]).float()
+        image_t = torch.from_numpy(frame.image).permute(2, 0, 1)
+        n = len(keep)
+        eligible = torch.ones(n, dtype=torch.bool)
+        if n:
+            if hasattr(self.second, "eligible"):
+                eligible &= self.second.eligible(boxes, det_classes).cpu()
+            eligible &= valid_boxes_mask(boxes, tuple(image_t.shape[-2:])).cpu()
+        reasons = self._due(frame.index, ids, boxes_np, eligible)
+        due = torch.tensor([bool(r) for r in reasons], dtype=torch.bool)
+        K = len(self.class_map.classifier_classes)
+        frame_probs = torch.zeros(n, K)
+        if bool(due.any()):
+            probs = self.second.classify([image_t], [boxes[due]])[0].float().cpu()
+            frame_probs[due] = probs
+            self.classifier_calls += int(due.sum())
+            self.classify_batches += 1
+        voted = torch.zeros(n, K)
+        has_vote = torch.zeros(n, dtype=torch.bool)
+        for i in range(n):
+            st = self.tracks[int(ids[i])]
+            if bool(due[i]):
+                st.add_view(frame.index, boxes_np[i], frame_probs[i].numpy(),
+                            resolution_weight(boxes_np[i], self.context, self.input_size))
+            v = st.voted(self.options.reinfer.vote, self.options.reinfer.weight_power)
+            if v is not None:
+                voted[i] = torch.from_numpy(v).float()
+                has_vote[i] = True
+        classes, scores, keep_f, cls_scores = fuse(det_classes, det_scores, voted, has_vote, self.class_map,
+                                                   self.fusion)
+        own_classes, _, _, own_scores = fuse(det_classes, det_scores, frame_probs, due, self.class_map, self.fusion)
+        fused = FusedDetections(boxes=boxes, classes=classes, scores=scores, det_classes=det_classes,
+                                det_scores=det_scores, cls_probs=voted, cls_scores=cls_scores, classified=has_vote,
+                                index=torch.from_numpy(keep))
+        for i in range(n):
+            st = self.tracks[int(ids[i])]
+            st.class_name, st.score = self.output_names[int(classes[i])], float(scores[i])
+            st.det_class_name = self.detector_names[int(det_classes[i])]
+        self.frames += 1
+        self.boxes_seen += n
+        sel = keep_f  # ``filter`` fusion drops the boxes whose track the classifier disagrees with
+        return TrackedFrame(frame.index, frame.timestamp, fused.select(sel), torch.from_numpy(ids)[sel], due[sel],
+                            own_classes[sel], own_scores[sel], frame_probs[sel],
+                            [r for r, k in zip(reasons, sel.tolist()) if k])
+
+    def _due(self, frame_index: int, ids: np.ndarray, boxes: np.ndarray, eligible: Tensor) -> List[str]:
+        reasons = []
+        for i, tid in enumerate(ids.tolist()):
+            st = self.tracks.get(tid)
+            if st is None:
+                st = self.tracks[tid] = TrackState(tid, frame_index, frame_index)
+            st.seen(frame_index)
+            if not bool(eligible[i]):
+                reasons.append("")
+            elif self.options.every_frame:
+                reasons.append("every")
+            else:
+                reasons.append(reinfer_reason(st, boxes[i], frame_index, self.options.reinfer))
+        return reasons
+
+    def tracks_summary(self) -> List[Dict[str, Any]]:
+        """Per track: class, score, first/last frame, frames seen and the classified views (tracks.json)."""
+        out = []
+        for st in sorted(self.tracks.values(), key=lambda s: s.track_id):
+            out.append({"track_id": st.track_id, "class": st.class_name, "score": _num(st.score),
+                        "det_class": st.det_class_name, "first_frame": st.first_frame, "last_frame": st.last_frame,
+                        "frames": st.frames, "views_classified": len(st.views),
+                        "views": [{"frame_index": f, "weight": round(w, 4)} for f, w, _ in st.views]})
+        return out
+
+    def counters(self) -> Dict[str, Any]:
+        return {"frames": self.frames, "boxes": self.boxes_seen, "tracks": len(self.tracks),
+                "classifier_calls": self.classifier_calls, "classify_batches": self.classify_batches,
+                "classifier_calls_per_frame": self.classifier_calls / max(self.frames, 1),
+                "classifier_calls_per_box": self.classifier_calls / max(self.boxes_seen, 1)}
+
+
+def _num(x: float) -> Optional[float]:
+    return None if x is None or not np.isfinite(x) else round(float(x), 5)
