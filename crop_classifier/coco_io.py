@@ -42,7 +42,7 @@ from torchvision.ops import box_convert
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["AnnotationBoxes", "CocoFile", "check_bbox", "check_categories", "clear_cache", "coco_id", "load_coco",
+__all__ = ["AnnotationBoxes", "CocoFile", "check_bbox", "check_categories", "clear_cache", "coco_bbox", "coco_id", "load_coco",
            "need", "read_json", "summarize_errors", "xywh_to_xyxy"]
 
 
@@ -319,3 +319,9 @@ def load_coco(path: PathLike) -> CocoFile:
 def clear_cache() -> None:
     with _LOCK:
         _CACHE.clear()
+
+
+def coco_bbox(xyxy: Sequence[float]) -> List[float]:
+    """One XYXY box as a COCO results ``bbox`` ``[x, y, w, h]``, rounded to 0.01 px."""
+    xywh = box_convert(torch.tensor([[float(v) for v in xyxy]], dtype=torch.float64), "xyxy", "xywh")[0]
+    return [round(float(v), 2) for v in xywh]

@@ -12,7 +12,8 @@ import torch
 from crop_classifier.data.synthetic_video import MovingScene, MovingSceneOptions, write_video
 from crop_classifier.errors import UsageError
 from crop_classifier.pipeline import ClassMap
-from crop_classifier.structures import ImageDetections
+from crop_classifier.crops import valid_boxes_mask
+from crop_classifier.structures import CropSpec, ImageDetections
 from crop_classifier.video import (Frame, FrameSource, ReinferOptions, RunOptions, SourceOptions, TrackingLoop,
                                    TrackOptions, TrackerOptions, resolution_weight, run_tracking)
 from crop_classifier.video.temporal import TrackState, reinfer_reason
@@ -24,12 +25,12 @@ CLASSES = ["a", "b"]
 
 # ----------------------------------------------------------------------------------------------- stubs
 class StubSecondStage:
-    """The second stage's shape (class_map, fusion, input_size, context, classify) with scripted probabilities:
+    """The second stage's shape (class_map, fusion, crop, eligible, classify) with scripted probabilities:
     a box whose short side is under 30 px gets ``small_p``, a larger one ``large_p``."""
 
     def __init__(self, small_p=(0.9, 0.1), large_p=(0.2, 0.8), fusion="replace", input_size=50, context=0.0):
         self.class_map = ClassMap(CLASSES, CLASSES, "*=*")
-        self.fusion, self.input_size, self.context = fusion, input_size, context
+        self.fusion, self.crop = fusion, CropSpec(input_size, context)
         self.small_p, self.large_p = torch.tensor(small_p), torch.tensor(large_p)
         self.calls = []
 
@@ -40,6 +41,9 @@ class StubSecondStage:
     @property
     def classifier_classes(self):
         return self.class_map.classifier_classes
+
+    def eligible(self, boxes, det_classes, image_hw):
+        return valid_boxes_mask(boxes, image_hw)
 
     def classify(self, images, boxes):
         out = []
@@ -348,7 +352,8 @@ def test_loop_with_the_real_second_stage(scene_video):
     scene, _ = scene_video
     torch.manual_seed(0)
     clf = build_classifier("v3_79", 2, width=0.125, aux_logits=False).eval()
-    second = SecondStage(clf, CLASSES, CLASSES, class_map="*=*", fusion="replace", context=0.1, min_size=12)
+    meta = {"arch": "v3_79", "class_names": CLASSES, "input_size": 79}
+    second = SecondStage.from_model(clf, meta, CLASSES, class_map="*=*", fusion="replace", context=0.1, min_size=12)
     first = StubFirstStage(lambda t: [[10, 10, 40 + t, 40 + t], [50, 50, 58, 58]])  # the second box is gated
     loop = TrackingLoop(first, second, TrackOptions())
     out = [loop.step(Frame(t, scene.frame(t)[0], t / 25)) for t in range(6)]

@@ -26,10 +26,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from crop_classifier.errors import CheckpointError, WeightsUnavailableError  # noqa: E402
-from crop_classifier.inference import InferenceRun, InferOptions, UsageError, format_summary  # noqa: E402
+from crop_classifier.inference import InferenceRun, InferOptions, UsageError, format_summary, run  # noqa: E402
 from crop_classifier.inference.inputs import INPUT_HELP  # noqa: E402
 from crop_classifier.models.inference import PRECISIONS  # noqa: E402
 from crop_classifier.second_stage import FUSION_MODES  # noqa: E402
+from crop_classifier.video import VOTE_MODES, ReinferOptions, TrackerOptions, TrackOptions  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,10 +74,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-shards", type=int, default=0, help="split the inputs into K shards (default: the "
                    "torchrun world size, else 1); the last shard to finish merges the outputs")
     p.add_argument("--shard-id", type=int, default=0, help="this job's shard, 0 .. K-1")
+    t = p.add_argument_group("video and streams (--track)")
+    t.add_argument("--track", action="store_true", help="inputs are videos, image folders in frame order, camera "
+                   "indices (0) or stream URLs (rtsp://, http://): track objects and classify each at its best views; "
+                   "writes results.json (per frame, with track_id), tracks.json, vis/NAME.mp4")
+    t.add_argument("--reinfer-area", type=float, default=0.2,
+                   help="classify a track again when its box area grew by this fraction since its last classified view")
+    t.add_argument("--reinfer-interval", type=int, default=30, help="... or after this many frames (0: never)")
+    t.add_argument("--reinfer-min-side", type=float, default=0.0,
+                   help="never classify a view whose box short side is under this (px)")
+    t.add_argument("--track-vote", default="weighted", choices=VOTE_MODES,
+                   help="a track's class from its views: weighted by resolution (default), mean, last, geometric")
+    t.add_argument("--track-min-score", type=float, default=0.3, help="detections below this score are not tracked")
+    t.add_argument("--stream-retries", type=int, default=3, help="reopen a stalled stream this many times")
     p.add_argument("--resume", action="store_true", help="continue a stopped run in the same --output: images "
                    "with a result in OUTPUT/parts are not processed again (the options must be the same); "
                    "without it, earlier parts are discarded")
     return p.parse_args(argv)
+
+
+def _track_options(args) -> TrackOptions:
+    try:
+        return TrackOptions(
+            tracker=TrackerOptions(min_score=args.track_min_score),
+            reinfer=ReinferOptions(reinfer_area=args.reinfer_area, reinfer_interval=args.reinfer_interval,
+                                   min_side=args.reinfer_min_side, vote=args.track_vote))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _run_tracked(opts: InferOptions, args) -> int:
+    try:
+        s = run(opts)
+    except (UsageError, WeightsUnavailableError, CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    t = s["totals"]
+    print(f"frames: {t['frames']}  boxes: {t['boxes']}  tracks: {t['tracks']}  classifier calls: "
+          f"{t['classifier_calls']} ({t['classifier_calls_per_frame']:.2f} per frame)  {t['frames_per_s']:.2f} frames/s")
+    print(f"outputs: {args.output}/results.json, tracks.json, summary.json" + (", vis/" if args.vis_limit else ""))
+    for f in s["failed"]:
+        print(f"warning: {f['input']}: {f['reason']}", file=sys.stderr)
+    if s["interrupted"]:
+        print(f"interrupted: written {', '.join(s.get('written', []))}", file=sys.stderr)
+        return 130
+    return 1 if s["failed"] else 0
 
 
 def _interrupted(run, argv) -> int:
@@ -105,8 +147,16 @@ def main(argv=None) -> int:
         crops_per_forward=args.crops_per_forward, categories=args.categories, eval=args.eval,
         vis_limit=args.vis_limit, vis_score_thresh=args.vis_score_thresh, video_stride=args.video_stride,
         progress=not args.no_progress, num_shards=args.num_shards, shard_id=args.shard_id,
-        resume=args.resume, precision=args.precision,
+        resume=args.resume, precision=args.precision, stream_retries=args.stream_retries,
+        track=None,
     )
+    try:
+        opts.track = _track_options(args) if args.track else None
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if opts.track is not None:
+        return _run_tracked(opts, args)
     run = None
     try:
         run = InferenceRun(opts)

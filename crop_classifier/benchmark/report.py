@@ -225,12 +225,6 @@ def _memory_md(mem: Dict) -> str:
             f"slope {mem['slope_mb_per_1000_images']:.1f} MB per 1000 images), {mem['seconds']:.0f} s.")
 
 
-def _video_md(v: Dict) -> str:
-    from .video import video_md
-
-    return video_md(v)
-
-
 def render_markdown(results: Dict, plots: Optional[Dict[str, str]] = None) -> str:
     plots = plots or {}
     out = [f"# crop_classifier benchmark ({results.get('preset')})", "",
@@ -240,7 +234,7 @@ def render_markdown(results: Dict, plots: Optional[Dict[str, str]] = None) -> st
     sections = (("models", "Classifiers", _models_md, "throughput"), ("crops", "Crops", _crops_md, "crops"),
                 ("pipeline", "Pipeline", _pipeline_md, "pipeline"), ("tradeoff", "Resolution trade-off", _tradeoff_md,
                                                                      "tradeoff"),
-                ("memory", "Memory", _memory_md, None), ("video", "Video tracking", _video_md, None))
+                ("memory", "Memory", _memory_md, None), ("video", "Video tracking", video_md, None))
     for key, title, fn, plot in sections:
         if key not in results:
             continue
@@ -261,3 +255,29 @@ def write_report(results: Dict, out_dir: Path) -> Dict[str, str]:
     plots = write_plots(results, out_dir)
     atomic_write_text(out_dir / "benchmark.md", render_markdown(results, plots))
     return plots
+
+
+def video_md(v: Dict[str, object]) -> str:
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}"
+
+    buckets = [b[2] for b in SIZE_BUCKETS] + ["all"]
+    acc = v["accuracy"]
+    rows = [[name] + [pct(acc[name][b]) for b in buckets] + [pct((v.get("idf1") or {}).get(name))]
+            for name in VARIANTS]
+    fps = v["frames_per_s"]
+    s = v["scene"]
+    return (f"{v['videos']} synthetic moving-scene videos × {s['num_frames']} frames ({s['image_size']} px, "
+            f"{s['num_objects']} objects each, seed {s['seed']}); {v['detector']} + {v['classifier']}, replace "
+            f"fusion within each box's shape; policy {v['policy']}. Ground truth: objects at least "
+            f"{100 * v['min_visible']:.0f} % visible; a shown box matches one at IoU >= 0.5 (recall "
+            f"{pct(v['recall'])} %).\n\n"
+            f"Classifier calls per frame: track policy {v['classifier_calls_per_frame']['policy']:.2f}, every box "
+            f"every frame {v['classifier_calls_per_frame']['every_box']:.2f} (ratio {v['calls_ratio']:.3f}). "
+            f"Frames/s: detector alone {fps['detector']:.2f}, track loop (detector included) {fps['track_loop']:.2f}, "
+            f"every box every frame {fps['every_box']:.2f}.\n\n"
+            "Top-1 (%) of the fine-class label shown on each matched box, by the object's size (px), and class-aware "
+            "IDF1 (%, motmetrics; HOTA not computed):\n\n"
+            + _table(["label shown"] + buckets + ["IDF1"], rows)
+            + f"\n\nMatched boxes per bucket: {v['matched_boxes']}; class-agnostic IDF1 "
+              f"{pct((v.get('idf1') or {}).get('class_agnostic'))} %.")

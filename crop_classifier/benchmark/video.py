@@ -33,6 +33,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from crop_classifier.data import synthetic
+from crop_classifier.data.synthetic import COARSE_OF
+from crop_classifier.data.synthetic_video import MovingScene, MovingSceneOptions
+from crop_classifier.detectors import build_first_stage
+from crop_classifier.second_stage import SecondStage, fuse
+from crop_classifier.video import Frame, ReinferOptions, TrackerOptions, TrackingLoop, TrackOptions
+
 ROOT = Path(__file__).resolve().parents[2]
 DET_CONFIG = ROOT / "configs" / "d2" / "demo_synthetic_R18_FPN.yaml"
 WEIGHTS = ROOT / "demo_weights"
@@ -44,16 +51,10 @@ ONLINE = VARIANTS[:-1]  # track_final labels every frame with the track's final 
 
 def shape_class_map(classes: Sequence[str]) -> Dict[str, List[str]]:
     """Each fine class maps to every fine class of its shape (``circle_bars -> circle_*``)."""
-    from crop_classifier.data.synthetic import COARSE_OF
-
     return {c: [k for k in classes if COARSE_OF[k] == COARSE_OF[c]] for c in classes}
 
 
 def load_demo_models(device: str, weights_dir: Path = WEIGHTS, score_thresh: float = 0.05):
-    from crop_classifier.data import synthetic
-    from crop_classifier.detectors import build_first_stage
-    from crop_classifier.pipeline import SecondStage
-
     manifest = json.loads((weights_dir / "manifest.json").read_text())
     if manifest.get("synthetic_version") != synthetic.VERSION:
         raise RuntimeError(f"{weights_dir} was made for synthetic scenes version {manifest.get('synthetic_version')}, "
@@ -86,8 +87,6 @@ def _match(gt_boxes: np.ndarray, boxes: np.ndarray, thresh: float = 0.5):
 
 def _labels(loop, tf, every_tf, every_loop, names) -> Dict[str, List[str]]:
     """The label each shown box carries under every variant (module doc)."""
-    from crop_classifier.pipeline import fuse
-
     f = tf.fused
     out = {"detector": [loop.detector_names[int(c)] for c in f.det_classes],
            "per_frame": [names[int(c)] for c in every_tf.frame_classes]}
@@ -135,8 +134,6 @@ class _Tally:
 
     def finish_video(self, loop, names) -> None:
         """``track_final``: every matched box labelled with its track's final weighted vote."""
-        from crop_classifier.pipeline import fuse
-
         if not self.pending:
             return
         K = len(loop.class_map.classifier_classes)
@@ -209,9 +206,6 @@ def run_video(
     weights_dir: Optional[str] = None,
     log: Callable[[str], None] = print,
 ) -> Dict[str, object]:
-    from crop_classifier.data.synthetic_video import MovingScene, MovingSceneOptions
-    from crop_classifier.video import Frame, ReinferOptions, TrackerOptions, TrackingLoop, TrackOptions
-
     first, second = load_demo_models(device, Path(weights_dir) if weights_dir else WEIGHTS)
     names = list(second.output_class_names)
     policy = ReinferOptions(reinfer_area=reinfer_area, reinfer_interval=reinfer_interval, min_side=min_side)
@@ -270,46 +264,3 @@ def run_video(
     return res
 
 
-# ------------------------------------------------------------------------------------------------ report
-def video_targets(v: Dict[str, object]) -> List[Dict[str, object]]:
-    """The issue's goals: classifier calls <= 1/4 of every box every frame; track-voted top-1 >= per-frame + 5."""
-    from .targets import _target
-
-    out = [_target("video: classifier calls, track policy / every box every frame", v["calls_ratio"], 0.25,
-                   higher_is_better=False, unit="fraction",
-                   detail=f"{v['classifier_calls']['policy']} vs {v['classifier_calls']['every_box']} calls")]
-    acc = v["accuracy"]
-    if acc["track_weighted"]["all"] is not None and acc["per_frame"]["all"] is not None:
-        gain = acc["track_weighted"]["all"] - acc["per_frame"]["all"]
-        out.append(_target("video: shown-label top-1, track vote (weighted) - per-frame", gain, 0.05, unit="fraction",
-                           detail=f"{100 * acc['track_weighted']['all']:.1f} % vs "
-                                  f"{100 * acc['per_frame']['all']:.1f} %"))
-    return out
-
-
-def video_md(v: Dict[str, object]) -> str:
-    from .report import _table
-
-    def pct(x):
-        return "-" if x is None else f"{100 * x:.1f}"
-
-    buckets = [b[2] for b in SIZE_BUCKETS] + ["all"]
-    acc = v["accuracy"]
-    rows = [[name] + [pct(acc[name][b]) for b in buckets] + [pct((v.get("idf1") or {}).get(name))]
-            for name in VARIANTS]
-    fps = v["frames_per_s"]
-    s = v["scene"]
-    return (f"{v['videos']} synthetic moving-scene videos × {s['num_frames']} frames ({s['image_size']} px, "
-            f"{s['num_objects']} objects each, seed {s['seed']}); {v['detector']} + {v['classifier']}, replace "
-            f"fusion within each box's shape; policy {v['policy']}. Ground truth: objects at least "
-            f"{100 * v['min_visible']:.0f} % visible; a shown box matches one at IoU >= 0.5 (recall "
-            f"{pct(v['recall'])} %).\n\n"
-            f"Classifier calls per frame: track policy {v['classifier_calls_per_frame']['policy']:.2f}, every box "
-            f"every frame {v['classifier_calls_per_frame']['every_box']:.2f} (ratio {v['calls_ratio']:.3f}). "
-            f"Frames/s: detector alone {fps['detector']:.2f}, track loop (detector included) {fps['track_loop']:.2f}, "
-            f"every box every frame {fps['every_box']:.2f}.\n\n"
-            "Top-1 (%) of the fine-class label shown on each matched box, by the object's size (px), and class-aware "
-            "IDF1 (%, motmetrics; HOTA not computed):\n\n"
-            + _table(["label shown"] + buckets + ["IDF1"], rows)
-            + f"\n\nMatched boxes per bucket: {v['matched_boxes']}; class-agnostic IDF1 "
-              f"{pct((v.get('idf1') or {}).get('class_agnostic'))} %.")

@@ -31,9 +31,14 @@ import numpy as np
 
 from ..errors import ImageNotFoundError, ImageReadError
 
-__all__ = ["ImageReadError", "ImageNotFoundError", "MAX_PIXELS", "read_rgb", "max_pixels_default"]
+__all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "ImageReadError", "ImageNotFoundError", "MAX_PIXELS", "read_rgb", "max_pixels_default"]
 
 PathLike = Union[str, os.PathLike]
+
+# File extensions the readers take (OpenCV/Pillow images; OpenCV videos).
+IMAGE_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif",
+              ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".pfm", ".sr", ".ras", ".exr", ".hdr", ".pic")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
 
 MAX_PIXELS = 2 ** 27
 _ENV_MAX_PIXELS = "CROP_CLASSIFIER_MAX_PIXELS"

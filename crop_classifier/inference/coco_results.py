@@ -9,6 +9,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..coco_io import coco_bbox
+
 logger = logging.getLogger(__name__)
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -31,11 +33,6 @@ def assign_category_ids(names: Sequence[str], reference: Optional[Sequence[Mappi
     return out
 
 
-def xyxy_to_xywh(b: Sequence[float]) -> List[float]:
-    x1, y1, x2, y2 = (float(v) for v in b)
-    return [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
-
-
 def _num(x: float) -> Optional[float]:
     return None if x is None or not math.isfinite(float(x)) else round(float(x), 5)
 
@@ -52,7 +49,7 @@ def fused_results(image_id: int, file_name: str, fused, output_names: Sequence[s
             "file_name": file_name,
             "category_id": out_ids[name],
             "category_name": name,
-            "bbox": xyxy_to_xywh(fused.boxes[i].tolist()),
+            "bbox": coco_bbox(fused.boxes[i].tolist()),
             "score": _num(fused.scores[i]),
             "det_category_id": det_ids[det_name],
             "det_category_name": det_name,
@@ -70,7 +67,7 @@ def detector_results(image_id: int, file_name: str, dets, detector_names: Sequen
         "file_name": file_name,
         "category_id": det_ids[detector_names[int(c)]],
         "category_name": detector_names[int(c)],
-        "bbox": xyxy_to_xywh(b),
+        "bbox": coco_bbox(b),
         "score": _num(s),
     } for b, c, s in zip(dets.boxes.tolist(), dets.classes.tolist(), dets.scores.tolist())]
 

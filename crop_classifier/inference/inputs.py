@@ -11,14 +11,11 @@ from typing import Iterator, List, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from ..data.images import ImageReadError, read_rgb
-from ..detectors.base import ImageRecord
+from ..data.images import IMAGE_EXTS, VIDEO_EXTS, ImageReadError, read_rgb
+from ..structures import ImageRecord
 
 # Files with these extensions are taken from folders and globs without a look inside; any other file there is
 # taken when Pillow recognises its header as an image, and reported as a bad input otherwise.
-IMAGE_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif",
-              ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".pfm", ".sr", ".ras", ".exr", ".hdr", ".pic")
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
 
 INPUT_HELP = (
     "image files, folders, glob patterns and video files (read frame by frame). A folder is searched "

@@ -15,6 +15,7 @@ from ..coco_io import load_coco
 from ..errors import CheckpointError, UsageError
 from ..second_stage import SecondStage
 from ..structures import ImageRecord
+from ..video import RunOptions, SourceOptions, TrackOptions, run_tracking
 from ..utils.io import atomic_save_json, atomic_write_bytes
 from .coco_results import assign_category_ids, coco_box_map, detector_results, fused_results
 from .inputs import BadInput, expand_inputs, iter_records
@@ -57,6 +58,8 @@ class InferOptions:
     shard_id: int = 0
     resume: bool = False  # reuse OUTPUT/parts of an earlier run with the same options (see resume.py)
     precision: str = "fp32"  # the classifier's: fp32 | bf16 | fp16 (models.inference.check_precision)
+    track: Optional[TrackOptions] = None  # video/streams: track objects, classify at their best views, vote
+    stream_retries: int = 3
 
 
 @dataclass
@@ -288,8 +291,24 @@ class InferenceRun:
 
 
 def run(o: InferOptions) -> Dict[str, Any]:
-    """``InferenceRun(o).run()``: see ``InferenceRun``."""
-    return InferenceRun(o).run()
+    """``InferenceRun(o).run()``: see ``InferenceRun``; with ``o.track``, ``run_tracked(o)``."""
+    return run_tracked(o) if o.track is not None else InferenceRun(o).run()
+
+
+def run_tracked(o: InferOptions) -> Dict[str, Any]:
+    """``--track``: every input (video file, image folder in frame order, camera index, stream URL) through
+    ``video.run_tracking``: per-frame results with track ids, ``tracks.json``, annotated videos."""
+    if o.resume or o.num_shards > 1 or o.eval:
+        raise UsageError("--track: --resume, --num-shards and --eval are for image inputs")
+    if o.video_stride < 1 or o.stream_retries < 0:
+        raise UsageError("--video-stride must be >= 1 and --stream-retries >= 0")
+    device = _device(o.device)
+    first, second, ref_cats = build_stages(o, device)
+    options = RunOptions(
+        track=o.track, source=SourceOptions(retries=o.stream_retries, stride=o.video_stride),
+        vis=o.vis_limit != 0, vis_score_thresh=o.vis_score_thresh, progress=o.progress,
+        category_ids=assign_category_ids(second.output_class_names, ref_cats))
+    return run_tracking(list(o.input), first, second, options, o.output)
 
 
 def write_outputs(run_: InferenceRun, tally: _Tally, bad: List[BadInput], wall: float, extra: Dict[str, Any],

@@ -1,10 +1,10 @@
 """One frame at a time: detect, track, classify the tracks whose view is due (``temporal``), vote, fuse.
 
 ``TrackingLoop(first_stage, second_stage, options).step(frame) -> TrackedFrame``. The second stage is the
-pipeline's object (``crop_classifier.pipeline.SecondStage`` or anything with the same shape): the loop uses its
-``classify(images, boxes) -> [probs [N, K]]`` for the boxes that are due, its ``eligible(boxes, det_classes)``
-(class selection and size gates), ``class_map``, ``fusion``, ``input_size`` and ``context``, and
-``crop_classifier.pipeline.fuse`` for the fusion rule, so tracked boxes are fused as still images' boxes are.
+``crop_classifier.second_stage.SecondStage``: the loop uses its ``classify(images, boxes) -> [probs [N, K]]`` for
+the boxes that are due, its ``eligible(boxes, det_classes, image_hw)`` (class selection, size gates, croppable
+boxes), ``class_map``, ``fusion`` and ``crop`` (size and context), and ``second_stage.fusion.fuse`` for the
+fusion rule, so tracked boxes are fused as still images' boxes are.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..second_stage.fusion import fuse
 from ..structures import FusedDetections, ImageRecord
 from .sources import Frame
 from .temporal import ReinferOptions, TrackState, reinfer_reason, resolution_weight
@@ -58,9 +59,9 @@ class TrackingLoop:
         self.classify_batches = 0  # classify() invocations
         self.boxes_seen = 0
         self.frames = 0
-        self.input_size = int(getattr(second_stage, "input_size"))
-        self.context = float(getattr(second_stage, "context", 0.0))
-        self.fusion = str(getattr(second_stage, "fusion", "replace"))
+        self.input_size = int(second_stage.crop.size)
+        self.context = float(second_stage.crop.context)
+        self.fusion = str(second_stage.fusion)
         self.class_map = second_stage.class_map
         self.output_names = list(second_stage.output_class_names)
         self.detector_names = list(self.class_map.detector_classes)
@@ -72,9 +73,6 @@ class TrackingLoop:
 
     def step(self, frame: Frame, dets: Optional[Any] = None) -> TrackedFrame:
         """Processes one frame (``dets``: its first-stage detections when already computed)."""
-        from ..crops import valid_boxes_mask
-        from ..pipeline import fuse
-
         dets = self.detect(frame) if dets is None else dets
         keep = select_for_tracking(dets.boxes, dets.scores, self.options.tracker)
         boxes_np = dets.boxes[keep]
@@ -84,11 +82,7 @@ class TrackingLoop:
         det_scores = torch.from_numpy(dets.scores[keep]).float()
         image_t = torch.from_numpy(frame.image).permute(2, 0, 1)
         n = len(keep)
-        eligible = torch.ones(n, dtype=torch.bool)
-        if n:
-            if hasattr(self.second, "eligible"):
-                eligible &= self.second.eligible(boxes, det_classes).cpu()
-            eligible &= valid_boxes_mask(boxes, tuple(image_t.shape[-2:])).cpu()
+        eligible = self.second.eligible(boxes, det_classes, tuple(image_t.shape[-2:])).cpu()
         reasons = self._due(frame.index, ids, boxes_np, eligible)
         due = torch.tensor([bool(r) for r in reasons], dtype=torch.bool)
         K = len(self.class_map.classifier_classes)

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from ..errors import UsageError
-from ..inference.coco_results import xyxy_to_xywh
+from ..coco_io import coco_bbox
 from ..utils.io import atomic_save_json
 from .loop import TrackedFrame, TrackingLoop, TrackOptions
 from .sources import FrameSource, SourceOptions
@@ -61,7 +61,7 @@ def frame_results(video: str, tf: TrackedFrame, output_names: Sequence[str], det
         name = output_names[int(f.classes[i])]
         r = {"video": video, "frame_index": int(tf.index), "image_id": int(tf.index) + 1,
              "track_id": int(tf.track_ids[i]), "category_id": cat_ids[name], "category_name": name,
-             "bbox": xyxy_to_xywh(f.boxes[i].tolist()), "score": _num(f.scores[i]),
+             "bbox": coco_bbox(f.boxes[i].tolist()), "score": _num(f.scores[i]),
              "cls_score": _num(f.cls_scores[i]), "det_category_name": detector_names[int(f.det_classes[i])],
              "det_score": _num(f.det_scores[i]), "frame_classified": bool(tf.frame_classified[i])}
         if r["frame_classified"]:

@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterator, List, Optional, Union
 import cv2
 import numpy as np
 
+from ..data.images import IMAGE_EXTS, read_rgb
 from ..errors import UsageError
-from ..inference.inputs import IMAGE_EXTS
 
 __all__ = ["Frame", "SourceOptions", "SourceStats", "FrameSource", "open_source", "source_name", "is_stream"]
 
@@ -116,7 +116,6 @@ class FrameSource:
 
     # ------------------------------------------------------------------ image sequences
     def _sequence(self) -> Iterator[Frame]:
-        from ..data.images import read_rgb
 
         bad_run = 0
         for i, path in enumerate(self.files):
