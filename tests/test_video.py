@@ -3,6 +3,7 @@ track ids in the outputs, interruption, supervision interop and the moving-scene
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -365,3 +366,34 @@ def test_loop_with_the_real_second_stage(scene_video):
     ref = second.classify([torch.from_numpy(scene.frame(0)[0]).permute(2, 0, 1)],
                           [out[0].fused.boxes[out[0].frame_classified]])[0]
     assert torch.allclose(p, ref, atol=1e-5)
+
+
+@pytest.mark.detectron2
+def test_infer_track_end_to_end_with_the_demo_models(scene_video, tmp_path, capsys):
+    """tools/infer.py --track: the demo detector + classifier on a short synthetic video; a missing source is
+    listed (exit 1) while the video is processed; --track with --resume is a usage error (exit 2)."""
+    pytest.importorskip("detectron2")
+    from tool_loader import load_tool
+
+    _, path = scene_video
+    root = Path(__file__).resolve().parents[1]
+    infer = load_tool("infer")
+    base = ["--track", "--detector", "faster_rcnn",
+            "--detector-config", str(root / "configs" / "d2" / "demo_synthetic_R18_FPN.yaml"),
+            "--detector-weights", str(root / "demo_weights" / "detector.pth"),
+            "--classifier-weights", str(root / "demo_weights" / "classifier.pth"), "--device", "cpu",
+            "--no-progress", "--score-thresh", "0.05", "--track-min-score", "0.05", "--output", str(tmp_path / "out")]
+    capsys.readouterr()
+    rc = infer.main(base + ["--input", str(path), str(tmp_path / "missing.mp4")])
+    io = capsys.readouterr()
+    assert rc == 1 and "missing.mp4" in io.err and "frames: 12" in io.out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["totals"]["frames"] == 12 and [f["input"] for f in summary["failed"]] == [str(tmp_path / "missing.mp4")]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results and all(isinstance(r["track_id"], int) and r["video"] == "scene" for r in results)
+    tracks = json.loads((tmp_path / "out" / "tracks.json").read_text())
+    assert {t["track_id"] for t in tracks} == {r["track_id"] for r in results}
+    assert summary["totals"]["classifier_calls"] <= len(results)  # the policy never classifies more than every box
+    assert (tmp_path / "out" / "vis" / "scene.mp4").is_file()
+    assert infer.main(base + ["--input", str(path), "--resume"]) == 2
+    assert "--track" in capsys.readouterr().err
