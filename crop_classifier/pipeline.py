@@ -4,3 +4,6 @@ from .second_stage import (  # noqa: F401
     parse_class_map,
 )
 from .structures import FusedDetections  # noqa: F401
+
+__all__ = ["ALL_CLASSES", "FUSION_MODES", "ClassMap", "FusedDetections", "SecondStage", "SecondStageOptions",
+           "StageOutput", "class_nms", "fuse", "fuse_image", "parse_class_map"]

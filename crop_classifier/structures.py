@@ -13,10 +13,9 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
-import torch
 from torch import Tensor
 
 # ImageNet mean/std (RGB in [0, 1]): the default normalisation of every classifier here. The checkpoint's

@@ -1,5 +1,5 @@
 """The plain Detectron2 first stage (crop_classifier.detectors.detectron2_model): built without the plugin,
-DefaultPredictor's preprocessing, class names, and usage errors that reach tools/infer.py as exit 2."""
+DefaultPredictor's preprocessing, class names. Its usage errors: tests/robustness/test_d2_usage_errors.py."""
 import subprocess
 import sys
 import textwrap
@@ -17,8 +17,6 @@ from detectron2.modeling import build_model  # noqa: E402
 from crop_classifier.detectors import ImageRecord  # noqa: E402
 from crop_classifier.detectors.detectron2_model import Detectron2Detector, detectron2_config  # noqa: E402
 from crop_classifier.errors import UsageError  # noqa: E402
-from crop_classifier.models import build_classifier, model_meta, save_checkpoint  # noqa: E402
-from tool_loader import load_tool  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "d2" / "tiny_R18_FPN_random.yaml"
@@ -84,52 +82,3 @@ def test_detect_equals_default_predictor_per_image(tmp_path, input_format):
     inp = det.model_input(records[0])
     assert tuple(inp["image"].shape) == (3, 128, 171) and inp["image"].dtype == torch.float32
     assert (inp["height"], inp["width"]) == (120, 160)
-
-
-@pytest.fixture
-def classifier(tmp_path):
-    m = build_classifier("v3_79", 2, width=0.0625, aux_logits=False)
-    return save_checkpoint(tmp_path / "clf.pth", m, model_meta(m, "v3_79", ["person", "car"]))
-
-
-@pytest.fixture
-def image_dir(tmp_path):
-    import cv2
-
-    d = tmp_path / "in"
-    d.mkdir()
-    cv2.imwrite(str(d / "a.png"), np.zeros((40, 50, 3), np.uint8))
-    return d
-
-
-def test_missing_detector_config_is_one_line_and_exit_2(tmp_path, classifier, image_dir):
-    """Issue 13.4: Detectron2's assertion becomes a usage error: one line on stderr, exit 2, no traceback."""
-    missing = tmp_path / "nope.yaml"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "infer.py"), "--detector", "faster_rcnn", "--detector-config",
-         str(missing), "--classifier-weights", str(classifier), "--input", str(image_dir), "--output",
-         str(tmp_path / "out"), "--no-progress"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert lines == [f"error: --detector-config {missing}: no such file"]
-
-
-def test_unknown_keys_in_detector_opts_or_config_are_usage_errors(tmp_path, classifier, image_dir, capsys):
-    infer = load_tool("infer")
-    base = ["--detector", "faster_rcnn", "--classifier-weights", str(classifier), "--input", str(image_dir),
-            "--output", str(tmp_path / "out"), "--no-progress", "--detector-weights", str(tmp_path / "w.pth")]
-    rc = infer.main(base + ["--detector-config", str(TINY), "--detector-opts", "MODEL.ROI_HEADS.NUM_CLASSEZ", "3"])
-    err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1
-    assert "--detector-opts" in err and "MODEL.ROI_HEADS.NUM_CLASSEZ" in err
-    rc = infer.main(base + ["--detector-config", str(TINY), "--detector-opts", "MODEL.ROI_HEADS.NUM_CLASSES", "many"])
-    err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and "MODEL.ROI_HEADS.NUM_CLASSES" in err
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(f"_BASE_: {TINY}\nMODEL:\n  ROI_HEADZ:\n    NUM_CLASSES: 3\n")
-    rc = infer.main(base + ["--detector-config", str(bad)])
-    err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1
-    assert f"--detector-config {bad}" in err and "MODEL.ROI_HEADZ" in err

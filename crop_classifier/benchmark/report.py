@@ -7,6 +7,8 @@ from typing import Dict, List, Optional, Sequence
 
 from crop_classifier.utils.io import atomic_write_bytes, atomic_write_text
 
+from .video import SIZE_BUCKETS, VARIANTS
+
 PLOTS = {
     "throughput": "throughput_vs_batch.png",
     "crops": "crop_speedup_vs_boxes.png",

@@ -6,7 +6,7 @@ import glob
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, List, Sequence, Tuple, Union
+from typing import Iterator, List, Sequence, Tuple
 
 import cv2
 import numpy as np
