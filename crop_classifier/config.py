@@ -24,6 +24,7 @@ from fvcore.common.config import BASE_KEY, CfgNode
 from .crops import DEFAULT_CONTEXT
 from .errors import ConfigError
 from .models.registry import ARCHITECTURES
+from .structures import CROP_MODES, CropSpec
 
 
 def get_cfg() -> CfgNode:
@@ -246,7 +247,7 @@ def validate(cfg: CfgNode) -> None:
     _check(cfg.MODEL.ARCH in ARCHITECTURES, "MODEL.ARCH", cfg.MODEL.ARCH, "one of " + ", ".join(sorted(ARCHITECTURES)))
     _check(cfg.MODEL.WIDTH > 0, "MODEL.WIDTH", cfg.MODEL.WIDTH, "> 0")
     _check(cfg.MODEL.NUM_CLASSES >= 0, "MODEL.NUM_CLASSES", cfg.MODEL.NUM_CLASSES, ">= 0 (0: derived)")
-    _check(cfg.CROP.MODE in ("square", "letterbox"), "CROP.MODE", cfg.CROP.MODE, "square or letterbox")
+    _check(cfg.CROP.MODE in CROP_MODES, "CROP.MODE", cfg.CROP.MODE, " or ".join(CROP_MODES))
     _check(cfg.CROP.CONTEXT >= 0, "CROP.CONTEXT", cfg.CROP.CONTEXT, ">= 0")
     _check(0 <= cfg.INPUT.JITTER_IOU < 1, "INPUT.JITTER_IOU", cfg.INPUT.JITTER_IOU, "in [0, 1)")
     _check(cfg.INPUT.SIZE >= 0, "INPUT.SIZE", cfg.INPUT.SIZE, ">= 0 (0: native size)")
@@ -308,3 +309,7 @@ def parse_dataset_name(name: str, *, key: str = "DATASETS") -> dict:
         return {"kind": "synthetic", "dir": parts[0], "num_images": num, "seed": seed}
     raise ValueError(f"{key}: unknown dataset kind {kind!r} in {name!r}; {usage}")
 
+
+def crop_spec(cfg: CfgNode, input_size: int) -> CropSpec:
+    """The crop spec ``CROP.CONTEXT``/``CROP.MODE`` describe at ``input_size`` (what checkpoints record)."""
+    return CropSpec(int(input_size), float(cfg.CROP.CONTEXT), str(cfg.CROP.MODE))

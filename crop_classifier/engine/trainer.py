@@ -17,8 +17,10 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from ..config import crop_spec
 from ..models import build_classifier, classifier_from_checkpoint, load_imagenet_weights, model_meta
 from ..errors import NonFiniteLossError
+from ..structures import CropSpec
 from ..utils.io import atomic_write_text
 from . import distributed as du
 from .checkpoint import EpochCheckpointer, capture_rng_state, restore_rng_state
@@ -145,14 +147,15 @@ class Trainer:
         module = build_classifier(cfg.MODEL.ARCH, num_classes, width=cfg.MODEL.WIDTH, aux_logits=cfg.MODEL.AUX_LOGITS)
         if cfg.MODEL.IMAGENET_WEIGHTS:
             load_imagenet_weights(module, cfg.MODEL.IMAGENET_WEIGHTS)
-        self.input_size = cfg.INPUT.SIZE or module.input_size
-        self.meta = model_meta(module, cfg.MODEL.ARCH, class_names, context=float(cfg.CROP.CONTEXT), mode=cfg.CROP.MODE)
-        self.meta["input_size"] = int(self.input_size)
+        crop = crop_spec(cfg, cfg.INPUT.SIZE or module.input_size)
+        self.input_size = crop.size
+        self.meta = model_meta(module, cfg.MODEL.ARCH, class_names, **crop.to_meta())
+        self.meta["input_size"] = crop.size
         self.train_loader = build_train_loader(cfg, train_samples, self.input_size, per_rank_batch=self.per_rank_batch,
                                                num_replicas=self.world_size, rank=self.rank)
         if self.test_samples:
-            self.test_loader = build_test_loader(cfg, self.test_samples, self.input_size, context=cfg.CROP.CONTEXT,
-                                                 mode=cfg.CROP.MODE)
+            self.test_loader = build_test_loader(cfg, self.test_samples, crop.size, context=crop.context,
+                                                 mode=crop.mode)
         return module
 
     def _place(self, module: nn.Module) -> None:
@@ -338,14 +341,14 @@ def evaluate_checkpoint(cfg: CfgNode, weights: Path, *, output_dir: Optional[Pat
     device = du.training_device()
     model, meta = classifier_from_checkpoint(weights, map_location=device,
                                              expected_meta={"arch": cfg.MODEL.ARCH, "width": cfg.MODEL.WIDTH})
-    crop = meta.get("crop") or {"context": cfg.CROP.CONTEXT, "mode": cfg.CROP.MODE}
+    crop = CropSpec.from_meta(meta) if meta.get("crop") else crop_spec(cfg, meta["input_size"])
     samples, _ = load_datasets(cfg.DATASETS.TEST, class_names=meta["class_names"], min_size=cfg.DATASETS.MIN_BOX_SIZE_TEST)
-    loader = build_test_loader(cfg, samples, meta["input_size"], context=crop["context"], mode=crop["mode"])
+    loader = build_test_loader(cfg, samples, crop.size, context=crop.context, mode=crop.mode)
     amp_dtype = getattr(torch, cfg.SOLVER.AMP_DTYPE) if device.type == "cuda" and cfg.SOLVER.AMP else None
     classifier = inference_form(model, meta, device, amp_dtype=amp_dtype, channels_last=cfg.MODEL.CHANNELS_LAST)
     scores, labels = predict(classifier, loader, progress=progress)
     metrics = compute_metrics(scores, labels, meta["class_names"], box_sizes=box_sizes_in_loader_order(loader, samples))
     out = Path(output_dir) if output_dir else Path(cfg.OUTPUT_DIR) / "inference"
     paths = write_results(metrics, out, extra={"weights": str(weights), "datasets": list(cfg.DATASETS.TEST),
-                                                "crop": crop, "input_size": meta["input_size"]})
+                                                "crop": crop.to_meta(), "input_size": crop.size})
     return {**metrics, "paths": {k: str(v) for k, v in paths.items()}}
