@@ -131,3 +131,22 @@ def test_core_never_imports_detectron2_at_module_level():
             if any(m.split(".")[0] == "detectron2" for m in mods):
                 offenders.append(name)
     assert not offenders, offenders
+
+
+def test_inference_and_second_stage_functions_stay_small():
+    """The inference and second-stage path reads in short steps: no function over ~60 lines or ~8 parameters."""
+    roots = ["inference", "second_stage", "detectors", "d2", "crops.py", "models/inference.py", "deploy"]
+    big = []
+    for root in roots:
+        path = PKG / root
+        files = [path] if path.is_file() else sorted(path.rglob("*.py"))
+        for f in files:
+            for node in ast.walk(ast.parse(f.read_text())):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                a = node.args
+                params = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs if p.arg not in ("self", "cls")]
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 62 or len(params) > 8:
+                    big.append(f"{f.relative_to(PKG)}:{node.lineno} {node.name}: {lines} lines, {len(params)} parameters")
+    assert not big, "\n".join(big)
