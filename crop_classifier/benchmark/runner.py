@@ -22,7 +22,7 @@ from .env import environment
 from .report import write_report
 from .targets import evaluate_targets
 
-SECTIONS = ("models", "crops", "pipeline", "tradeoff", "memory")
+SECTIONS = ("models", "crops", "pipeline", "tradeoff", "memory", "deploy")
 
 PRESETS: Dict[str, Dict[str, dict]] = {
     "full": {
@@ -35,6 +35,7 @@ PRESETS: Dict[str, Dict[str, dict]] = {
         "tradeoff": dict(width=0.125, epochs=3, synthetic_train=120, synthetic_test=40, coco_test_fraction=0.25,
                          datasets=("synthetic", "coco128")),
         "memory": dict(num_images=1000, warmup=50, sample_every=50),
+        "deploy": dict(arch="v3_79", width=1.0, num_classes=80, batch=32, rounds=7, calib_batches=4),
     },
     "quick": {
         "models": dict(width=1.0, batches=(1, 8, 32), eager_batches=(8,), rounds={1: 2, 8: 2, 32: 1},
@@ -44,6 +45,7 @@ PRESETS: Dict[str, Dict[str, dict]] = {
                          min_size_test=800, rounds=1),
         "tradeoff": dict(width=0.125, epochs=1, synthetic_train=24, synthetic_test=12, datasets=("synthetic",)),
         "memory": dict(num_images=300, warmup=20, sample_every=50, max_boxes=8),
+        "deploy": dict(arch="v3_79", width=1.0, num_classes=80, batch=32, rounds=3, calib_batches=2),
     },
     "tiny": {
         "models": dict(names=("v3_79", "v3_299"), width=0.0625, batches=(1, 2), eager_batches=(2,),
@@ -54,6 +56,7 @@ PRESETS: Dict[str, Dict[str, dict]] = {
         "tradeoff": dict(width=0.0625, epochs=1, synthetic_train=2, synthetic_test=1, datasets=("synthetic",),
                          image_size=128, batch_size=8, max_train_crops=8),
         "memory": dict(num_images=20, warmup=2, sample_every=5, max_boxes=3),
+        "deploy": dict(arch="v3_79", width=0.0625, num_classes=5, batch=2, rounds=1, warmup=0, calib_batches=1),
     },
 }
 
@@ -79,6 +82,10 @@ def _run_section(name: str, settings: dict, device: str, compile: bool, work_dir
         from .memory import run_memory
 
         return run_memory(device=device, log=log, **settings)
+    if name == "deploy":
+        from .deploy import run_deploy
+
+        return run_deploy(device=device, log=log, **settings)
     raise ValueError(f"unknown benchmark section {name!r}; valid: {', '.join(SECTIONS)}")
 
 
