@@ -1,7 +1,8 @@
 """Runs the benchmark sections with one preset's settings and writes benchmark.json / .md / PNGs.
 
 Presets: ``full`` (about 15 minutes on 2 cores), ``quick`` (about 3 minutes: fewer batches, rounds and
-training steps, same figures), ``tiny`` (seconds; for the test suite: tiny widths, no timing value).
+training steps, same figures), ``tiny`` (seconds; for the test suite: tiny widths, no timing value),
+``gpu`` (tools/gpu_check.sh: models and crops on CUDA, batches 1-256).
 benchmark.json is rewritten atomically after every section, so an interrupted run keeps what finished.
 """
 from __future__ import annotations
@@ -46,6 +47,13 @@ PRESETS: Dict[str, Dict[str, dict]] = {
         "tradeoff": dict(width=0.125, epochs=1, synthetic_train=24, synthetic_test=12, datasets=("synthetic",)),
         "memory": dict(num_images=300, warmup=20, sample_every=50, max_boxes=8),
         "deploy": dict(arch="v3_79", width=1.0, num_classes=80, batch=32, rounds=3, calib_batches=2),
+    },
+    # tools/gpu_check.sh on a GPU machine (no Detectron2: models and crops only): fp32/bf16/fp16 autocast,
+    # torch.compile with --compile, batches 1-256; a few minutes on one recent GPU.
+    "gpu": {
+        "models": dict(width=1.0, batches=(1, 8, 32, 128, 256), eager_batches=(32,),
+                       rounds={1: 3, 8: 3, 32: 3, 128: 3, 256: 3}, min_round_s=0.1, matmul_n=4096),
+        "crops": dict(box_counts=(1, 10, 100, 1000), sizes=(79, 299), rounds=5, min_round_s=0.05),
     },
     "tiny": {
         "models": dict(names=("v3_79", "v3_299"), width=0.0625, batches=(1, 2), eager_batches=(2,),
@@ -114,6 +122,9 @@ def run_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     work = Path(work_dir) if work_dir else out / "work"
     settings = copy.deepcopy(PRESETS[preset])
+    missing = [s for s in only if s not in settings]
+    if missing:
+        raise ValueError(f"preset {preset!r} has no settings for section(s) {missing}")
     for k, v in (overrides or {}).items():
         settings.setdefault(k, {}).update(v)
 
