@@ -151,8 +151,11 @@ def int8_meta(meta: ClassifierMeta, calib: CalibrationOptions) -> Dict[str, Any]
     return out
 
 
-def quantize_checkpoint(weights: PathLike, output: PathLike, calib: CalibrationOptions) -> Path:
-    """Reads an fp32 checkpoint, writes its int8 checkpoint atomically to ``output``."""
+def quantize_checkpoint(weights: PathLike, output: PathLike, calib: CalibrationOptions,
+                        eval_datasets: Optional[Sequence[str]] = None, eval_min_size: float = 0.0) -> Path:
+    """Reads an fp32 checkpoint, writes its int8 checkpoint atomically to ``output``; with ``eval_datasets``
+    the fp32 and int8 top-1 on those held-out crops go into ``meta["quantization"]["eval"]`` (and the log)."""
+    from ..models.inference import InferenceClassifier, build_inference_classifier
     from ..models.weights import classifier_from_checkpoint, load_checkpoint
     from ..utils.io import atomic_torch_save
 
@@ -161,7 +164,17 @@ def quantize_checkpoint(weights: PathLike, output: PathLike, calib: CalibrationO
     model, raw_meta = classifier_from_checkpoint(weights)
     meta = ClassifierMeta.from_dict(raw_meta)
     qmodel = quantize_model(model, meta, calibration_batches(meta, calib), calib.observer)
-    return atomic_torch_save(output, {"model": encode_state(qmodel.state_dict()), "meta": int8_meta(meta, calib)})
+    out_meta = int8_meta(meta, calib)
+    if eval_datasets:
+        from .accuracy import held_out_top1
+
+        forms = {"fp32": build_inference_classifier(model, meta, device="cpu"),
+                 "int8": InferenceClassifier(qmodel, meta, channels_last=False)}
+        result = held_out_top1(forms, meta, eval_datasets, min_size=eval_min_size)
+        logger.info("held-out top-1 on %d crops: fp32 %.4f, int8 %.4f (agreement %.4f)", result["crops"],
+                    result["top1"]["fp32"], result["top1"]["int8"], result["agreement"]["int8"])
+        out_meta["quantization"]["eval"] = result
+    return atomic_torch_save(output, {"model": encode_state(qmodel.state_dict()), "meta": out_meta})
 
 
 # torch.load(weights_only=True) refuses quantized tensors on torch < 2.5 (``_rebuild_qtensor``) and dtypes
