@@ -308,10 +308,13 @@ def test_quantize_tool(tmp_path, capsys):
     assert tool.main(["--weights", str(ckpt), "--output", str(out)]) == 2
     assert "--calib-dataset" in capsys.readouterr().err and not out.exists()
     data = f"synthetic:{tmp_path / 'train'}:2:0"
+    held_out = f"synthetic:{tmp_path / 'val'}:1:1"
     assert tool.main(["--weights", str(ckpt), "--output", str(out), "--calib-dataset", data,
-                      "--calib-crops", "16", "--observer", "minmax"]) == 0
+                      "--calib-crops", "16", "--observer", "minmax", "--eval-dataset", held_out]) == 0
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["quantized"] == "x86-int8" and meta["quantization"]["calib_datasets"] == [data]
+    result = meta["quantization"]["eval"]
+    assert result["crops"] > 0 and set(result["top1"]) == {"fp32", "int8"} and result["agreement"]["fp32"] == 1.0
     clf = load_classifier(out)
     assert clf(torch.rand(2, 3, 79, 79)).shape == (2, len(CLASSES))
     assert tool.main(["--weights", str(out), "--output", str(tmp_path / "again.pth"), "--calib-dataset", data]) == 2

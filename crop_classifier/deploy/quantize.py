@@ -62,9 +62,13 @@ def qconfig_mapping(observer: str = "histogram"):
     if observer == "histogram":
         return mapping
     default = mapping.global_qconfig
-    act = default.activation()
+    import warnings
+
+    with warnings.catch_warnings():  # torch's own x86 default still passes reduce_range
+        warnings.simplefilter("ignore", UserWarning)
+        act = default.activation()
     fast = QConfig(activation=MinMaxObserver.with_args(dtype=act.dtype, qscheme=act.qscheme,
-                                                       reduce_range=act.reduce_range),
+                                                       quant_min=act.quant_min, quant_max=act.quant_max),
                    weight=default.weight)
     mapping.set_global(fast)
     for kind, qconfig in list(mapping.object_type_qconfigs.items()):
