@@ -79,10 +79,27 @@ def meta_json(meta: ClassifierMeta) -> str:
     return json.dumps(meta.to_dict(), sort_keys=True)
 
 
-def _onnx_export_kwargs() -> Dict[str, Any]:
-    # torch >= 2.9 defaults to the dynamo exporter; the TorchScript-based one handles this model's
-    # dynamic batch the same way on every version we support, so ask for it where the flag exists.
-    return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+def _has_dynamo_flag() -> bool:
+    return "dynamo" in inspect.signature(torch.onnx.export).parameters
+
+
+def _torch_onnx_export(form: nn.Module, example: Tensor, path: str, dynamic: Optional[dict], opset: int) -> None:
+    """torch >= 2.9 defaults to the dynamo exporter; the TorchScript-based one handles this model's dynamic
+    batch the same way on every version we support, so it is asked for where the flag exists. Should a
+    future torch drop it, the dynamo exporter (``dynamic_axes`` still accepted there) is the fallback."""
+    kwargs = dict(input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic,
+                  opset_version=opset, do_constant_folding=True)
+    if not _has_dynamo_flag():
+        torch.onnx.export(form, (example,), path, **kwargs)
+        return
+    try:
+        torch.onnx.export(form, (example,), path, dynamo=False, **kwargs)
+    except (RuntimeError, NotImplementedError, TypeError) as legacy_error:
+        try:
+            torch.onnx.export(form, (example,), path, dynamo=True, **kwargs)
+        except Exception as e:
+            raise RuntimeError(f"ONNX export failed with both exporters: TorchScript-based: {legacy_error}; "
+                               f"dynamo: {e}") from e
 
 
 def onnx_bytes(form: ExportForm, meta: ClassifierMeta, options: ExportOptions) -> bytes:
@@ -95,9 +112,7 @@ def onnx_bytes(form: ExportForm, meta: ClassifierMeta, options: ExportOptions) -
     with tempfile.TemporaryDirectory() as tmp:  # a path, not a buffer: both exporters accept it
         path = os.path.join(tmp, "model.onnx")
         with torch.no_grad():
-            torch.onnx.export(form, (example,), path, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                              dynamic_axes=dynamic, opset_version=options.opset, do_constant_folding=True,
-                              **_onnx_export_kwargs())
+            _torch_onnx_export(form, example, path, dynamic, options.opset)
         model = onnx.load(path)
     onnx.checker.check_model(model)
     del model.metadata_props[:]
