@@ -307,6 +307,8 @@ def test_quantize_tool(tmp_path, capsys):
     out = tmp_path / "int8.pth"
     assert tool.main(["--weights", str(ckpt), "--output", str(out)]) == 2
     assert "--calib-dataset" in capsys.readouterr().err and not out.exists()
+    assert tool.main(["--weights", str(ckpt), "--output", str(tmp_path / "q.safetensors"), "--calib-dataset", "x"]) == 2
+    assert "--output" in capsys.readouterr().err
     data = f"synthetic:{tmp_path / 'train'}:2:0"
     held_out = f"synthetic:{tmp_path / 'val'}:1:1"
     assert tool.main(["--weights", str(ckpt), "--output", str(out), "--calib-dataset", data,

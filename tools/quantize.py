@@ -77,6 +77,9 @@ def main(argv=None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
+        if not args.output.endswith((".pth", ".pt")):
+            raise UsageError(f"--output {args.output}: int8 checkpoints are .pth files (quantized tensors, "
+                             "no safetensors form)")
         if args.calib_crops < 1:
             raise UsageError(f"--calib-crops {args.calib_crops}: must be >= 1")
         from crop_classifier.deploy.quantize import quantize_checkpoint
