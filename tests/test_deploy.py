@@ -1,10 +1,8 @@
 """Export (ONNX, TorchScript), CPU runtimes (ONNX Runtime, OpenVINO), int8, and load_classifier: parity with
 the PyTorch inference form and every bad input (missing meta, another arch, missing runtime, int8 on CUDA,
 unsupported precision/backend), nothing half-written."""
-import os
 import sys
 
-import numpy as np
 import pytest
 import torch
 

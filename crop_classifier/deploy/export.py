@@ -172,4 +172,5 @@ def parse_meta(raw: Optional[str], path: PathLike) -> ClassifierMeta:
     except (ValueError, KeyError, TypeError) as e:
         if isinstance(e, CheckpointError):
             raise
-        raise CheckpointError(f"{path}: the embedded {META_KEY!r} metadata is unusable ({type(e).__name__}: {e})") from e
+        raise CheckpointError(
+            f"{path}: the embedded {META_KEY!r} metadata is unusable ({type(e).__name__}: {e})") from e

@@ -33,7 +33,8 @@ def import_runtime(module: str):
     except ImportError as e:
         extra = EXTRAS.get(module, module)
         raise BackendUnavailableError(
-            f"the {module} runtime is not installed ({e}); install it with: pip install crop_classifier[{extra}]") from e
+            f"the {module} runtime is not installed ({e}); "
+            f"install it with: pip install crop_classifier[{extra}]") from e
 
 
 @dataclass
