@@ -40,3 +40,8 @@ benchmark: setup
 
 clean:
 	rm -rf $(VENV) output
+
+# On a GPU machine (recent torch, Python 3.12, no Detectron2): CUDA tests + CUDA benchmark tables, <= 8 min.
+.PHONY: gpu-check
+gpu-check:
+	tools/gpu_check.sh $(GPU_CHECK_ARGS)

@@ -11,6 +11,8 @@ HAVE_D2 = importlib.util.find_spec("detectron2") is not None
 
 
 def pytest_configure(config):
+    # CUDA-only tests (tools/gpu_check.sh runs `pytest -m cuda`); they skip where CUDA is unavailable.
+    config.addinivalue_line("markers", "cuda: needs a CUDA device")
     # In the project's own venv and in CI, Detectron2 is part of the stack: a missing one is a failure, not a skip.
     if os.environ.get("CROP_CLASSIFIER_REQUIRE_D2") == "1" and not HAVE_D2:
         raise pytest.UsageError(

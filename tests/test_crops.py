@@ -277,6 +277,7 @@ def test_bad_inputs_raise_clear_errors():
         extract_crops_batch([img], [], 8)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu_roi_align():
     img = smooth_image(seed=8)

@@ -227,6 +227,17 @@ def _memory_md(mem: Dict) -> str:
             f"slope {mem['slope_mb_per_1000_images']:.1f} MB per 1000 images), {mem['seconds']:.0f} s.")
 
 
+def _deploy_md(d: Dict) -> str:
+    if d.get("skipped"):
+        return f"Skipped: {d['skipped']}."
+    rows = [[r["name"], r["crops_per_s"], 1e3 * r["median_s"], f"{r['ratio_vs_default']:.2f}x",
+             f"{r['max_abs_dprob']:.1e}", f"{100 * r['top1_agreement']:.1f}", r["note"]] for r in d["rows"]]
+    return (f"{d['arch']} at width {d['width']:g}, {d['num_classes']} classes, batch {d['batch']}, "
+            f"{d['threads']} threads, {d['rounds']} interleaved rounds; ratio = speed vs `{d['default']}`; "
+            "agreement vs the fp32 torch form (random weights).\n\n"
+            + _table(["runtime", "crops/s", "ms/batch", "ratio", "max |Δ prob|", "top-1 agree %", "how"], rows))
+
+
 def render_markdown(results: Dict, plots: Optional[Dict[str, str]] = None) -> str:
     plots = plots or {}
     out = [f"# crop_classifier benchmark ({results.get('preset')})", "",
@@ -236,7 +247,8 @@ def render_markdown(results: Dict, plots: Optional[Dict[str, str]] = None) -> st
     sections = (("models", "Classifiers", _models_md, "throughput"), ("crops", "Crops", _crops_md, "crops"),
                 ("pipeline", "Pipeline", _pipeline_md, "pipeline"), ("tradeoff", "Resolution trade-off", _tradeoff_md,
                                                                      "tradeoff"),
-                ("memory", "Memory", _memory_md, None), ("video", "Video tracking", video_md, None))
+                 ("memory", "Memory", _memory_md, None), ("deploy", "Deploy: runtimes side by side", _deploy_md, None),
+                 ("video", "Video tracking", video_md, None))
     for key, title, fn, plot in sections:
         if key not in results:
             continue

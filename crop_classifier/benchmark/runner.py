@@ -1,7 +1,8 @@
 """Runs the benchmark sections with one preset's settings and writes benchmark.json / .md / PNGs.
 
 Presets: ``full`` (about 15 minutes on 2 cores), ``quick`` (about 3 minutes: fewer batches, rounds and
-training steps, same figures), ``tiny`` (seconds; for the test suite: tiny widths, no timing value).
+training steps, same figures), ``tiny`` (seconds; for the test suite: tiny widths, no timing value),
+``gpu`` (tools/gpu_check.sh: models and crops on CUDA, batches 1-256).
 benchmark.json is rewritten atomically after every section, so an interrupted run keeps what finished.
 """
 from __future__ import annotations
@@ -19,10 +20,17 @@ import torch
 from crop_classifier.utils.io import atomic_save_json
 
 from .env import environment
+from .crops import run_crops
+from .deploy import run_deploy
+from .memory import run_memory
+from .models import run_models
+from .pipeline import run_pipeline
 from .report import write_report
+from .tradeoff import run_tradeoff
+from .video import run_video
 from .targets import evaluate_targets
 
-SECTIONS = ("models", "crops", "pipeline", "tradeoff", "memory", "video")
+SECTIONS = ("models", "crops", "pipeline", "tradeoff", "memory", "deploy", "video")
 
 PRESETS: Dict[str, Dict[str, dict]] = {
     "full": {
@@ -35,6 +43,7 @@ PRESETS: Dict[str, Dict[str, dict]] = {
         "tradeoff": dict(width=0.125, epochs=3, synthetic_train=120, synthetic_test=40, coco_test_fraction=0.25,
                          datasets=("synthetic", "coco128")),
         "memory": dict(num_images=1000, warmup=50, sample_every=50),
+        "deploy": dict(arch="v3_79", width=1.0, num_classes=80, batch=32, rounds=7, calib_batches=4),
         "video": dict(num_videos=4, num_frames=150, num_objects=10),
     },
     "quick": {
@@ -45,7 +54,15 @@ PRESETS: Dict[str, Dict[str, dict]] = {
                          min_size_test=800, rounds=1),
         "tradeoff": dict(width=0.125, epochs=1, synthetic_train=24, synthetic_test=12, datasets=("synthetic",)),
         "memory": dict(num_images=300, warmup=20, sample_every=50, max_boxes=8),
+        "deploy": dict(arch="v3_79", width=1.0, num_classes=80, batch=32, rounds=3, calib_batches=2),
         "video": dict(num_videos=2, num_frames=60, num_objects=10),
+    },
+    # tools/gpu_check.sh on a GPU machine (no Detectron2: models and crops only): fp32/bf16/fp16 autocast,
+    # torch.compile with --compile, batches 1-256; a few minutes on one recent GPU.
+    "gpu": {
+        "models": dict(width=1.0, batches=(1, 8, 32, 128, 256), eager_batches=(32,),
+                       rounds={1: 3, 8: 3, 32: 3, 128: 3, 256: 3}, min_round_s=0.1, matmul_n=4096),
+        "crops": dict(box_counts=(1, 10, 100, 1000), sizes=(79, 299), rounds=5, min_round_s=0.05),
     },
     "tiny": {
         "models": dict(names=("v3_79", "v3_299"), width=0.0625, batches=(1, 2), eager_batches=(2,),
@@ -56,6 +73,7 @@ PRESETS: Dict[str, Dict[str, dict]] = {
         "tradeoff": dict(width=0.0625, epochs=1, synthetic_train=2, synthetic_test=1, datasets=("synthetic",),
                          image_size=128, batch_size=8, max_train_crops=8),
         "memory": dict(num_images=20, warmup=2, sample_every=5, max_boxes=3),
+        "deploy": dict(arch="v3_79", width=0.0625, num_classes=5, batch=2, rounds=1, warmup=0, calib_batches=1),
         "video": dict(num_videos=1, num_frames=3, num_objects=4),
     },
 }
@@ -63,30 +81,14 @@ PRESETS: Dict[str, Dict[str, dict]] = {
 
 def _run_section(name: str, settings: dict, device: str, compile: bool, work_dir: Path, log) -> dict:
     if name == "models":
-        from .models import run_models
-
         return run_models(device=device, compile=compile, log=log, **settings)
-    if name == "crops":
-        from .crops import run_crops
-
-        return run_crops(device=device, log=log, **settings)
-    if name == "pipeline":
-        from .pipeline import run_pipeline
-
-        return run_pipeline(device=device, log=log, **settings)
     if name == "tradeoff":
-        from .tradeoff import run_tradeoff
-
         return run_tradeoff(device=device, work_dir=work_dir / "tradeoff_data", log=log, **settings)
-    if name == "memory":
-        from .memory import run_memory
-
-        return run_memory(device=device, log=log, **settings)
-    if name == "video":
-        from .video import run_video
-
-        return run_video(device=device, log=log, **settings)
-    raise ValueError(f"unknown benchmark section {name!r}; valid: {', '.join(SECTIONS)}")
+    runners = {"crops": run_crops, "pipeline": run_pipeline, "memory": run_memory, "deploy": run_deploy,
+               "video": run_video}
+    if name not in runners:
+        raise ValueError(f"unknown benchmark section {name!r}; valid: {', '.join(SECTIONS)}")
+    return runners[name](device=device, log=log, **settings)
 
 
 def run_benchmark(
@@ -114,6 +116,9 @@ def run_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     work = Path(work_dir) if work_dir else out / "work"
     settings = copy.deepcopy(PRESETS[preset])
+    missing = [s for s in only if s not in settings]
+    if missing:
+        raise ValueError(f"preset {preset!r} has no settings for section(s) {missing}")
     for k, v in (overrides or {}).items():
         settings.setdefault(k, {}).update(v)
 

@@ -1,0 +1,176 @@
+"""Export the classifier's inference form to ONNX or TorchScript, with its meta inside the file.
+
+The exported graph is ``InferenceClassifier``'s: input ``crops`` float ``[N, 3, S, S]`` RGB in [0, 1];
+outputs ``logits`` and ``probs`` (``[N, K]``), normalisation (the meta's mean/std) and BN folding inside.
+Both outputs are kept: runtimes return ``probs`` like ``InferenceClassifier`` and parity tests compare
+``logits``. The checkpoint meta (``ClassifierMeta.to_dict()``) travels in the file (ONNX ``metadata_props``,
+TorchScript ``_extra_files``) under ``META_KEY``, so the file alone runs the second stage.
+"""
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import CheckpointError, UsageError
+from ..structures import ClassifierMeta
+from ..utils.io import atomic_write_bytes
+
+PathLike = Union[str, os.PathLike]
+FORMATS = ("onnx", "torchscript")
+META_KEY = "crop_classifier_meta"
+FORMAT_VERSION_KEY = "crop_classifier_export_version"
+EXPORT_VERSION = "1"
+INPUT_NAME = "crops"
+OUTPUT_NAMES = ("logits", "probs")
+MIN_OPSET = 17
+TORCHSCRIPT_META_FILE = META_KEY + ".json"
+
+
+@dataclass
+class ExportOptions:
+    """``static_batch``: a fixed batch size (TensorRT engines like static shapes); None = dynamic batch."""
+
+    format: str = "onnx"
+    opset: int = MIN_OPSET
+    static_batch: Optional[int] = None
+
+    def check(self) -> "ExportOptions":
+        if self.format not in FORMATS:
+            raise UsageError(f"--format {self.format!r}: valid choices are {', '.join(FORMATS)}")
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or self.opset < MIN_OPSET:
+            raise UsageError(f"--opset {self.opset!r}: must be an integer >= {MIN_OPSET}")
+        if self.static_batch is not None and (isinstance(self.static_batch, bool) or int(self.static_batch) < 1):
+            raise UsageError(f"--static-batch {self.static_batch!r}: must be a positive integer")
+        return self
+
+
+class ExportForm(nn.Module):
+    """``InferenceClassifier`` as a plain traceable module: crops [0, 1] -> (logits, probs)."""
+
+    def __init__(self, net: nn.Module, meta: ClassifierMeta):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(meta.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(meta.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, crops: Tensor):
+        logits = self.net((crops - self.mean) / self.std)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def export_form(model: nn.Module, meta: Any) -> ExportForm:
+    """The folded fp32 CPU inference form of ``model`` (untouched) as an ``ExportForm``."""
+    from ..models.inference import build_inference_classifier
+
+    clf = build_inference_classifier(model, meta, device="cpu", precision="fp32", channels_last=False)
+    return ExportForm(clf.net, clf.meta).eval()
+
+
+def meta_json(meta: ClassifierMeta) -> str:
+    return json.dumps(meta.to_dict(), sort_keys=True)
+
+
+def _has_dynamo_flag() -> bool:
+    return "dynamo" in inspect.signature(torch.onnx.export).parameters
+
+
+def _torch_onnx_export(form: nn.Module, example: Tensor, path: str, dynamic: Optional[dict], opset: int) -> None:
+    """torch >= 2.9 defaults to the dynamo exporter; the TorchScript-based one handles this model's dynamic
+    batch the same way on every version we support, so it is asked for where the flag exists. Should a
+    future torch drop it, the dynamo exporter (``dynamic_axes`` still accepted there) is the fallback."""
+    kwargs = dict(input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic,
+                  opset_version=opset, do_constant_folding=True)
+    if not _has_dynamo_flag():
+        torch.onnx.export(form, (example,), path, **kwargs)
+        return
+    try:
+        torch.onnx.export(form, (example,), path, dynamo=False, **kwargs)
+    except (RuntimeError, NotImplementedError, TypeError) as legacy_error:
+        try:
+            torch.onnx.export(form, (example,), path, dynamo=True, **kwargs)
+        except Exception as e:
+            raise RuntimeError(f"ONNX export failed with both exporters: TorchScript-based: {legacy_error}; "
+                               f"dynamo: {e}") from e
+
+
+def onnx_bytes(form: ExportForm, meta: ClassifierMeta, options: ExportOptions) -> bytes:
+    """The ONNX file's bytes, meta in ``metadata_props``."""
+    import onnx
+
+    batch = options.static_batch or 2
+    example = torch.rand(batch, 3, meta.input_size, meta.input_size)
+    dynamic = None if options.static_batch else {n: {0: "batch"} for n in (INPUT_NAME, *OUTPUT_NAMES)}
+    with tempfile.TemporaryDirectory() as tmp:  # a path, not a buffer: both exporters accept it
+        path = os.path.join(tmp, "model.onnx")
+        with torch.no_grad():
+            _torch_onnx_export(form, example, path, dynamic, options.opset)
+        model = onnx.load(path)
+    onnx.checker.check_model(model)
+    del model.metadata_props[:]
+    for key, value in ((META_KEY, meta_json(meta)), (FORMAT_VERSION_KEY, EXPORT_VERSION)):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name = "crop_classifier"
+    return model.SerializeToString()
+
+
+def torchscript_bytes(form: ExportForm, meta: ClassifierMeta, options: ExportOptions) -> bytes:
+    """The TorchScript archive's bytes (traced, meta in ``_extra_files``)."""
+    example = torch.rand(options.static_batch or 2, 3, meta.input_size, meta.input_size)
+    with torch.no_grad():
+        traced = torch.jit.trace(form, (example,), check_trace=False)
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf, _extra_files={TORCHSCRIPT_META_FILE: meta_json(meta),
+                                              FORMAT_VERSION_KEY: EXPORT_VERSION})
+    return buf.getvalue()
+
+
+def export_model(model: nn.Module, meta: Any, output: PathLike, options: Optional[ExportOptions] = None) -> Path:
+    """Exports ``model`` (a classifier, meta as dict or ``ClassifierMeta``) to ``output`` atomically."""
+    options = (options or ExportOptions()).check()
+    meta = meta if isinstance(meta, ClassifierMeta) else ClassifierMeta.from_dict(meta)
+    if meta.extra.get("quantized"):
+        raise UsageError("an int8 (quantized) checkpoint cannot be exported; export the fp32 checkpoint and "
+                         "quantize in the target runtime")
+    form = export_form(model, meta)
+    data = (onnx_bytes if options.format == "onnx" else torchscript_bytes)(form, meta, options)
+    return atomic_write_bytes(output, data)
+
+
+def export_checkpoint(weights: PathLike, output: PathLike, options: Optional[ExportOptions] = None,
+                      expected_meta: Optional[dict] = None) -> Path:
+    """Exports one of our checkpoints (``.pth``/``.safetensors``) to ``output`` atomically."""
+    from ..models.weights import classifier_from_checkpoint, load_checkpoint
+
+    meta = load_checkpoint(weights, expected_meta)["meta"]
+    if meta.get("quantized"):
+        raise UsageError(f"{weights}: an int8 (quantized) checkpoint cannot be exported; export the fp32 checkpoint")
+    model, meta = classifier_from_checkpoint(weights, expected_meta=expected_meta)
+    return export_model(model, meta, output, options)
+
+
+def parse_meta(raw: Optional[str], path: PathLike) -> ClassifierMeta:
+    """The embedded meta of an exported file; ``CheckpointError`` naming the file when missing or bad."""
+    from ..models.weights import check_meta
+
+    if not raw:
+        raise CheckpointError(f"{path}: no {META_KEY!r} metadata: not exported by tools/export.py (the file "
+                              "alone cannot say its classes, input size and normalisation); re-export it")
+    try:
+        meta = json.loads(raw)
+        check_meta(meta, None, path)
+        return ClassifierMeta.from_dict(meta)
+    except (ValueError, KeyError, TypeError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(
+            f"{path}: the embedded {META_KEY!r} metadata is unusable ({type(e).__name__}: {e})") from e

@@ -1,0 +1,101 @@
+#!/usr/bin/env python
+"""int8 for CPU: static post-training quantization (PyTorch FX, x86 backend) of a trained classifier.
+
+    tools/quantize.py --weights CKPT --output INT8.pth (--calib-dataset NAME ... | --config-file F)
+                      [--calib-crops N] [--observer histogram|minmax] [--eval-dataset NAME ...]
+
+Calibrates on N training crops (un-augmented, cut like inference crops) of the dataset(s) the classifier
+was trained on: --calib-dataset names them (dataset names as in configs, e.g.
+synthetic:datasets/cpu_synthetic/train:600:0), or --config-file takes the config's DATASETS.TRAIN and
+MIN_BOX_SIZE_TRAIN. Writes a checkpoint whose meta says "quantized": "x86-int8" (atomically); it runs on
+CPU only (tools/infer.py and crop_classifier.deploy.load_classifier read it). With --eval-dataset (or
+--config-file: its DATASETS.TEST / MIN_BOX_SIZE_TEST, add --eval) the fp32 and int8 top-1 on those held-out
+crops are printed and recorded in the int8 meta ("quantization" -> "eval").
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", required=True, metavar="CKPT", help="an fp32 checkpoint (.pth/.safetensors)")
+    p.add_argument("--output", required=True, metavar="FILE", help="the int8 checkpoint to write (.pth)")
+    p.add_argument("--calib-dataset", action="append", default=[], metavar="NAME",
+                   help="a training dataset name (repeatable)")
+    p.add_argument("--config-file", metavar="FILE", help="take DATASETS.TRAIN / MIN_BOX_SIZE_TRAIN from this config")
+    p.add_argument("--calib-crops", type=int, default=512, metavar="N", help="calibration crops (default 512)")
+    p.add_argument("--calib-min-size", type=float, default=None, metavar="PX",
+                   help="skip boxes smaller than this (default: the config's MIN_BOX_SIZE_TRAIN, else 0)")
+    p.add_argument("--observer", default="histogram", choices=("histogram", "minmax"),
+                   help="activation range observer (default histogram, the x86 default; minmax is faster)")
+    p.add_argument("--eval-dataset", action="append", default=[], metavar="NAME",
+                   help="held-out dataset to compare fp32 and int8 top-1 on (repeatable)")
+    p.add_argument("--eval", action="store_true", help="with --config-file: evaluate on its DATASETS.TEST")
+    return p.parse_args(argv)
+
+
+def eval_datasets(args):
+    """(names, min box size) of the held-out comparison, or (None, 0) when none was asked for."""
+    if args.eval_dataset:
+        return list(args.eval_dataset), 0.0
+    if args.eval and args.config_file:
+        from crop_classifier.config import load_config
+
+        cfg = load_config(args.config_file, [])
+        return list(cfg.DATASETS.TEST), float(cfg.DATASETS.MIN_BOX_SIZE_TEST)
+    return None, 0.0
+
+
+def calibration_options(args):
+    from crop_classifier.deploy.quantize import CalibrationOptions
+    from crop_classifier.errors import UsageError
+
+    datasets, min_size = list(args.calib_dataset), 0.0
+    if args.config_file:
+        from crop_classifier.config import load_config
+
+        cfg = load_config(args.config_file, [])
+        datasets = datasets or list(cfg.DATASETS.TRAIN)
+        min_size = float(cfg.DATASETS.MIN_BOX_SIZE_TRAIN)
+    if not datasets:
+        raise UsageError("name the calibration data: --calib-dataset NAME (the classifier's training dataset) "
+                         "or --config-file F (its DATASETS.TRAIN)")
+    if args.calib_min_size is not None:
+        min_size = args.calib_min_size
+    return CalibrationOptions(datasets=datasets, num_crops=args.calib_crops, min_size=min_size,
+                              observer=args.observer)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # offline machines: no update check on import
+    from crop_classifier.errors import CropClassifierError, UsageError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        if not args.output.endswith((".pth", ".pt")):
+            raise UsageError(f"--output {args.output}: int8 checkpoints are .pth files (quantized tensors, "
+                             "no safetensors form)")
+        if args.calib_crops < 1:
+            raise UsageError(f"--calib-crops {args.calib_crops}: must be >= 1")
+        from crop_classifier.deploy.quantize import quantize_checkpoint
+
+        names, min_size = eval_datasets(args)
+        path = quantize_checkpoint(args.weights, args.output, calibration_options(args),
+                                   eval_datasets=names, eval_min_size=min_size)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (CropClassifierError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
