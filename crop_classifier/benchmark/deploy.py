@@ -23,6 +23,11 @@ from crop_classifier.models.weights import model_meta
 from crop_classifier.structures import ClassifierMeta
 
 from .timing import paired_ratio, time_interleaved
+from crop_classifier.deploy.quantize import quantize_model
+from crop_classifier.models.inference import InferenceClassifier
+from crop_classifier.deploy.runtimes import OnnxRuntimeClassifier, OpenVinoClassifier, RuntimeOptions
+from crop_classifier.deploy.streams import StreamedClassifier
+from crop_classifier.deploy.export import export_model
 
 DEFAULT = "torch default (InferenceClassifier)"
 
@@ -52,9 +57,6 @@ def _eager(model: torch.nn.Module, meta: ClassifierMeta) -> Callable:
 
 
 def _int8(model, meta: ClassifierMeta, calib_batches: int, batch: int):
-    from crop_classifier.deploy.quantize import quantize_model
-    from crop_classifier.models.inference import InferenceClassifier
-
     g = torch.Generator().manual_seed(1)
     S = meta.input_size
     calib = ((torch.rand(batch, 3, S, S, generator=g) - 0.45) / 0.226 for _ in range(calib_batches))
@@ -63,9 +65,6 @@ def _int8(model, meta: ClassifierMeta, calib_batches: int, batch: int):
 
 def build_rows(model, meta: ClassifierMeta, onnx_path: Optional[Path], threads: int, opts: dict) -> Dict[str, tuple]:
     """name -> (classifier-like callable, note). Runtimes that are not installed are left out (noted)."""
-    from crop_classifier.deploy.runtimes import OnnxRuntimeClassifier, OpenVinoClassifier, RuntimeOptions
-    from crop_classifier.deploy.streams import StreamedClassifier
-
     default = build_inference_classifier(model, meta, device="cpu")
     rows = {
         "torch eager": (_eager(model, meta), "model.eval(), no_grad, NCHW, unfolded BN"),
@@ -98,7 +97,6 @@ def run_deploy(*, device: str = "cpu", arch: str = "v3_79", width: float = 1.0, 
                log=print) -> Dict[str, object]:
     if torch.device(device).type != "cpu":
         return {"skipped": "the deploy table is a CPU comparison (ONNX Runtime/OpenVINO CPU, int8 x86)"}
-    from crop_classifier.deploy.export import export_model
 
     threads = torch.get_num_threads()
     model = spread_weights(build_classifier(arch, num_classes, width=width, aux_logits=False))

@@ -1,8 +1,7 @@
 """Top-1 of several classifiers on the same held-out crops (int8 vs fp32, runtime vs torch).
 
 Crops come from the engine's dataset loading (``load_datasets``/``CropDataset``, un-augmented, cut with the
-checkpoint's crop spec), as ``tools/evaluate.py`` sees them; the dataset normalises them with ImageNet
-statistics, which is undone here because every classifier form takes crops in [0, 1].
+checkpoint's crop spec), as ``tools/evaluate.py`` sees them: crops in [0, 1], which every classifier form takes.
 """
 from __future__ import annotations
 
@@ -11,31 +10,27 @@ from typing import Any, Dict, Mapping, Sequence
 import torch
 
 from ..errors import UsageError
-from ..structures import IMAGENET_MEAN, IMAGENET_STD, ClassifierMeta
+from ..structures import ClassifierMeta
+from ..data import CropDataset
+from ..engine.data import load_datasets
 
 
 def held_out_top1(classifiers: Mapping[str, Any], meta: ClassifierMeta, datasets: Sequence[str], *,
                   min_size: float = 0.0, batch_size: int = 64) -> Dict[str, Any]:
     """``{"crops": n, "top1": {name: accuracy}, "agreement": {name: top-1 agreement with the first}}``."""
-    from ..data import CropDataset
-    from ..engine.data import load_datasets
-
     samples, _ = load_datasets(list(datasets), class_names=list(meta.class_names), min_size=min_size)
     if not samples:
         raise UsageError(f"--eval-dataset {', '.join(datasets)}: no crops (min size {min_size})")
     order = sorted(range(len(samples)), key=lambda i: samples[i][0])  # grouped by image: decoded once
     dataset = CropDataset([samples[i] for i in order], meta.input_size, context=meta.crop.context,
                           mode=meta.crop.mode, train=False)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     preds = {name: [] for name in classifiers}
     labels = []
     for start in range(0, len(dataset), batch_size):
         x, y = dataset.__getitems__(range(start, min(start + batch_size, len(dataset))))
-        crops = (x * std + mean).clamp_(0, 1)
         labels.append(y)
         for name, clf in classifiers.items():
-            preds[name].append(clf(crops).argmax(1).cpu())
+            preds[name].append(clf(x).argmax(1).cpu())
     y = torch.cat(labels)
     p = {k: torch.cat(v) for k, v in preds.items()}
     first = next(iter(p.values()))

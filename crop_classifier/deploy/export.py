@@ -15,7 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from ..errors import CheckpointError, UsageError
 from ..structures import ClassifierMeta
 from ..utils.io import atomic_write_bytes
+from ..models.inference import InferenceClassifier, build_inference_classifier
+from ..models.weights import check_meta, classifier_from_checkpoint, load_checkpoint
 
 PathLike = Union[str, os.PathLike]
 FORMATS = ("onnx", "torchscript")
@@ -54,25 +56,25 @@ class ExportOptions:
 
 
 class ExportForm(nn.Module):
-    """``InferenceClassifier`` as a plain traceable module: crops [0, 1] -> (logits, probs)."""
+    """``InferenceClassifier`` as a plain traceable module (no inference_mode/autocast contexts to trace):
+    crops [0, 1] -> (logits, probs), through the form's own normalisation and folded network."""
 
-    def __init__(self, net: nn.Module, meta: ClassifierMeta):
+    def __init__(self, form: InferenceClassifier):
         super().__init__()
-        self.net = net
-        self.register_buffer("mean", torch.tensor(meta.mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(meta.std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.form = form
+
+    @property
+    def meta(self) -> ClassifierMeta:
+        return self.form.meta
 
     def forward(self, crops: Tensor):
-        logits = self.net((crops - self.mean) / self.std)
+        logits = self.form.net(self.form.normalise(crops))
         return logits, torch.softmax(logits, dim=1)
 
 
 def export_form(model: nn.Module, meta: Any) -> ExportForm:
     """The folded fp32 CPU inference form of ``model`` (untouched) as an ``ExportForm``."""
-    from ..models.inference import build_inference_classifier
-
-    clf = build_inference_classifier(model, meta, device="cpu", precision="fp32", channels_last=False)
-    return ExportForm(clf.net, clf.meta).eval()
+    return ExportForm(build_inference_classifier(model, meta, device="cpu", precision="fp32", channels_last=False)).eval()
 
 
 def meta_json(meta: ClassifierMeta) -> str:
@@ -149,8 +151,6 @@ def export_model(model: nn.Module, meta: Any, output: PathLike, options: Optiona
 def export_checkpoint(weights: PathLike, output: PathLike, options: Optional[ExportOptions] = None,
                       expected_meta: Optional[dict] = None) -> Path:
     """Exports one of our checkpoints (``.pth``/``.safetensors``) to ``output`` atomically."""
-    from ..models.weights import classifier_from_checkpoint, load_checkpoint
-
     meta = load_checkpoint(weights, expected_meta)["meta"]
     if meta.get("quantized"):
         raise UsageError(f"{weights}: an int8 (quantized) checkpoint cannot be exported; export the fp32 checkpoint")
@@ -160,8 +160,6 @@ def export_checkpoint(weights: PathLike, output: PathLike, options: Optional[Exp
 
 def parse_meta(raw: Optional[str], path: PathLike) -> ClassifierMeta:
     """The embedded meta of an exported file; ``CheckpointError`` naming the file when missing or bad."""
-    from ..models.weights import check_meta
-
     if not raw:
         raise CheckpointError(f"{path}: no {META_KEY!r} metadata: not exported by tools/export.py (the file "
                               "alone cannot say its classes, input size and normalisation); re-export it")

@@ -27,6 +27,8 @@ from .export import EXPORT_VERSION, MIN_OPSET, ExportOptions, export_checkpoint
 from .quantize import is_quantized, load_int8
 from .runtimes import (OnnxRuntimeClassifier, OpenVinoClassifier, RuntimeOptions, TorchScriptClassifier,
                        import_runtime)
+from ..models.inference import load_inference_classifier
+from ..models.weights import check_meta, load_checkpoint
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -139,9 +141,6 @@ def load_classifier(
     ``class_names``, ...). ``options``: thread layout of the CPU runtimes. Errors: ``UsageError`` naming the
     flag, ``BackendUnavailableError`` naming the extra, ``CheckpointError`` naming the file.
     """
-    from ..models.inference import load_inference_classifier
-    from ..models.weights import check_meta, load_checkpoint
-
     dev = _check_args(backend, device, precision)
     options = (options or RuntimeOptions()).check()
     path = Path(path)

@@ -12,6 +12,8 @@ quantized state dict (``torch.load(weights_only=True)``: quantized tensors are p
 """
 from __future__ import annotations
 
+import copy
+
 import logging
 from collections import OrderedDict
 import os
@@ -23,8 +25,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..data import CropDataset
+from ..engine.data import load_datasets
 from ..errors import CheckpointError, UsageError
+from ..models.inference import InferenceClassifier, build_inference_classifier
+from ..models.registry import create_classifier
+from ..models.weights import classifier_from_checkpoint, load_checkpoint
 from ..structures import ClassifierMeta
+from ..utils.io import atomic_torch_save
+from .accuracy import held_out_top1
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -109,10 +118,7 @@ class CalibrationOptions:
 
 
 def calibration_batches(meta: ClassifierMeta, options: CalibrationOptions) -> Iterator[Tensor]:
-    """Normalised crops ``[B, 3, S, S]`` from the named datasets (the engine's loading, read-only)."""
-    from ..data import CropDataset
-    from ..engine.data import load_datasets
-
+    """Crops ``[B, 3, S, S]`` in [0, 1] from the named datasets (the engine's loading, read-only)."""
     if not options.datasets:
         raise UsageError("--calib-dataset: name the dataset(s) the classifier was trained on (or --config-file)")
     if options.num_crops < 1:
@@ -130,15 +136,14 @@ def calibration_batches(meta: ClassifierMeta, options: CalibrationOptions) -> It
 
 def quantize_model(model: nn.Module, meta: ClassifierMeta, batches: Iterator[Tensor],
                    observer: str = "histogram") -> nn.Module:
-    """The int8 form of ``model`` (left untouched), calibrated on normalised crops ``batches``."""
-    import copy
-
+    """The int8 form of ``model`` (left untouched), calibrated on crops ``batches`` in [0, 1]; the observers see
+    them normalised by the inference form itself, as the int8 net will at inference."""
     prepared = prepare(copy.deepcopy(model).cpu(), meta.input_size, observer)
+    calibrating = InferenceClassifier(prepared, meta, channels_last=False)
     seen = 0
-    with torch.inference_mode():
-        for x in batches:
-            prepared(x)
-            seen += len(x)
+    for x in batches:
+        calibrating.logits(x)
+        seen += len(x)
     if not seen:
         raise UsageError("calibration saw no crops")
     logger.info("calibrated on %d crops", seen)
@@ -159,10 +164,6 @@ def quantize_checkpoint(weights: PathLike, output: PathLike, calib: CalibrationO
                         eval_datasets: Optional[Sequence[str]] = None, eval_min_size: float = 0.0) -> Path:
     """Reads an fp32 checkpoint, writes its int8 checkpoint atomically to ``output``; with ``eval_datasets``
     the fp32 and int8 top-1 on those held-out crops go into ``meta["quantization"]["eval"]`` (and the log)."""
-    from ..models.inference import InferenceClassifier, build_inference_classifier
-    from ..models.weights import classifier_from_checkpoint, load_checkpoint
-    from ..utils.io import atomic_torch_save
-
     if is_quantized(load_checkpoint(weights)["meta"]):
         raise UsageError(f"--weights {weights}: already an int8 checkpoint")
     model, raw_meta = classifier_from_checkpoint(weights)
@@ -170,8 +171,6 @@ def quantize_checkpoint(weights: PathLike, output: PathLike, calib: CalibrationO
     qmodel = quantize_model(model, meta, calibration_batches(meta, calib), calib.observer)
     out_meta = int8_meta(meta, calib)
     if eval_datasets:
-        from .accuracy import held_out_top1
-
         forms = {"fp32": build_inference_classifier(model, meta, device="cpu"),
                  "int8": InferenceClassifier(qmodel, meta, channels_last=False)}
         result = held_out_top1(forms, meta, eval_datasets, min_size=eval_min_size)
@@ -241,13 +240,11 @@ def decode_state(sd: Mapping[str, Any], path: PathLike = "<checkpoint>") -> Dict
 
 def rebuild_int8(state_dict: Mapping[str, Any], meta: ClassifierMeta, path: PathLike = "<checkpoint>") -> nn.Module:
     """The quantized network an int8 checkpoint holds (CPU)."""
-    from ..models.registry import build_classifier
-
     if meta.extra.get("quantized") != QUANTIZED:
         raise CheckpointError(f"{path}: quantized as {meta.extra.get('quantized')!r}; this version reads "
                               f"{QUANTIZED!r} checkpoints only (re-run tools/quantize.py)")
     try:
-        model = build_classifier(meta.arch, meta.num_classes, width=meta.width, aux_logits=False)
+        model = create_classifier(meta.arch, meta.num_classes, width=meta.width, aux_logits=False)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from e
     model.transform_input = meta.transform_input
@@ -271,9 +268,6 @@ def rebuild_int8(state_dict: Mapping[str, Any], meta: ClassifierMeta, path: Path
 
 def load_int8(path: PathLike, *, device: Any = "cpu", expected_meta: Optional[dict] = None):
     """An int8 checkpoint as an ``InferenceClassifier`` (CPU only)."""
-    from ..models.inference import InferenceClassifier
-    from ..models.weights import load_checkpoint
-
     if torch.device(device).type != "cpu":
         raise UsageError(f"--device {device}: {path} is an int8 checkpoint (x86 quantized kernels), which runs "
                          "on CPU only; use --device cpu, or the fp32 checkpoint on the GPU")

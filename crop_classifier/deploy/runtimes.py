@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import BackendUnavailableError, CheckpointError, UsageError
-from ..structures import ClassifierMeta, CropSpec
+from ..structures import ClassifierMeta
 from .export import INPUT_NAME, META_KEY, OUTPUT_NAMES, TORCHSCRIPT_META_FILE, parse_meta
 
 PathLike = Union[str, os.PathLike]

@@ -94,8 +94,12 @@ class InferenceClassifier(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(device_type=x.device.type, dtype=_DTYPES[self.precision])
 
+    def normalise(self, x: Tensor) -> Tensor:
+        """Crops in [0, 1] -> the network's input (the checkpoint's mean/std); traceable, for export."""
+        return (x.to(self.device, torch.float32) - self.mean) / self.std
+
     def logits(self, x: Tensor) -> Tensor:
-        x = (x.to(self.device, torch.float32) - self.mean) / self.std
+        x = self.normalise(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast(x):
