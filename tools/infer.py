@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from crop_classifier.errors import CheckpointError, WeightsUnavailableError  # noqa: E402
 from crop_classifier.inference import InferenceRun, InferOptions, UsageError, format_summary, run  # noqa: E402
 from crop_classifier.inference.inputs import INPUT_HELP  # noqa: E402
-from crop_classifier.models.inference import PRECISIONS  # noqa: E402
+from crop_classifier.deploy.loader import ALL_PRECISIONS, BACKENDS  # noqa: E402
 from crop_classifier.second_stage import FUSION_MODES  # noqa: E402
 from crop_classifier.video import VOTE_MODES, ReinferOptions, TrackerOptions, TrackOptions  # noqa: E402
 
@@ -61,8 +61,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4, help="images per detector batch")
     p.add_argument("--crops-per-forward", type=int, default=64, help="crops per classifier forward")
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="classifier precision: fp32 (default), bf16 (CUDA, or a CPU with AVX-512 BF16/AMX), fp16 (CUDA)")
+    p.add_argument("--precision", default="fp32", choices=ALL_PRECISIONS,
+                   help="classifier precision: fp32 (default), bf16 (CUDA, or a CPU with AVX-512 BF16/AMX), fp16 "
+                   "(CUDA), int8 (an int8 checkpoint from tools/quantize.py, CPU)")
+    p.add_argument("--backend", choices=BACKENDS, help="classifier runtime: torch, onnxruntime or openvino (CPU; "
+                   "the checkpoint is exported once and cached beside it; an exported .onnx/.pt file works too). "
+                   "Default: the fastest installed fp32 CPU runtime (see docs/deploy.md), torch elsewhere")
     p.add_argument("--categories", help="COCO annotations whose categories name/number the classes "
                    "(needed by detections: files without category_name)")
     p.add_argument("--eval", metavar="ANNOTATIONS.json",
@@ -147,7 +151,7 @@ def main(argv=None) -> int:
         crops_per_forward=args.crops_per_forward, categories=args.categories, eval=args.eval,
         vis_limit=args.vis_limit, vis_score_thresh=args.vis_score_thresh, video_stride=args.video_stride,
         progress=not args.no_progress, num_shards=args.num_shards, shard_id=args.shard_id,
-        resume=args.resume, precision=args.precision, stream_retries=args.stream_retries,
+        resume=args.resume, precision=args.precision, backend=args.backend, stream_retries=args.stream_retries,
         track=None,
     )
     try:

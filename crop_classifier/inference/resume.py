@@ -33,7 +33,7 @@ OPTIONS_FILE = "options.json"
 _RESULT_OPTIONS = ("detector", "classifier", "classifier_weights", "detector_config", "detector_weights",
                    "detector_opts", "score_thresh", "fusion", "class_map", "reclassify", "min_box_size",
                    "max_box_size", "context", "crop_mode", "nms_thresh", "categories", "eval", "video_stride",
-                   "precision")
+                   "precision", "backend")
 
 
 def parts_dir(out_dir: Path, shard_index: int = 0, shard_count: int = 1) -> Path:

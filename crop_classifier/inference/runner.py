@@ -12,6 +12,7 @@ import torch
 
 from ..detectors import GroundTruthBoxes, build_first_stage
 from ..coco_io import load_coco
+from ..deploy import describe, load_classifier
 from ..errors import CheckpointError, UsageError
 from ..second_stage import SecondStage
 from ..structures import ImageRecord
@@ -57,7 +58,8 @@ class InferOptions:
     num_shards: int = 0  # > 0: run shard ``shard_id`` of that many (schedulers); 0: torchrun's world, or one
     shard_id: int = 0
     resume: bool = False  # reuse OUTPUT/parts of an earlier run with the same options (see resume.py)
-    precision: str = "fp32"  # the classifier's: fp32 | bf16 | fp16 (models.inference.check_precision)
+    precision: str = "fp32"  # the classifier's: fp32 | bf16 | fp16 | int8 (deploy.load_classifier)
+    backend: Optional[str] = None  # torch | onnxruntime | openvino; None: deploy.load_classifier's default
     track: Optional[TrackOptions] = None  # video/streams: track objects, classify at their best views, vote
     stream_retries: int = 3
 
@@ -112,12 +114,13 @@ def build_stages(o: InferOptions, device: str):
     except (FileNotFoundError, KeyError) as e:
         raise UsageError(str(e).strip("'\"")) from e
     try:
-        second = SecondStage.from_checkpoint(
-            o.classifier_weights, first.class_names, arch=o.classifier, device=device,
-            context=o.context, crop_mode=o.crop_mode, class_map=o.class_map, fusion=o.fusion,
-            min_size=o.min_box_size, max_size=o.max_box_size, reclassify=list(o.reclassify) or None,
-            max_crops_per_forward=o.crops_per_forward, nms_thresh=o.nms_thresh, precision=o.precision,
-        )
+        # Any file tools/train.py, tools/export.py or tools/quantize.py writes, on the chosen runtime.
+        classifier = load_classifier(o.classifier_weights, o.backend, device=device, precision=o.precision,
+                                     expected_meta={"arch": o.classifier} if o.classifier else None)
+        second = SecondStage(
+            classifier, first.class_names, context=o.context, crop_mode=o.crop_mode, class_map=o.class_map,
+            fusion=o.fusion, min_size=o.min_box_size, max_size=o.max_box_size,
+            reclassify=list(o.reclassify) or None, max_crops_per_forward=o.crops_per_forward, nms_thresh=o.nms_thresh)
     except CheckpointError as e:
         raise UsageError(f"--classifier-weights: {e}" + (" (use --classifier to name the checkpoint's architecture)"
                                                         if "arch" in str(e) else "")) from e
@@ -318,6 +321,7 @@ def write_outputs(run_: InferenceRun, tally: _Tally, bad: List[BadInput], wall: 
     atomic_save_json(out_dir / "detector_predictions.json", tally.det_results)
     summary: Dict[str, Any] = {
         "detector": o.detector, "classifier": o.classifier, "classifier_weights": str(o.classifier_weights),
+        "classifier_runtime": describe(second.classifier),
         "fusion": second.fusion, "class_map": second.class_map.describe(), "device": run_.device,
         "images": tally.images, "boxes": tally.boxes, "crops": tally.crops, "boxes_changed": tally.changed,
         "boxes_dropped": tally.dropped, "seconds": round(wall, 3),
@@ -415,7 +419,8 @@ def format_summary(s: Dict[str, Any]) -> str:
     lines = [
         f"images: {s['images']}  boxes: {s['boxes']}  crops classified: {s['crops']}  "
         f"boxes changed: {s['boxes_changed']}  dropped: {s['boxes_dropped']}",
-        f"speed: {s['images_per_s']} images/s, {s['crops_per_s']} crops/s (second stage) on {s['device']}",
+        f"speed: {s['images_per_s']} images/s, {s['crops_per_s']} crops/s (second stage) on {s['device']}; "
+        f"classifier {s.get('classifier_runtime')}",
     ]
     if s.get("images_resumed"):
         lines.insert(1, f"resumed: {s['images_resumed']} image(s) taken from an earlier run's parts, "
