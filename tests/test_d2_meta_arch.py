@@ -341,3 +341,28 @@ def test_narrow_backbone_has_the_asked_widths():
     assert widths == [16, 32, 64, 128]
     with pytest.raises(ValueError, match="18 or 34"):
         BACKBONE_REGISTRY.get("build_narrow_resnet_fpn_backbone")(tiny_cfg("MODEL.RESNETS.DEPTH", 50), ShapeSpec(channels=3))
+
+
+def test_precision_key_and_int8_checkpoints(tmp_path):
+    """MODEL.CROP_CLASSIFIER.PRECISION: an int8 checkpoint (tools/quantize.py) runs in the meta-architecture;
+    a precision the device cannot run is an error naming it."""
+    from crop_classifier.deploy.quantize import CalibrationOptions, encode_state, int8_meta, quantize_model
+    from crop_classifier.errors import UsageError
+    from crop_classifier.structures import ClassifierMeta
+    from crop_classifier.utils.io import atomic_torch_save
+
+    torch.manual_seed(0)
+    clf = build_classifier("v3_79", 3, width=0.0625, aux_logits=False).eval()
+    meta = ClassifierMeta.from_dict(model_meta(clf, "v3_79", COLOURS))
+    qmodel = quantize_model(clf, meta, iter([torch.rand(8, 3, 79, 79)]), observer="minmax")
+    path = tmp_path / "int8.pth"
+    atomic_torch_save(path, {"model": encode_state(qmodel.state_dict()),
+                             "meta": int8_meta(meta, CalibrationOptions(["random"], num_crops=8))})
+    model = build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.WEIGHTS", str(path))).eval()
+    img, boxes = squares()
+    inst = Instances((200, 240), pred_boxes=Boxes(torch.from_numpy(boxes)), pred_classes=torch.zeros(3, dtype=torch.long),
+                     scores=torch.tensor([0.9, 0.8, 0.7]))
+    out = model.second_stage_on([{"original_image": torch.from_numpy(img).permute(2, 0, 1)}], [inst])[0]
+    assert len(out) == 3 and bool(out.classified.all())
+    with pytest.raises(UsageError, match="fp16"):
+        build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.PRECISION", "fp16"))

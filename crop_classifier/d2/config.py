@@ -40,11 +40,14 @@ def add_crop_classifier_config(cfg: CN) -> CN:
     # side is over MAX_BOX_SIZE pass through untouched. 0 = no gate.
     _C.MIN_BOX_SIZE = 0.0
     _C.MAX_BOX_SIZE = 0.0
-    # "replace" | "rescore" | "filter" (see crop_classifier.pipeline).
+    # "replace" | "rescore" | "filter" (see crop_classifier.second_stage.fusion).
     _C.FUSION = "replace"
     # Crops per classifier forward (bounds memory; all crops of a batch are classified in such chunks).
     _C.MAX_CROPS_PER_FORWARD = 64
     # Class-wise NMS after "replace" (two detector hypotheses of one object can become the same class).
     # 0 disables it.
     _C.NMS_THRESH = 0.5
+    # The classifier's precision: "fp32"; "bf16" (CUDA, or a CPU with AVX-512 BF16/AMX) and "fp16" (CUDA) by
+    # autocast; "int8" needs an int8 checkpoint from tools/quantize.py (CPU), which runs int8 whatever this says.
+    _C.PRECISION = "fp32"
     return cfg

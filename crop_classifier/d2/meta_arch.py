@@ -26,10 +26,11 @@ from detectron2.structures import Instances
 
 from ..detectors.detectron2_model import detector_class_names
 from ..errors import CheckpointError, ConfigError
-from ..models import ARCHITECTURES, build_classifier, classifier_from_checkpoint
+from ..models import ARCHITECTURES, build_classifier, classifier_from_checkpoint, load_checkpoint
+from ..deploy import is_quantized, load_classifier
+from ..deploy.loader import ALL_PRECISIONS
 from ..second_stage import FUSION_MODES, SecondStage
-from ..structures import FusedDetections
-from ..structures import CROP_MODES
+from ..structures import CROP_MODES, FusedDetections
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class CropClassifierSettings:
     detector_class_names: Tuple[str, ...]
     context: Optional[float]
     crop_mode: Optional[str]
+    precision: str
+    device: str
     stage_options: Dict[str, Any]  # SecondStage's keyword options (class map, fusion, gates, chunking, NMS)
 
     @classmethod
@@ -60,6 +63,7 @@ class CropClassifierSettings:
             ("CROP_MODE", c.CROP_MODE is None or c.CROP_MODE in CROP_MODES,
              "one of " + ", ".join(CROP_MODES) + " (unset: the checkpoint's)"),
             ("FUSION", c.FUSION in FUSION_MODES, "one of " + ", ".join(FUSION_MODES)),
+            ("PRECISION", c.PRECISION in ALL_PRECISIONS, "one of " + ", ".join(ALL_PRECISIONS)),
         ):
             if not ok:
                 raise ConfigError(f"config key {KEY}{key}: got {c[key]!r}, expected {expected}")
@@ -72,6 +76,7 @@ class CropClassifierSettings:
             weights=str(c.WEIGHTS), arch=c.ARCH, width=None if c.WIDTH is None else float(c.WIDTH),
             class_names=tuple(c.CLASS_NAMES), detector_class_names=tuple(detector_class_names(cfg)),
             context=None if c.CONTEXT is None else float(c.CONTEXT), crop_mode=c.CROP_MODE,
+            precision=str(c.PRECISION), device=str(cfg.MODEL.DEVICE),
             stage_options=dict(
                 class_map=[list(p) for p in c.CLASS_MAP], fusion=c.FUSION, min_size=c.MIN_BOX_SIZE,
                 max_size=c.MAX_BOX_SIZE, reclassify=list(c.RECLASSIFY),
@@ -98,17 +103,23 @@ def build_second_stage(cfg) -> SecondStage:
     """The second stage a config describes (classifier weights loaded when MODEL.CROP_CLASSIFIER.WEIGHTS is set)."""
     s = CropClassifierSettings.from_cfg(cfg)
     crop = dict(context=s.context, crop_mode=s.crop_mode)
+    if s.weights and (s.precision == "int8" or is_quantized(load_checkpoint(s.weights)["meta"])):
+        classifier = load_classifier(s.weights, "torch", device=s.device, precision="int8")
+        check_against_checkpoint(s, classifier.meta.to_dict())
+        return SecondStage(classifier, s.detector_class_names, **crop, **s.stage_options)
     if s.weights:
         model, meta = classifier_from_checkpoint(s.weights, map_location="cpu")
         check_against_checkpoint(s, meta)
-        return SecondStage.from_model(model, meta, s.detector_class_names, **crop, **s.stage_options)
+        return SecondStage.from_model(model, meta, s.detector_class_names, device=s.device, precision=s.precision,
+                                      **crop, **s.stage_options)
     logger.warning(
         "MODEL.CROP_CLASSIFIER.WEIGHTS is empty: the %s classifier starts from random weights; they must come "
         "from MODEL.WEIGHTS (a checkpoint of this meta-architecture)", s.arch
     )
     model = build_classifier(s.arch, len(s.class_names), width=s.width, aux_logits=False)
     meta = {"arch": s.arch, "width": s.width, "class_names": list(s.class_names), "input_size": model.input_size}
-    return SecondStage.from_model(model, meta, s.detector_class_names, **crop, **s.stage_options)
+    return SecondStage.from_model(model, meta, s.detector_class_names, device=s.device, precision=s.precision,
+                                  **crop, **s.stage_options)
 
 
 def to_rgb_chw(image: Any, input_format: str) -> Tensor:
