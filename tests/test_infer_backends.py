@@ -78,3 +78,11 @@ def test_int8_checkpoint_runs_through_infer(setup):
             "--no-progress", "--device", "cpu"]
     assert infer.main(base + ["--classifier-weights", str(int8), "--backend", "onnxruntime"]) == 2
     assert infer.main(base + ["--classifier-weights", str(ckpt), "--precision", "fp16"]) == 2
+
+
+def test_cpu_streams_give_the_same_predictions(setup):
+    ref = _run(setup, "torch4", "--backend", "torch")
+    got = _run(setup, "streams", "--backend", "torch", "--cpu-streams", "2")
+    classes, diff = _same(ref, got, 1e-5)
+    assert classes == 1.0 and diff <= 1e-5
+    assert _run(setup, "default") .keys() == ref.keys()  # no flags: the default CPU runtime, same boxes

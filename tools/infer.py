@@ -64,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", default="fp32", choices=ALL_PRECISIONS,
                    help="classifier precision: fp32 (default), bf16 (CUDA, or a CPU with AVX-512 BF16/AMX), fp16 "
                    "(CUDA), int8 (an int8 checkpoint from tools/quantize.py, CPU)")
+    p.add_argument("--cpu-streams", type=int, default=1, help="split each batch of crops over N parallel "
+                   "single-thread streams (CPU); 1 (default): one stream on all threads, as fast as N streams for "
+                   "ONNX Runtime/OpenVINO here and with the lower latency (docs/benchmarks.md, deploy)")
     p.add_argument("--backend", choices=BACKENDS, help="classifier runtime: torch, onnxruntime or openvino (CPU; "
                    "the checkpoint is exported once and cached beside it; an exported .onnx/.pt file works too). "
                    "Default: the fastest installed fp32 CPU runtime (see docs/deploy.md), torch elsewhere")
@@ -152,6 +155,7 @@ def main(argv=None) -> int:
         vis_limit=args.vis_limit, vis_score_thresh=args.vis_score_thresh, video_stride=args.video_stride,
         progress=not args.no_progress, num_shards=args.num_shards, shard_id=args.shard_id,
         resume=args.resume, precision=args.precision, backend=args.backend, stream_retries=args.stream_retries,
+        cpu_streams=args.cpu_streams,
         track=None,
     )
     try:

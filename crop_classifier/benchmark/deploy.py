@@ -59,7 +59,7 @@ def _eager(model: torch.nn.Module, meta: ClassifierMeta) -> Callable:
 def _int8(model, meta: ClassifierMeta, calib_batches: int, batch: int):
     g = torch.Generator().manual_seed(1)
     S = meta.input_size
-    calib = ((torch.rand(batch, 3, S, S, generator=g) - 0.45) / 0.226 for _ in range(calib_batches))
+    calib = (torch.rand(batch, 3, S, S, generator=g) for _ in range(calib_batches))  # crops in [0, 1]
     return InferenceClassifier(quantize_model(model, meta, calib), meta, channels_last=False)
 
 

@@ -21,22 +21,24 @@ from typing import Any, Optional, Union
 import torch
 
 from ..errors import CheckpointError, UsageError
-from ..models.inference import PRECISIONS, check_precision
+from ..models.inference import PRECISIONS, check_precision, load_inference_classifier
+from ..models.weights import check_meta, load_checkpoint
 from ..structures import ClassifierMeta
 from .export import EXPORT_VERSION, MIN_OPSET, ExportOptions, export_checkpoint
 from .quantize import is_quantized, load_int8
+from .streams import StreamedClassifier
 from .runtimes import (OnnxRuntimeClassifier, OpenVinoClassifier, RuntimeOptions, TorchScriptClassifier,
                        import_runtime)
-from ..models.inference import load_inference_classifier
-from ..models.weights import check_meta, load_checkpoint
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 BACKENDS = ("torch", "onnxruntime", "openvino")
 ALL_PRECISIONS = PRECISIONS + ("int8",)
-# What ``backend=None`` runs an fp32 checkpoint with on CPU. The deploy benchmark decides (issue 14: the
-# fastest fp32 runtime installed becomes the default when PyTorch cannot match it).
-DEFAULT_CPU_BACKEND = "torch"
+# What ``backend=None`` runs an fp32 checkpoint with on CPU: the deploy benchmark decides (the fastest fp32
+# runtime installed becomes the default when PyTorch cannot match it). Measured side by side (docs/benchmarks.md,
+# v3_79 x1, batch 32, 2 threads): ONNX Runtime 1.15x the torch inference form, OpenVINO 1.15x; ONNX Runtime is
+# the lighter install. Without it the torch form runs.
+DEFAULT_CPU_BACKEND = "onnxruntime"
 RUNTIME_CLASSES = {"onnxruntime": OnnxRuntimeClassifier, "openvino": OpenVinoClassifier}
 CACHE_ENV = "CROP_CLASSIFIER_CACHE"
 
@@ -167,7 +169,8 @@ def load_classifier(
         chosen = "torch"
     if chosen == "torch":
         check_precision(precision, dev)
-        return load_inference_classifier(path, device=dev, expected_meta=expected_meta, precision=precision)
+        clf = load_inference_classifier(path, device=dev, expected_meta=expected_meta, precision=precision)
+        return clf if options.streams == 1 else StreamedClassifier(clf, options.streams, options.threads or 1)
     _fp32_only(chosen, precision)
     import_runtime(chosen)  # missing runtime asked for by name: say which extra, before exporting anything
     return RUNTIME_CLASSES[chosen](cached_onnx(path, expected_meta), options)

@@ -12,7 +12,7 @@ import torch
 
 from ..detectors import GroundTruthBoxes, build_first_stage
 from ..coco_io import load_coco
-from ..deploy import describe, load_classifier
+from ..deploy import RuntimeOptions, describe, load_classifier
 from ..errors import CheckpointError, UsageError
 from ..second_stage import SecondStage
 from ..structures import ImageRecord
@@ -60,6 +60,7 @@ class InferOptions:
     resume: bool = False  # reuse OUTPUT/parts of an earlier run with the same options (see resume.py)
     precision: str = "fp32"  # the classifier's: fp32 | bf16 | fp16 | int8 (deploy.load_classifier)
     backend: Optional[str] = None  # torch | onnxruntime | openvino; None: deploy.load_classifier's default
+    cpu_streams: int = 1  # CPU: a batch of crops split over this many parallel single-thread streams
     track: Optional[TrackOptions] = None  # video/streams: track objects, classify at their best views, vote
     stream_retries: int = 3
 
@@ -97,6 +98,14 @@ def _encode_jpg(rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def _runtime_options(streams: int) -> RuntimeOptions:
+    """``streams`` parallel streams sharing torch's thread budget (1: one stream on every thread)."""
+    if streams < 1:
+        raise UsageError(f"--cpu-streams {streams}: must be >= 1")
+    return RuntimeOptions(threads=None if streams == 1 else max(1, torch.get_num_threads() // streams),
+                          streams=streams)
+
+
 def build_stages(o: InferOptions, device: str):
     """(first stage, second stage, reference categories or None)."""
     if not o.classifier_weights:
@@ -116,7 +125,8 @@ def build_stages(o: InferOptions, device: str):
     try:
         # Any file tools/train.py, tools/export.py or tools/quantize.py writes, on the chosen runtime.
         classifier = load_classifier(o.classifier_weights, o.backend, device=device, precision=o.precision,
-                                     expected_meta={"arch": o.classifier} if o.classifier else None)
+                                     expected_meta={"arch": o.classifier} if o.classifier else None,
+                                     options=_runtime_options(o.cpu_streams))
         second = SecondStage(
             classifier, first.class_names, context=o.context, crop_mode=o.crop_mode, class_map=o.class_map,
             fusion=o.fusion, min_size=o.min_box_size, max_size=o.max_box_size,
