@@ -114,7 +114,7 @@ def test_no_unsafe_deserialisation_in_the_sources():
         (re.compile(r"\bpickle\.loads?\("), "pickle.load"),
         (re.compile(r"allow_pickle\s*=\s*True"), "numpy allow_pickle=True"),
         (re.compile(r"yaml\.(unsafe_)?load\((?![^)]*Loader\s*=\s*yaml\.SafeLoader)"), "yaml.load (unsafe)"),
-        (re.compile(r"(?<![\w.])(eval|exec)\("), "eval/exec"),
+        (re.compile(r"(?<![\w.])(?<!def )(eval|exec)\("), "eval/exec"),  # a method named eval is fine
     ]
     for root in (REPO / "crop_classifier", REPO / "tools"):
         for py in root.rglob("*.py"):
