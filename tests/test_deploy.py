@@ -120,7 +120,7 @@ def test_export_tool(ckpt, tmp_path, capsys):
     assert tool.main(["--weights", str(ckpt), "--output", str(out)]) == 0 and out.is_file()
     assert tool.main(["--weights", str(ckpt), "--output", str(tmp_path / "x.onnx"), "--opset", "13"]) == 2
     assert "--opset 13" in capsys.readouterr().err
-    assert tool.main(["--weights", str(tmp_path / "nope.pth"), "--output", str(tmp_path / "y.onnx")]) == 1
+    assert tool.main(["--weights", str(tmp_path / "nope.pth"), "--output", str(tmp_path / "y.onnx")]) == 2
     assert "nope.pth" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()
 

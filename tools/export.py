@@ -30,25 +30,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    from crop_classifier.errors import CropClassifierError, UsageError
+    from crop_classifier.deploy.export import ExportOptions, export_checkpoint
+    from crop_classifier.deploy.runtimes import import_runtime
+    from crop_classifier.utils.cli import run_tool
 
     fmt = args.format or ("onnx" if args.output.lower().endswith(".onnx") else "torchscript")
-    try:
-        from crop_classifier.deploy.export import ExportOptions, export_checkpoint
-        from crop_classifier.deploy.runtimes import import_runtime
 
+    def step() -> str:
         options = ExportOptions(format=fmt, opset=args.opset, static_batch=args.static_batch).check()
         if fmt == "onnx":
             import_runtime("onnx")
         path = export_checkpoint(args.weights, args.output, options)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (CropClassifierError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {path} ({fmt}, batch {'dynamic' if not args.static_batch else args.static_batch})")
-    return 0
+        return f"wrote {path} ({fmt}, batch {'dynamic' if not args.static_batch else args.static_batch})"
+
+    return run_tool(step)
 
 
 if __name__ == "__main__":

@@ -73,28 +73,24 @@ def calibration_options(args):
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # offline machines: no update check on import
-    from crop_classifier.errors import CropClassifierError, UsageError
+    from crop_classifier.deploy.quantize import quantize_checkpoint
+    from crop_classifier.errors import UsageError
+    from crop_classifier.utils.cli import run_tool
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    try:
+
+    def step() -> str:
         if not args.output.endswith((".pth", ".pt")):
             raise UsageError(f"--output {args.output}: int8 checkpoints are .pth files (quantized tensors, "
                              "no safetensors form)")
         if args.calib_crops < 1:
             raise UsageError(f"--calib-crops {args.calib_crops}: must be >= 1")
-        from crop_classifier.deploy.quantize import quantize_checkpoint
-
         names, min_size = eval_datasets(args)
         path = quantize_checkpoint(args.weights, args.output, calibration_options(args),
                                    eval_datasets=names, eval_min_size=min_size)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (CropClassifierError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {path}")
-    return 0
+        return f"wrote {path}"
+
+    return run_tool(step)
 
 
 if __name__ == "__main__":
