@@ -15,6 +15,7 @@ from crop_classifier.deploy.quantize import (CalibrationOptions, encode_state, i
                                              rebuild_int8)
 from crop_classifier.errors import BackendUnavailableError, CheckpointError, UsageError
 from crop_classifier.models.inference import InferenceClassifier, load_inference_classifier
+from crop_classifier.benchmark.deploy import spread_weights
 from crop_classifier.models import build_classifier
 from crop_classifier.models.weights import model_meta, save_checkpoint
 from crop_classifier.structures import ClassifierMeta
@@ -28,16 +29,7 @@ CLASSES = list(SYNTHETIC_CLASSES)
 def trained_ish(arch="v3_79", seed=0):
     """A width-0.125 model whose BN statistics and head are non-trivial, so logits differ by whole units
     (random init gives near-zero logits, where any parity bound passes)."""
-    g = torch.Generator().manual_seed(seed)
-    model = build_classifier(arch, len(CLASSES), width=0.125, aux_logits=False)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    model.fc.weight.data.copy_(torch.randn(model.fc.weight.shape, generator=g) * 2.0)
-    return model.eval()
+    return spread_weights(build_classifier(arch, len(CLASSES), width=0.125, aux_logits=False), seed)
 
 
 @pytest.fixture(scope="module")
