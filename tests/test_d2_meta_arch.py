@@ -366,3 +366,29 @@ def test_precision_key_and_int8_checkpoints(tmp_path):
     assert len(out) == 3 and bool(out.classified.all())
     with pytest.raises(UsageError, match="fp16"):
         build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.PRECISION", "fp16"))
+
+
+def test_predictor_takes_a_frozen_config_and_an_old_unfolded_combined_checkpoint(tmp_path):
+    """A frozen config works, as with DefaultPredictor; a combined checkpoint written before the classifier ran
+    folded (keys second_stage.classifier.<unfolded>) loads its classifier instead of leaving it random."""
+    torch.manual_seed(3)
+    old_clf = build_classifier("v3_79", 3, width=0.0625, aux_logits=False).eval()
+    old_clf.train()
+    with torch.no_grad():
+        old_clf(torch.rand(4, 3, 79, 79))  # BN statistics away from their init
+    old_clf.eval()
+    cfg = tiny_cfg("MODEL.CROP_CLASSIFIER.ARCH", "v3_79", "MODEL.CROP_CLASSIFIER.WIDTH", 0.0625)
+    model = build_model(cfg)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("second_stage.")}
+    state.update({f"second_stage.classifier.{k}": v for k, v in old_clf.state_dict().items()})
+    weights = tmp_path / "old_combined.pth"
+    torch.save({"model": state}, weights)
+    cfg.MODEL.WEIGHTS = str(weights)
+    cfg.freeze()
+    pred = CropClassifierPredictor(cfg)
+    x = torch.rand(5, 3, 79, 79)
+    got = pred.model.second_stage.classifier.logits(x)
+    from crop_classifier.models.inference import build_inference_classifier
+
+    want = build_inference_classifier(old_clf, {"arch": "v3_79", "class_names": COLOURS, "input_size": 79}).logits(x)
+    assert torch.allclose(got, want, atol=1e-4)

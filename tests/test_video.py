@@ -397,3 +397,21 @@ def test_infer_track_end_to_end_with_the_demo_models(scene_video, tmp_path, caps
     assert (tmp_path / "out" / "vis" / "scene.mp4").is_file()
     assert infer.main(base + ["--input", str(path), "--resume"]) == 2
     assert "--track" in capsys.readouterr().err
+
+
+def test_sources_with_the_same_name_keep_apart_and_image_ids_are_unique(scene_video, tmp_path):
+    _, path = scene_video
+    other = tmp_path / "b" / path.name
+    other.parent.mkdir()
+    other.write_bytes(path.read_bytes())
+    first = StubFirstStage(lambda t: [[10, 10, 40, 40]])
+    summary = run_tracking([str(path), str(other)], first, StubSecondStage(), RunOptions(progress=False),
+                           tmp_path / "out")
+    assert [s["name"] for s in summary["sources"]] == ["scene", "scene_2"]
+    assert (tmp_path / "out" / "vis" / "scene.mp4").is_file() and (tmp_path / "out" / "vis" / "scene_2.mp4").is_file()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    ids = {(r["video"], r["frame_index"]): r["image_id"] for r in results}
+    assert len(set(ids.values())) == len(ids) == 24
+    # a second run into the same folder rewrites frames.jsonl instead of appending to it
+    run_tracking(str(path), first, StubSecondStage(), RunOptions(progress=False), tmp_path / "out")
+    assert len((tmp_path / "out" / "frames.jsonl").read_text().splitlines()) == 12

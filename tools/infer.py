@@ -113,6 +113,9 @@ def _track_options(args) -> TrackOptions:
 def _run_tracked(opts: InferOptions, args) -> int:
     try:
         s = run(opts)
+    except KeyboardInterrupt:  # while the models load: nothing written yet
+        print("\ninterrupted before the first frame: nothing written", file=sys.stderr)
+        return 130
     except (UsageError, WeightsUnavailableError, CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -43,9 +43,9 @@ def eval_datasets(args):
     if args.eval_dataset:
         return list(args.eval_dataset), 0.0
     if args.eval and args.config_file:
-        from crop_classifier.config import load_config
+        from crop_classifier.config import load_tool_config
 
-        cfg = load_config(args.config_file, [])
+        cfg = load_tool_config(args.config_file, [], need_imagenet_weights=False)
         return list(cfg.DATASETS.TEST), float(cfg.DATASETS.MIN_BOX_SIZE_TEST)
     return None, 0.0
 
@@ -56,9 +56,9 @@ def calibration_options(args):
 
     datasets, min_size = list(args.calib_dataset), 0.0
     if args.config_file:
-        from crop_classifier.config import load_config
+        from crop_classifier.config import load_tool_config
 
-        cfg = load_config(args.config_file, [])
+        cfg = load_tool_config(args.config_file, [], need_imagenet_weights=False)
         datasets = datasets or list(cfg.DATASETS.TRAIN)
         min_size = float(cfg.DATASETS.MIN_BOX_SIZE_TRAIN)
     if not datasets:

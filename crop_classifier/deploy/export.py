@@ -20,7 +20,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, UsageError
+from ..errors import BackendUnavailableError, CheckpointError, UsageError
 from ..structures import ClassifierMeta
 from ..utils.io import atomic_write_bytes
 from ..models.inference import InferenceClassifier, build_inference_classifier
@@ -106,7 +106,11 @@ def _torch_onnx_export(form: nn.Module, example: Tensor, path: str, dynamic: Opt
 
 def onnx_bytes(form: ExportForm, meta: ClassifierMeta, options: ExportOptions) -> bytes:
     """The ONNX file's bytes, meta in ``metadata_props``."""
-    import onnx
+    try:
+        import onnx
+    except ImportError as e:
+        raise BackendUnavailableError(f"exporting to ONNX needs the onnx package ({e}); install it with: "
+                                      "pip install crop_classifier[onnx]") from e
 
     batch = options.static_batch or 2
     example = torch.rand(batch, 3, meta.input_size, meta.input_size)

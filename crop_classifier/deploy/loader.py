@@ -58,7 +58,10 @@ def file_kind(path: PathLike) -> str:
 
 
 def installed(backend: str) -> bool:
-    return backend == "torch" or importlib.util.find_spec(backend) is not None
+    """The backend can run a checkpoint: its runtime, and onnx to export the checkpoint (not a dependency of
+    onnxruntime or openvino)."""
+    needs = {"torch": (), "onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}[backend]
+    return all(importlib.util.find_spec(m) is not None for m in needs)
 
 
 def _check_args(backend: Optional[str], device: Any, precision: str) -> torch.device:

@@ -129,8 +129,10 @@ def load_detector_weights(model: torch.nn.Module, weights: str, flag: str = "MOD
 
 def without_weights(cfg):
     """A copy of ``cfg`` with MODEL.WEIGHTS empty: ``DefaultPredictor`` then builds the model and leaves the
-    loading to ``load_detector_weights`` (whose errors name the flag)."""
+    loading to ``load_detector_weights`` (whose errors name the flag). Works on a frozen config, as
+    ``DefaultPredictor`` does."""
     cfg = cfg.clone()
+    cfg.defrost()
     cfg.MODEL.WEIGHTS = ""
     return cfg
 

@@ -29,7 +29,8 @@ from ..errors import UsageError
 from ..coco_io import coco_bbox
 from ..utils.io import atomic_save_json
 from .loop import TrackedFrame, TrackingLoop, TrackOptions
-from .sources import FrameSource, SourceOptions
+from .sources import FrameSource, SourceOptions, source_name
+from .tracking import require_tracker
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +54,15 @@ def _num(x) -> Optional[float]:
 
 
 def frame_results(video: str, tf: TrackedFrame, output_names: Sequence[str], detector_names: Sequence[str],
-                  cat_ids: Dict[str, int]) -> List[dict]:
-    """COCO-style results of one tracked frame (see module doc)."""
+                  cat_ids: Dict[str, int], image_id: Optional[int] = None) -> List[dict]:
+    """COCO-style results of one tracked frame (see module doc); ``image_id`` unique over the run's frames
+    (default: the frame index + 1)."""
     f = tf.fused
     out = []
     for i in range(len(f)):
         name = output_names[int(f.classes[i])]
-        r = {"video": video, "frame_index": int(tf.index), "image_id": int(tf.index) + 1,
+        r = {"video": video, "frame_index": int(tf.index),
+             "image_id": int(tf.index) + 1 if image_id is None else int(image_id),
              "track_id": int(tf.track_ids[i]), "category_id": cat_ids[name], "category_name": name,
              "bbox": coco_bbox(f.boxes[i].tolist()), "score": _num(f.scores[i]),
              "cls_score": _num(f.cls_scores[i]), "det_category_name": detector_names[int(f.det_classes[i])],
@@ -103,6 +106,7 @@ class _Outputs:
     out_dir: Path
     vis: bool
     fps: float = 25.0
+    frames_written: int = 0  # image ids count frames over every source of the run
     results: List[dict] = field(default_factory=list)
     tracks: List[dict] = field(default_factory=list)
     written: List[str] = field(default_factory=list)
@@ -112,7 +116,7 @@ class _Outputs:
 
     def frame(self, video: str, tf: TrackedFrame, rows: List[dict], picture: Optional[np.ndarray]) -> None:
         if self._jsonl is None:
-            self._jsonl = open(self.out_dir / "frames.jsonl", "a")
+            self._jsonl = open(self.out_dir / "frames.jsonl", "w")  # one run's frames (--track has no --resume)
         self._jsonl.write(json.dumps({"video": video, "frame_index": tf.index, "timestamp": round(tf.timestamp, 4),
                                       "detections": rows}) + "\n")
         self._jsonl.flush()
@@ -155,9 +159,22 @@ def _progress(enabled: bool, total: Optional[int], name: str):
     return tqdm(total=total, desc=name, unit="frame", dynamic_ncols=True)
 
 
-def _run_source(spec: str, first_stage, second_stage, o: RunOptions, outputs: _Outputs, cat_ids,
+def _unique_names(specs: Sequence[str]) -> List[str]:
+    """``source_name`` of each input, made unique in input order (``a/clip.mp4``, ``b/clip.mp4`` -> ``clip``,
+    ``clip_2``): output files and the ``video`` field never mix two sources."""
+    seen: Dict[str, int] = {}
+    out = []
+    for spec in specs:
+        base = source_name(spec)
+        n = seen[base.lower()] = seen.get(base.lower(), 0) + 1
+        out.append(base if n == 1 else f"{base}_{n}")
+    return out
+
+
+def _run_source(spec: str, name: str, first_stage, second_stage, o: RunOptions, outputs: _Outputs, cat_ids,
                 summary: Dict[str, Any]) -> None:
     source = FrameSource(spec, o.source)
+    source.name = name
     loop = TrackingLoop(first_stage, second_stage, o.track, source_name=source.name)
     entry: Dict[str, Any] = {"input": spec, "name": source.name}
     summary["sources"].append(entry)
@@ -169,7 +186,9 @@ def _run_source(spec: str, first_stage, second_stage, o: RunOptions, outputs: _O
                 total = -(-source.frame_count // o.source.stride) if source.frame_count else None
                 bar = _progress(o.progress, total, source.name)
             tf = loop.step(frame)
-            rows = frame_results(source.name, tf, loop.output_names, loop.detector_names, cat_ids)
+            outputs.frames_written += 1
+            rows = frame_results(source.name, tf, loop.output_names, loop.detector_names, cat_ids,
+                                 outputs.frames_written)
             pic = draw_tracks(frame.image, tf, loop.output_names, o.vis_score_thresh) if outputs.vis else None
             outputs.frame(source.name, tf, rows, pic)
             if bar is not None:
@@ -194,6 +213,7 @@ def run_tracking(sources: Union[str, Sequence[str]], first_stage: Any, second_st
     ``summary["failed"]`` lists the sources that could not be opened or ended early (stalled / corrupt), each
     with the reason; ``summary["interrupted"]`` is True when Ctrl-C stopped the run (everything processed
     until then is written, ``summary["written"]`` names the files)."""
+    require_tracker()  # a missing library is one usage error, not a failure of every source
     specs = [sources] if isinstance(sources, str) else list(sources)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,9 +225,9 @@ def run_tracking(sources: Union[str, Sequence[str]], first_stage: Any, second_st
                                "options": asdict(options), "categories": [{"id": cat_ids[n], "name": n} for n in names]}
     t0 = time.perf_counter()
     try:
-        for spec in specs:
+        for spec, name in zip(specs, _unique_names(specs)):
             try:
-                _run_source(spec, first_stage, second_stage, options, outputs, cat_ids, summary)
+                _run_source(spec, name, first_stage, second_stage, options, outputs, cat_ids, summary)
             except UsageError as e:
                 summary["failed"].append({"input": spec, "reason": str(e)})
                 logger.error("%s", e)

@@ -41,15 +41,22 @@ def select_for_tracking(boxes: np.ndarray, scores: np.ndarray, o: TrackerOptions
     return keep.astype(np.int64)
 
 
+def require_tracker() -> None:
+    """Raises ``BackendUnavailableError`` (a usage error) when the tracking library is not installed."""
+    try:
+        import norfair  # noqa: F401
+    except ImportError as e:
+        raise BackendUnavailableError(
+            "tracking needs the 'norfair' package: pip install 'crop_classifier[video]' (or norfair)") from e
+
+
 class BoxTracker:
     """``update(boxes [N, 4] XYXY, scores [N]) -> track ids [N]`` (int64, >= 1), one call per frame, in order."""
 
     def __init__(self, options: TrackerOptions = TrackerOptions()):
-        try:
-            from norfair import Tracker
-        except ImportError as e:
-            raise BackendUnavailableError(
-                "tracking needs the 'norfair' package: pip install 'crop_classifier[video]' (or norfair)") from e
+        require_tracker()
+        from norfair import Tracker
+
         self.options = options
         self._tracker = Tracker(distance_function="iou", distance_threshold=options.max_distance,
                                 hit_counter_max=max(options.max_age, 1), initialization_delay=0)
