@@ -415,3 +415,27 @@ def test_sources_with_the_same_name_keep_apart_and_image_ids_are_unique(scene_vi
     # a second run into the same folder rewrites frames.jsonl instead of appending to it
     run_tracking(str(path), first, StubSecondStage(), RunOptions(progress=False), tmp_path / "out")
     assert len((tmp_path / "out" / "frames.jsonl").read_text().splitlines()) == 12
+
+
+class CountedCapture(FakeCapture):
+    """A file capture that announces ``count`` frames (OpenCV's estimate) whatever it then delivers."""
+
+    def __init__(self, script, count):
+        super().__init__(script)
+        self.count = count
+
+    def get(self, prop):
+        return float(self.count) if prop == cv2.CAP_PROP_FRAME_COUNT else 0.0
+
+    def set(self, prop, value):  # a reopened file seeks back to where it stopped
+        self.pos = int(value) if prop == cv2.CAP_PROP_POS_FRAMES else self.pos
+        return True
+
+
+@pytest.mark.parametrize("delivered, ended", [(99, "end"), (60, "stalled")])
+def test_a_file_short_of_its_estimated_count_ends_but_a_truncated_one_is_reported(tmp_path, delivered, ended):
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(b"stand-in: the capture is scripted")
+    src = FrameSource(str(path), SourceOptions(retries=1, retry_wait_s=0), sleep=lambda s: None,
+                      capture_factory=lambda t: CountedCapture([_img(i % 250) for i in range(delivered)], 100))
+    assert len(list(src)) == delivered and src.stats.ended.startswith(ended)

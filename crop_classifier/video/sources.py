@@ -154,7 +154,9 @@ class FrameSource:
             while True:
                 ok, frame = cap.read() if cap is not None else (False, None)
                 if not ok:
-                    if cap is not None and not self.live and (announced <= 0 or index >= announced):
+                    # A file's frame count is an estimate for many containers (variable frame rate): a read that
+                    # fails within 2 % (2 frames at least) of it is the end, not a truncation.
+                    if cap is not None and not self.live and (announced <= 0 or index >= announced - max(2, announced // 50)):
                         self.stats.ended = "end"
                         return
                     # A stall (or a truncated file): reopen, up to ``retries`` times without a good frame between.
