@@ -1,4 +1,5 @@
 """``tools/benchmark.py --only deploy``: every runtime row present, timed, agreeing with the fp32 form."""
+import importlib.util
 import json
 
 import pytest
@@ -17,8 +18,9 @@ def test_deploy_section_tiny(tmp_path):
     assert rc == 0
     result = json.loads((tmp_path / "benchmark.json").read_text())
     rows = {r["name"]: r for r in result["deploy"]["rows"]}
-    expected = {"torch eager", "torch default (InferenceClassifier)", "torch 2x1 streams", "int8 (FX x86)",
-                "onnxruntime 1x2", "onnxruntime 2x1", "openvino 1x2", "openvino 2x1"}
+    expected = {"torch eager", "torch default (InferenceClassifier)", "torch 2x1 streams", "int8 (FX x86)"}
+    runtimes = [n for n in ("onnxruntime", "openvino") if importlib.util.find_spec(n) and importlib.util.find_spec("onnx")]
+    expected |= {f"{n} {layout}" for n in runtimes for layout in ("1x2", "2x1")}  # a core install has neither
     assert expected <= set(rows)
     assert rows["torch default (InferenceClassifier)"]["ratio_vs_default"] == 1.0
     for name, r in rows.items():
@@ -26,7 +28,8 @@ def test_deploy_section_tiny(tmp_path):
         if name != "int8 (FX x86)":
             assert r["max_abs_dprob"] < 1e-4 and r["top1_agreement"] == 1.0, name
     md = (tmp_path / "benchmark.md").read_text()
-    assert "## Deploy: runtimes side by side" in md and "| onnxruntime 2x1 |" in md
+    assert "## Deploy: runtimes side by side" in md
+    assert ("| onnxruntime 2x1 |" in md) == ("onnxruntime" in runtimes)
 
 
 def test_streamed_classifier_matches_and_restores_threads():
