@@ -44,6 +44,9 @@ def get_cfg() -> CfgNode:
     _C.MODEL.SYNC_BN = False  # convert BatchNorm to SyncBatchNorm when training on several processes
     # NHWC activations: faster on GPU, and about 3x faster on CPU for these small-channel convs (oneDNN).
     _C.MODEL.CHANNELS_LAST = True
+    # Append a background class ("__background__", the last class; meta["background_class"]) trained on
+    # boxes that overlap no object, so the second stage can say "not an object" (second_stage/fusion.py).
+    _C.MODEL.BACKGROUND_CLASS = False
 
     _C.CROP = CfgNode()
     _C.CROP.CONTEXT = DEFAULT_CONTEXT  # margin around each box, as a fraction of its side
@@ -58,6 +61,10 @@ def get_cfg() -> CfgNode:
     # Training boxes are jittered to a random box with at least this IoU with the ground truth, so the
     # classifier sees boxes like a detector's; 0 disables the jitter.
     _C.INPUT.JITTER_IOU = 0.7
+    # With MODEL.BACKGROUND_CLASS: random background boxes per training object (drawn anew each epoch), each
+    # with IoU below BACKGROUND_MAX_IOU with every object of its image.
+    _C.INPUT.BACKGROUND_RATIO = 0.25
+    _C.INPUT.BACKGROUND_MAX_IOU = 0.3
 
     _C.DATASETS = CfgNode()
     _C.DATASETS.TRAIN = ()
@@ -250,6 +257,8 @@ def validate(cfg: CfgNode) -> None:
     _check(cfg.CROP.MODE in CROP_MODES, "CROP.MODE", cfg.CROP.MODE, " or ".join(CROP_MODES))
     _check(cfg.CROP.CONTEXT >= 0, "CROP.CONTEXT", cfg.CROP.CONTEXT, ">= 0")
     _check(0 <= cfg.INPUT.JITTER_IOU < 1, "INPUT.JITTER_IOU", cfg.INPUT.JITTER_IOU, "in [0, 1)")
+    _check(cfg.INPUT.BACKGROUND_RATIO >= 0, "INPUT.BACKGROUND_RATIO", cfg.INPUT.BACKGROUND_RATIO, ">= 0")
+    _check(0 < cfg.INPUT.BACKGROUND_MAX_IOU < 1, "INPUT.BACKGROUND_MAX_IOU", cfg.INPUT.BACKGROUND_MAX_IOU, "in (0, 1)")
     _check(cfg.INPUT.SIZE >= 0, "INPUT.SIZE", cfg.INPUT.SIZE, ">= 0 (0: native size)")
     _check(cfg.SOLVER.OPTIMIZER in ("rmsprop", "sgd"), "SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER, "rmsprop or sgd")
     _check(cfg.SOLVER.IMS_PER_BATCH > 0, "SOLVER.IMS_PER_BATCH", cfg.SOLVER.IMS_PER_BATCH, "> 0")

@@ -65,6 +65,11 @@ class CropSpec:
                    str(crop.get("mode", DEFAULT_CROP_MODE)))
 
 
+#: The name of the optional background class: the last classifier class of a checkpoint trained with
+#: ``MODEL.BACKGROUND_CLASS`` (recorded as ``meta["background_class"]``); never an output class.
+BACKGROUND_CLASS = "__background__"
+
+
 @dataclass(frozen=True)
 class ClassifierMeta:
     """A checkpoint's ``meta``, typed: the architecture, classes, crop spec and input normalisation.
@@ -88,6 +93,12 @@ class ClassifierMeta:
     @property
     def input_size(self) -> int:
         return self.crop.size
+
+    @property
+    def background_class(self) -> Optional[str]:
+        """The background class's name (the last class) when the checkpoint has one, else ``None``."""
+        name = self.extra.get("background_class")
+        return str(name) if name else None
 
     @classmethod
     def from_dict(cls, meta: Mapping[str, Any]) -> "ClassifierMeta":
@@ -177,6 +188,6 @@ class FusedDetections:
 
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "CROP_MODES", "CropSpec", "ClassifierMeta", "ImageRecord", "ImageDetections",
+    "BACKGROUND_CLASS", "IMAGENET_MEAN", "IMAGENET_STD", "CROP_MODES", "CropSpec", "ClassifierMeta", "ImageRecord", "ImageDetections",
     "FusedDetections",
 ]

@@ -21,6 +21,7 @@ from torchvision.ops import box_iou
 from ..coco_io import load_coco, summarize_errors
 from ..crops import CROP_MODES, DEFAULT_CONTEXT, extract_crops, extract_crops_hwc
 from .images import read_rgb  # the one robust reader (EXIF, 16-bit, CMYK, truncation, pixel limit)
+from .negatives import NEGATIVE_ANN_ID, is_negative, random_negative_boxes
 from .transforms import normalize
 
 __all__ = ["CocoSamples", "CropDataset", "Sample", "collate_identity", "jitter_boxes", "load_coco_samples",
@@ -189,11 +190,14 @@ class CropDataset(torch.utils.data.Dataset):
     the crops are normalised (``transforms.normalize``, the training-time normalisation). With
     ``train=False``: plain crops in [0, 1], what ``models.inference.InferenceClassifier`` takes (it
     normalises them itself). Crops use the same ``extract_crops`` geometry (context, mode) as inference.
+    Negative placeholders (``negatives.add_negative_samples``) get a random box with IoU < ``negative_iou``
+    with every object of their image, drawn per epoch (a fixed generator per batch when ``train=False``).
     """
 
     def __init__(self, samples: Union[CocoSamples, Sequence[Sample]], input_size: int, *,
                  context: float = DEFAULT_CONTEXT, mode: str = "square", train: bool = False,
-                 jitter_iou: Optional[float] = None, transform: Optional[Callable] = None, seed: int = 0):
+                 jitter_iou: Optional[float] = None, transform: Optional[Callable] = None, seed: int = 0,
+                 negative_iou: float = 0.3):
         if mode not in CROP_MODES:
             raise ValueError(f"mode must be one of {CROP_MODES}, got {mode!r}")
         if jitter_iou is not None and not 0 < jitter_iou < 1:
@@ -207,6 +211,12 @@ class CropDataset(torch.utils.data.Dataset):
         self.jitter_iou = jitter_iou if train else None
         self.transform = transform if train else None
         self.seed = int(seed)
+        self.negative_iou = float(negative_iou)
+        self._objects: Dict[str, np.ndarray] = {}  # image path -> its object boxes (for negatives)
+        for path, box, _, ann_id in self.samples:
+            if ann_id != NEGATIVE_ANN_ID:
+                self._objects.setdefault(path, []).append(box)
+        self._objects = {k: np.stack(v) for k, v in self._objects.items()}
         self._rng: Optional[np.random.Generator] = None
         self._rng_key = None
         self._cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
@@ -257,11 +267,22 @@ class CropDataset(torch.utils.data.Dataset):
         rng = self._generator() if self.train else None  # also (re)seeds the transform for this epoch/worker
         out = torch.empty((len(indices), 3, self.input_size, self.input_size))
         labels = torch.empty(len(indices), dtype=torch.long)
-        for path, positions in groups.items():
+        for path, group in groups.items():
             img = self._image(path)
-            boxes = np.stack([self.samples[indices[p]][1] for p in positions]).astype(np.float32)
-            if self.jitter_iou is not None:
-                boxes = jitter_boxes(boxes, self.jitter_iou, rng)
+            negatives = [p for p in group if is_negative(self.samples[indices[p]])]
+            positions = [p for p in group if not is_negative(self.samples[indices[p]])]
+            if positions:
+                boxes = np.stack([self.samples[indices[p]][1] for p in positions]).astype(np.float32)
+                if self.jitter_iou is not None:
+                    boxes = jitter_boxes(boxes, self.jitter_iou, rng)
+                positions = positions + negatives
+            else:
+                boxes, positions = np.zeros((0, 4), np.float32), negatives
+            if negatives:
+                neg_rng = rng if rng is not None else np.random.default_rng([self.seed, indices[negatives[0]]])
+                boxes = np.concatenate([boxes, random_negative_boxes(
+                    img.shape[:2], self._objects.get(path, np.zeros((0, 4))), len(negatives), self.negative_iou,
+                    neg_rng)])
             pos_t = torch.tensor(positions)
             out[pos_t] = self._crops(img, boxes)
             labels[pos_t] = torch.tensor([self.samples[indices[p]][2] for p in positions])

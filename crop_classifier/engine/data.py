@@ -58,7 +58,7 @@ def build_train_loader(cfg: CfgNode, samples: Sequence, input_size: int, *, per_
         jitter_iou=cfg.INPUT.JITTER_IOU or None,
         transform=(build_train_transform(input_size, low_resolution=cfg.INPUT.AUGMENT_LOW_RESOLUTION)
                    if cfg.INPUT.AUGMENT else None),
-        seed=cfg.SEED,
+        seed=cfg.SEED, negative_iou=cfg.INPUT.BACKGROUND_MAX_IOU,
     )
     sampler = ImageGroupedBatchSampler(
         samples, per_rank_batch, shuffle=True, seed=cfg.SEED, drop_last=True,

@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from ..config import crop_spec
 from ..models import build_classifier, classifier_from_checkpoint, load_imagenet_weights, model_meta
+from ..data import add_negative_samples
 from ..errors import NonFiniteLossError
-from ..structures import CropSpec
+from ..structures import BACKGROUND_CLASS, CropSpec
 from ..utils.io import atomic_write_text
 from . import distributed as du
 from .checkpoint import EpochCheckpointer, capture_rng_state, restore_rng_state
@@ -136,10 +137,13 @@ class Trainer:
         train_samples, class_names = load_datasets(
             cfg.DATASETS.TRAIN, class_names=list(cfg.DATASETS.CLASS_NAMES) or None,
             min_size=cfg.DATASETS.MIN_BOX_SIZE_TRAIN)
-        self.class_names = class_names
         if cfg.DATASETS.TEST:
             self.test_samples = load_datasets(cfg.DATASETS.TEST, class_names=class_names,
                                               min_size=cfg.DATASETS.MIN_BOX_SIZE_TEST)[0]
+        if cfg.MODEL.BACKGROUND_CLASS:  # the last class; its crops are random boxes off every object
+            train_samples = add_negative_samples(train_samples, cfg.INPUT.BACKGROUND_RATIO, len(class_names))
+            class_names = list(class_names) + [BACKGROUND_CLASS]
+        self.class_names = class_names
         num_classes = cfg.MODEL.NUM_CLASSES or len(class_names)
         if num_classes != len(class_names):
             raise ValueError(f"config key MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES} but the datasets define "
@@ -151,6 +155,8 @@ class Trainer:
         self.input_size = crop.size
         self.meta = model_meta(module, cfg.MODEL.ARCH, class_names, **crop.to_meta())
         self.meta["input_size"] = crop.size
+        if cfg.MODEL.BACKGROUND_CLASS:
+            self.meta["background_class"] = BACKGROUND_CLASS
         self.train_loader = build_train_loader(cfg, train_samples, self.input_size, per_rank_batch=self.per_rank_batch,
                                                num_replicas=self.world_size, rank=self.rank)
         if self.test_samples:
