@@ -96,3 +96,93 @@ def test_training_with_background_records_it_in_the_meta(tmp_path):
     assert meta["class_names"][-1] == BACKGROUND_CLASS and meta["num_classes"] == 13
     assert meta["background_class"] == BACKGROUND_CLASS
     assert ClassifierMeta.from_dict(meta).background_class == BACKGROUND_CLASS
+
+
+# ------------------------------------------------------------------------------------------ fusion
+from crop_classifier.second_stage import ClassMap, SecondStage, fuse  # noqa: E402
+from classifier_helpers import inference_form  # noqa: E402
+from test_pipeline import MeanColourNet, colour_image  # noqa: E402
+
+BG = BACKGROUND_CLASS
+CLASSES = ["car", "bus", "person", BG]
+
+
+def _bg_map():
+    return ClassMap(["vehicle", "person"], CLASSES, {"vehicle": ["car", "bus"]}, background=BG)
+
+
+def test_background_is_never_an_output_class_nor_in_a_set():
+    m = _bg_map()
+    assert m.output_class_names == ["car", "bus", "person", "vehicle"] and m.classifier_classes == CLASSES[:3]
+    assert m.background_index == 3 and m.num_probs == 4 and not m.sets[:, 3].any()
+    star = ClassMap(["thing"], CLASSES, "*=*", background=BG)
+    assert star.targets("thing") == ["car", "bus", "person"] and not star.sets[:, 3].any()
+    with pytest.raises(ValueError, match="no class"):
+        ClassMap(["thing"], CLASSES, {"thing": [BG]}, background=BG)
+    with pytest.raises(ValueError, match="last class"):
+        ClassMap(["thing"], [BG, "car"], background=BG)
+    plain = ClassMap(["vehicle", "person"], CLASSES[:3], {"vehicle": ["car", "bus"]})
+    assert not plain.has_background and plain.num_probs == 3
+
+
+def _bg_case(mode, drop=0.5):
+    det_classes = torch.tensor([0, 0, 0, 1, 0])
+    det_scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+    probs = torch.tensor([
+        [0.1, 0.5, 0.1, 0.3],  # vehicle: bus beats the background
+        [0.2, 0.1, 0.1, 0.6],  # vehicle: the background wins with 0.6
+        [0.3, 0.1, 0.2, 0.4],  # vehicle: the background wins, with 0.4 only
+        [0.1, 0.1, 0.7, 0.1],  # person, agrees
+        [0.0, 0.0, 0.0, 0.0],  # not classified
+    ])
+    classified = torch.tensor([True, True, True, True, False])
+    return fuse(det_classes, det_scores, probs, classified, _bg_map(), mode, drop)
+
+
+def test_replace_drops_or_downscores_a_background_box():
+    classes, scores, keep, cls_scores = _bg_case("replace")
+    names = [_bg_map().output_class_names[i] for i in classes]
+    assert keep.tolist() == [True, False, True, True, True]  # p_bg 0.6 > 0.5: dropped; 0.4: down-scored
+    assert [names[i] for i in (0, 2, 3, 4)] == ["bus", "car", "person", "vehicle"]
+    assert torch.allclose(scores[[0, 2, 3, 4]], torch.tensor([0.9 * 0.5, 0.7 * 0.3, 0.6 * 0.7, 0.5]))
+    assert _bg_case("replace", drop=1.0)[2].all()  # 1: never dropped, only down-scored
+    assert _bg_case("replace", drop=0.0)[2].tolist() == [True, False, False, True, True]
+
+
+def test_rescore_multiplies_by_the_set_probability_of_the_full_softmax():
+    classes, scores, keep, _ = _bg_case("rescore")
+    assert keep.all() and (classes == torch.tensor([3, 3, 3, 2, 3])).all()
+    # score * sum_{k in S} p_k, the background mass included in the softmax: it lowers every score
+    assert torch.allclose(scores, torch.tensor([0.9 * 0.6, 0.8 * 0.3, 0.7 * 0.4, 0.6 * 0.7, 0.5]))
+
+
+def test_filter_drops_boxes_whose_top_class_is_the_background():
+    _, scores, keep, _ = _bg_case("filter")
+    assert keep.tolist() == [True, False, False, True, True]
+    assert torch.allclose(scores, torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5]))
+
+
+def _rgb_stage(**kw):
+    """Classes red, green and background (the blue channel's logit): the blue square is background."""
+    clf = inference_form(MeanColourNet(), ["red", "green", BG], 16, background_class=BG)
+    return SecondStage(clf, ["thing", "other"], class_map={"thing": ["*"]}, **kw)
+
+
+@pytest.mark.parametrize("fusion", ["replace", "rescore", "filter"])
+def test_stage_with_a_background_classifier(fusion):
+    img, boxes, _ = colour_image()
+    stage = _rgb_stage(fusion=fusion)
+    assert stage.output_class_names == ["red", "green", "thing", "other"]
+    r = stage([img], [boxes], [torch.zeros(3, dtype=torch.long)], [torch.tensor([0.9, 0.8, 0.7])])[0]
+    assert r.cls_probs.shape[1] == 3
+    by_src = {int(i): k for k, i in enumerate(r.index)}
+    if fusion == "rescore":
+        assert len(r) == 3 and float(r.scores[by_src[2]]) < 0.01  # the background box sinks to the bottom
+        assert float(r.scores[by_src[0]]) > 0.85
+    else:
+        assert sorted(by_src) == [0, 1]  # the blue (background) box is dropped
+        if fusion == "replace":
+            assert [stage.output_class_names[r.classes[by_src[i]]] for i in (0, 1)] == ["red", "green"]
+    kept = _rgb_stage(fusion="replace", background_drop=1.0)(
+        [img], [boxes], [torch.zeros(3, dtype=torch.long)], [torch.tensor([0.9, 0.8, 0.7])])[0]
+    assert len(kept) == 3 and float(kept.scores.min()) < 0.01

@@ -25,7 +25,7 @@ from .negatives import NEGATIVE_ANN_ID, is_negative, random_negative_boxes
 from .transforms import normalize
 
 __all__ = ["CocoSamples", "CropDataset", "Sample", "collate_identity", "jitter_boxes", "load_coco_samples",
-           "read_rgb"]
+           "object_boxes", "read_rgb"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,17 @@ def load_coco_samples(ann_file: Union[str, os.PathLike], image_dir: Union[str, o
                        list(coco.errors))
 
 
+def object_boxes(ann_file: Union[str, os.PathLike], image_dir: Union[str, os.PathLike]) -> Dict[str, np.ndarray]:
+    """Every annotated box of a COCO file (any class, crowd and tiny ones too) as ``{image path: XYXY [n, 4]}``:
+    what background crops must avoid, whatever the training samples keep."""
+    coco = load_coco(str(ann_file))
+    out: Dict[str, np.ndarray] = {}
+    for im in coco.images:
+        out[os.path.join(str(image_dir), im["file_name"])] = np.asarray(coco.annotations(im["id"]).boxes,
+                                                                          dtype=np.float32).reshape(-1, 4)
+    return out
+
+
 # ----------------------------------------------------------------------------------------- boxes
 
 
@@ -173,6 +184,14 @@ def jitter_boxes(boxes: np.ndarray, min_iou: float, rng: np.random.Generator, *,
 # ----------------------------------------------------------------------------------------- dataset
 
 
+def _sample_boxes(samples: Sequence[Sample]) -> Dict[str, np.ndarray]:
+    boxes: Dict[str, list] = {}
+    for path, box, _, ann_id in samples:
+        if ann_id != NEGATIVE_ANN_ID:
+            boxes.setdefault(path, []).append(box)
+    return {k: np.stack(v) for k, v in boxes.items()}
+
+
 def collate_identity(batch):
     """``collate_fn`` for loaders over ``CropDataset`` with a batch sampler: ``__getitems__``
     already returns the collated ``(images, labels)``."""
@@ -191,13 +210,14 @@ class CropDataset(torch.utils.data.Dataset):
     ``train=False``: plain crops in [0, 1], what ``models.inference.InferenceClassifier`` takes (it
     normalises them itself). Crops use the same ``extract_crops`` geometry (context, mode) as inference.
     Negative placeholders (``negatives.add_negative_samples``) get a random box with IoU < ``negative_iou``
-    with every object of their image, drawn per epoch (a fixed generator per batch when ``train=False``).
+    with every object of their image (``objects``: ``{path: boxes}``, e.g. ``object_boxes``; default: the
+    samples' own boxes), drawn per epoch (a fixed generator per batch when ``train=False``).
     """
 
     def __init__(self, samples: Union[CocoSamples, Sequence[Sample]], input_size: int, *,
                  context: float = DEFAULT_CONTEXT, mode: str = "square", train: bool = False,
                  jitter_iou: Optional[float] = None, transform: Optional[Callable] = None, seed: int = 0,
-                 negative_iou: float = 0.3):
+                 negative_iou: float = 0.3, objects: Optional[Dict[str, np.ndarray]] = None):
         if mode not in CROP_MODES:
             raise ValueError(f"mode must be one of {CROP_MODES}, got {mode!r}")
         if jitter_iou is not None and not 0 < jitter_iou < 1:
@@ -212,11 +232,7 @@ class CropDataset(torch.utils.data.Dataset):
         self.transform = transform if train else None
         self.seed = int(seed)
         self.negative_iou = float(negative_iou)
-        self._objects: Dict[str, np.ndarray] = {}  # image path -> its object boxes (for negatives)
-        for path, box, _, ann_id in self.samples:
-            if ann_id != NEGATIVE_ANN_ID:
-                self._objects.setdefault(path, []).append(box)
-        self._objects = {k: np.stack(v) for k, v in self._objects.items()}
+        self._objects = objects if objects is not None else _sample_boxes(self.samples)  # negatives avoid them
         self._rng: Optional[np.random.Generator] = None
         self._rng_key = None
         self._cache: "OrderedDict[str, np.ndarray]" = OrderedDict()

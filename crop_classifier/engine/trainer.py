@@ -21,7 +21,7 @@ from ..config import crop_spec
 from ..models import build_classifier, classifier_from_checkpoint, load_imagenet_weights, model_meta
 from ..data import add_negative_samples
 from ..errors import NonFiniteLossError
-from ..structures import BACKGROUND_CLASS, CropSpec
+from ..structures import BACKGROUND_CLASS, CropSpec, object_class_names
 from ..utils.io import atomic_write_text
 from . import distributed as du
 from .checkpoint import EpochCheckpointer, capture_rng_state, restore_rng_state
@@ -348,7 +348,8 @@ def evaluate_checkpoint(cfg: CfgNode, weights: Path, *, output_dir: Optional[Pat
     model, meta = classifier_from_checkpoint(weights, map_location=device,
                                              expected_meta={"arch": cfg.MODEL.ARCH, "width": cfg.MODEL.WIDTH})
     crop = CropSpec.from_meta(meta) if meta.get("crop") else crop_spec(cfg, meta["input_size"])
-    samples, _ = load_datasets(cfg.DATASETS.TEST, class_names=meta["class_names"], min_size=cfg.DATASETS.MIN_BOX_SIZE_TEST)
+    samples, _ = load_datasets(cfg.DATASETS.TEST, class_names=object_class_names(meta),
+                               min_size=cfg.DATASETS.MIN_BOX_SIZE_TEST)
     loader = build_test_loader(cfg, samples, crop.size, context=crop.context, mode=crop.mode)
     amp_dtype = getattr(torch, cfg.SOLVER.AMP_DTYPE) if device.type == "cuda" and cfg.SOLVER.AMP else None
     classifier = inference_form(model, meta, device, amp_dtype=amp_dtype, channels_last=cfg.MODEL.CHANNELS_LAST)
