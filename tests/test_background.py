@@ -186,3 +186,67 @@ def test_stage_with_a_background_classifier(fusion):
     kept = _rgb_stage(fusion="replace", background_drop=1.0)(
         [img], [boxes], [torch.zeros(3, dtype=torch.long)], [torch.tensor([0.9, 0.8, 0.7])])[0]
     assert len(kept) == 3 and float(kept.scores.min()) < 0.01
+
+
+# ------------------------------------------------------------------------------------------ detector boxes
+import json  # noqa: E402
+
+from crop_classifier.data.detection_crops import DETECTION_ANN_ID, DetectionMatch, detection_samples  # noqa: E402
+
+
+def _xywh(b):
+    return [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]
+
+
+def test_detector_boxes_are_matched_to_the_ground_truth():
+    box = lambda *v: np.array(v, np.float32)  # noqa: E731
+    samples = [("x/a.png", box(0, 0, 100, 100), 0, 1), ("x/a.png", box(200, 0, 300, 100), 1, 2),
+               ("x/b.png", box(0, 0, 50, 50), 2, 3)]
+    objects = {"x/a.png": np.stack([samples[0][1], samples[1][1], box(0, 200, 40, 240)]),  # + an untrained object
+               "x/b.png": samples[2][1][None]}
+    dets = {"a.png": np.stack([box(10, 0, 110, 100),   # IoU 0.82 with object 0: class 0
+                               box(10, 0, 110, 100),   # its duplicate (one hypothesis per class): counted once
+                               box(250, 0, 350, 100),  # IoU 0.33 with object 1: ignored
+                               box(100, 300, 150, 350),  # off every object: background
+                               box(0, 195, 40, 245)]),  # the untrained object: overlaps it, so not background
+            "b.png": np.stack([box(0, 0, 50, 50)]), "c.png": np.stack([box(0, 0, 9, 9)])}  # c: not a training image
+    out = detection_samples(dets, samples, objects, DetectionMatch(background_label=3))
+    assert [(x[0], x[1].tolist(), x[2], x[3]) for x in out] == [
+        ("x/a.png", [10, 0, 110, 100], 0, DETECTION_ANN_ID), ("x/a.png", [100, 300, 150, 350], 3, DETECTION_ANN_ID),
+        ("x/b.png", [0, 0, 50, 50], 2, DETECTION_ANN_ID)]
+    assert [x[2] for x in detection_samples(dets, samples, objects, DetectionMatch())] == [0, 2]  # no background
+    assert len(detection_samples(dets, samples, objects, DetectionMatch(background_label=3, ratio=1 / 3))) == 1
+    with pytest.raises(ValueError, match="neg_iou"):
+        detection_samples(dets, samples, objects, DetectionMatch(pos_iou=0.3, neg_iou=0.5))
+
+
+def test_training_reads_a_first_stage_detections_file(tmp_path):
+    from crop_classifier.engine import Trainer
+
+    train = tmp_path / "scenes" / "train"
+    ann = generate_scenes(train, 1, seed=1, split_name="train")
+    s = load_coco_samples(ann, train)
+    path = s.samples[0][0]
+    objs = [x for x in s.samples if x[0] == path]
+    results = [{"file_name": "somewhere/else/" + path.split("/")[-1], "image_id": 1, "category_id": 1,
+                "category_name": "thing", "bbox": _xywh(o[1]), "score": 0.9} for o in objs]
+    (tmp_path / "det.json").write_text(json.dumps(results))
+    cfg = load_config(None, [
+        "MODEL.ARCH", "'v3_79'", "MODEL.WIDTH", "0.125", "MODEL.BACKGROUND_CLASS", "True",
+        "DATASETS.TRAIN", f"['synthetic:{train}:1:1']", "DATASETS.TEST", "[]",
+        "DATASETS.DETECTIONS", f"['{tmp_path / 'det.json'}']", "INPUT.DETECTION_RATIO", "1.0",
+        "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_EPOCHS", "1", "DATALOADER.NUM_WORKERS", "0",
+        "OUTPUT_DIR", str(tmp_path / "out")])
+    trainer = Trainer(cfg, progress=False)
+    ds = trainer.train_loader.dataset
+    extra = [x for x in ds.samples if x[3] == DETECTION_ANN_ID]
+    assert sorted(x[2] for x in extra) == sorted(o[2] for o in objs)  # no random negatives with detections
+    assert not any(x[3] == NEGATIVE_ANN_ID for x in ds.samples)
+    x, y = ds.__getitems__(list(range(len(ds.samples))))
+    assert torch.isfinite(x).all() and y.tolist() == [z[2] for z in ds.samples]
+    (tmp_path / "bad.json").write_text(json.dumps([{"file_name": "a.png", "bbox": [0, 0, 1]}]))
+    bad = cfg.clone()
+    bad.defrost()
+    bad.DATASETS.DETECTIONS = (str(tmp_path / "bad.json"),)
+    with pytest.raises(ValueError, match="DATASETS.DETECTIONS.*bad.json"):
+        Trainer(bad, progress=False)

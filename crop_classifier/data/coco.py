@@ -21,7 +21,8 @@ from torchvision.ops import box_iou
 from ..coco_io import load_coco, summarize_errors
 from ..crops import CROP_MODES, DEFAULT_CONTEXT, extract_crops, extract_crops_hwc
 from .images import read_rgb  # the one robust reader (EXIF, 16-bit, CMYK, truncation, pixel limit)
-from .negatives import NEGATIVE_ANN_ID, is_negative, random_negative_boxes
+from .detection_crops import DETECTION_ANN_ID
+from .negatives import is_negative, random_negative_boxes
 from .transforms import normalize
 
 __all__ = ["CocoSamples", "CropDataset", "Sample", "collate_identity", "jitter_boxes", "load_coco_samples",
@@ -187,7 +188,7 @@ def jitter_boxes(boxes: np.ndarray, min_iou: float, rng: np.random.Generator, *,
 def _sample_boxes(samples: Sequence[Sample]) -> Dict[str, np.ndarray]:
     boxes: Dict[str, list] = {}
     for path, box, _, ann_id in samples:
-        if ann_id != NEGATIVE_ANN_ID:
+        if ann_id >= 0:
             boxes.setdefault(path, []).append(box)
     return {k: np.stack(v) for k, v in boxes.items()}
 
@@ -275,6 +276,26 @@ class CropDataset(torch.utils.data.Dataset):
             raise ValueError(f"transform must return uint8 {S}x{S}x3 crops, got {out.dtype} {out.shape[1:]}")
         return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255)
 
+    def _group_boxes(self, img: np.ndarray, path: str, group: List[Tuple[int, Sample]],
+                     rng: Optional[np.random.Generator]) -> Tuple[List[int], np.ndarray]:
+        """One image's batch positions and boxes: ground-truth boxes (jittered when training), then detector
+        boxes as they are, then negatives drawn for this epoch (in that order, so that without detector boxes
+        and negatives the draws are exactly those of a plain dataset)."""
+        gt = [(p, s) for p, s in group if s[3] >= 0]
+        fixed = [(p, s) for p, s in group if s[3] == DETECTION_ANN_ID]
+        negatives = [p for p, s in group if is_negative(s)]
+        boxes = np.stack([s[1] for _, s in gt]).astype(np.float32) if gt else np.zeros((0, 4), np.float32)
+        if gt and self.jitter_iou is not None:
+            boxes = jitter_boxes(boxes, self.jitter_iou, rng)
+        if fixed:
+            boxes = np.concatenate([boxes, np.stack([s[1] for _, s in fixed]).astype(np.float32)])
+        if negatives:
+            neg_rng = rng if rng is not None else np.random.default_rng([self.seed, negatives[0]])
+            boxes = np.concatenate([boxes, random_negative_boxes(
+                img.shape[:2], self._objects.get(path, np.zeros((0, 4))), len(negatives), self.negative_iou,
+                neg_rng)])
+        return [p for p, _ in gt] + [p for p, _ in fixed] + negatives, boxes
+
     def __getitems__(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
         indices = [int(i) for i in indices]
         groups: "OrderedDict[str, List[int]]" = OrderedDict()
@@ -285,20 +306,7 @@ class CropDataset(torch.utils.data.Dataset):
         labels = torch.empty(len(indices), dtype=torch.long)
         for path, group in groups.items():
             img = self._image(path)
-            negatives = [p for p in group if is_negative(self.samples[indices[p]])]
-            positions = [p for p in group if not is_negative(self.samples[indices[p]])]
-            if positions:
-                boxes = np.stack([self.samples[indices[p]][1] for p in positions]).astype(np.float32)
-                if self.jitter_iou is not None:
-                    boxes = jitter_boxes(boxes, self.jitter_iou, rng)
-                positions = positions + negatives
-            else:
-                boxes, positions = np.zeros((0, 4), np.float32), negatives
-            if negatives:
-                neg_rng = rng if rng is not None else np.random.default_rng([self.seed, indices[negatives[0]]])
-                boxes = np.concatenate([boxes, random_negative_boxes(
-                    img.shape[:2], self._objects.get(path, np.zeros((0, 4))), len(negatives), self.negative_iou,
-                    neg_rng)])
+            positions, boxes = self._group_boxes(img, path, [(p, self.samples[indices[p]]) for p in group], rng)
             pos_t = torch.tensor(positions)
             out[pos_t] = self._crops(img, boxes)
             labels[pos_t] = torch.tensor([self.samples[indices[p]][2] for p in positions])

@@ -19,13 +19,13 @@ from tqdm import tqdm
 
 from ..config import crop_spec
 from ..models import build_classifier, classifier_from_checkpoint, load_imagenet_weights, model_meta
-from ..data import add_negative_samples
 from ..errors import NonFiniteLossError
 from ..structures import BACKGROUND_CLASS, CropSpec, object_class_names
 from ..utils.io import atomic_write_text
 from . import distributed as du
 from .checkpoint import EpochCheckpointer, capture_rng_state, restore_rng_state
-from .data import build_dataset_train_loader, build_test_loader, build_train_loader, load_datasets
+from .data import (build_dataset_train_loader, build_test_loader, build_train_loader, extra_training_samples,
+                   load_datasets)
 from .evaluation import box_sizes_in_loader_order, compute_metrics, inference_form, predict, write_results
 from .losses import InceptionLoss
 from .metrics import MetricsWriter
@@ -140,8 +140,9 @@ class Trainer:
         if cfg.DATASETS.TEST:
             self.test_samples = load_datasets(cfg.DATASETS.TEST, class_names=class_names,
                                               min_size=cfg.DATASETS.MIN_BOX_SIZE_TEST)[0]
-        if cfg.MODEL.BACKGROUND_CLASS:  # the last class; its crops are random boxes off every object
-            train_samples = add_negative_samples(train_samples, cfg.INPUT.BACKGROUND_RATIO, len(class_names))
+        # Detector boxes or random background boxes; the background class is the last one.
+        train_samples = list(train_samples) + extra_training_samples(cfg, train_samples, len(class_names))
+        if cfg.MODEL.BACKGROUND_CLASS:
             class_names = list(class_names) + [BACKGROUND_CLASS]
         self.class_names = class_names
         num_classes = cfg.MODEL.NUM_CLASSES or len(class_names)
