@@ -250,3 +250,38 @@ def test_training_reads_a_first_stage_detections_file(tmp_path):
     bad.DATASETS.DETECTIONS = (str(tmp_path / "bad.json"),)
     with pytest.raises(ValueError, match="DATASETS.DETECTIONS.*bad.json"):
         Trainer(bad, progress=False)
+
+
+# ------------------------------------------------------------------------------------------ size-gate calibration
+def test_score_calibration_is_the_mean_true_class_probability():
+    from crop_classifier.engine.trainer import score_calibration
+
+    probs = torch.tensor([[0.8, 0.2, 0.0], [0.6, 0.4, 0.0], [0.3, 0.7, 0.0]])
+    assert score_calibration(probs, torch.tensor([0, 0, 1]), ["a", "b", "c"]) == {"a": 0.7, "b": 0.7}
+
+
+def _calibrated_stage(**kw):
+    clf = inference_form(MeanColourNet(), ["red", "green", "blue"], 16,
+                         score_calibration={"red": 0.5, "green": 0.8, "blue": 0.2})
+    return SecondStage(clf, ["thing", "other"], class_map={"thing": ["*"]}, **kw)
+
+
+def test_gated_boxes_get_the_calibrated_score_and_no_longer_outrank_classified_ones():
+    img, boxes, _ = colour_image()
+    big = torch.tensor([[0.0, 0, 100, 100]])  # over the max-size gate: not classified
+    all_boxes = torch.cat([boxes, big])
+    args = ([img], [all_boxes], [torch.tensor([0, 0, 0, 1])], [torch.tensor([0.6, 0.6, 0.6, 0.9])])
+    r = _calibrated_stage(max_size=60)(*args)[0]
+    by_src = {int(i): k for k, i in enumerate(r.index)}
+    assert not r.classified[by_src[3]]  # the unmapped class: never calibrated
+    assert abs(float(r.scores[by_src[3]]) - 0.9) < 1e-6
+    gated = _calibrated_stage(max_size=60)([img], [all_boxes], [torch.zeros(4, dtype=torch.long)],
+                                           [torch.tensor([0.6, 0.6, 0.6, 0.9])])[0]
+    g = {int(i): k for k, i in enumerate(gated.index)}
+    assert not gated.classified[g[3]] and gated.classified[g[0]]
+    # thing -> {red, green, blue}: factor (0.5 + 0.8 + 0.2) / 3 = 0.5; the detector's own score is kept
+    assert abs(float(gated.scores[g[3]]) - 0.45) < 1e-6 and abs(float(gated.det_scores[g[3]]) - 0.9) < 1e-6
+    assert float(gated.scores[g[0]]) > 0.5 and int(gated.index[0]) != 3  # a classified box now ranks first
+    plain = _calibrated_stage(max_size=60, calibrate_gates=False)([img], [all_boxes], [torch.zeros(4, dtype=torch.long)],
+                                                                  [torch.tensor([0.6, 0.6, 0.6, 0.9])])[0]
+    assert int(plain.index[0]) == 3 and abs(float(plain.scores[0]) - 0.9) < 1e-6  # uncalibrated, it outranks all

@@ -327,8 +327,21 @@ class Trainer:
                                {"epoch": epoch, "top1": metrics["top1"], "top5": metrics["top5"],
                                 "mean_class_accuracy": metrics["mean_class_accuracy"]})
             self.last_eval = {k: metrics[k] for k in ("top1", "top5", "mean_class_accuracy", "num_samples")}
+            self.meta["score_calibration"] = score_calibration(scores, labels, self.class_names)
         du.barrier()
         return metrics
+
+
+def score_calibration(probs: torch.Tensor, labels: torch.Tensor, class_names: List[str]) -> Dict[str, float]:
+    """``{class: mean probability the classifier gives the true class on crops of that class}``: the mean
+    fused/detector score ratio of a classified box of that class (``rescore``), which the second stage gives
+    boxes its size gates keep from the classifier, so that they do not outrank classified ones."""
+    out = {}
+    for k, name in enumerate(class_names):
+        mine = labels == k
+        if bool(mine.any()):
+            out[name] = round(float(probs[mine, k].float().mean()), 6)
+    return out
 
 
 def train(cfg: CfgNode, *, resume: bool = False, progress: bool = True) -> Dict[str, Any]:

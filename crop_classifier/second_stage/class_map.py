@@ -125,6 +125,17 @@ class ClassMap:
         d = self.detector_classes.index(detector_class)
         return [self.classifier_classes[k] for k in torch.nonzero(self.sets[d]).flatten().tolist()]
 
+    def set_means(self, values: Mapping[str, float], default: float = 1.0) -> Tensor:
+        """``[D]``: per detector class, the mean of ``values`` over its set's classes that ``values`` names
+        (``default`` for a class with none)."""
+        out = torch.full((len(self.detector_classes),), float(default))
+        for d in range(len(self.detector_classes)):
+            got = [float(values[self.classifier_classes[k]]) for k in torch.nonzero(self.sets[d]).flatten().tolist()
+                   if self.classifier_classes[k] in values]
+            if got:
+                out[d] = sum(got) / len(got)
+        return out
+
     @property
     def has_background(self) -> bool:
         return self.background_index < self.num_probs
