@@ -20,7 +20,8 @@ included, so ``sum_{k in S} p_k = 1 - p_bg`` when S holds every object class):
 ``replace`` can merge two detector hypotheses of one object into the same class, so it ends with a
 class-wise NMS (``nms_thresh``; Detectron2's test-time default 0.5, ``0`` turns it off). Boxes that were not
 classified (unmapped class, class not selected, size gate, a box that cannot be cropped) keep their
-detector class and score, translated to the output id of the same name; they are never dropped.
+detector class and score, translated to the output id of the same name; they are never dropped (a box a
+size gate kept from the classifier comes in with its score already calibrated: ``stage.SecondStage.gated_scores``).
 """
 from __future__ import annotations
 
