@@ -44,6 +44,9 @@ def get_cfg() -> CfgNode:
     _C.MODEL.SYNC_BN = False  # convert BatchNorm to SyncBatchNorm when training on several processes
     # NHWC activations: faster on GPU, and about 3x faster on CPU for these small-channel convs (oneDNN).
     _C.MODEL.CHANNELS_LAST = True
+    # Append a background class ("__background__", the last class; meta["background_class"]) trained on
+    # boxes that overlap no object, so the second stage can say "not an object" (second_stage/fusion.py).
+    _C.MODEL.BACKGROUND_CLASS = False
 
     _C.CROP = CfgNode()
     _C.CROP.CONTEXT = DEFAULT_CONTEXT  # margin around each box, as a fraction of its side
@@ -58,6 +61,14 @@ def get_cfg() -> CfgNode:
     # Training boxes are jittered to a random box with at least this IoU with the ground truth, so the
     # classifier sees boxes like a detector's; 0 disables the jitter.
     _C.INPUT.JITTER_IOU = 0.7
+    # With MODEL.BACKGROUND_CLASS: random background boxes per training object (drawn anew each epoch), each
+    # with IoU below BACKGROUND_MAX_IOU with every object of its image.
+    _C.INPUT.BACKGROUND_RATIO = 0.25
+    _C.INPUT.BACKGROUND_MAX_IOU = 0.3
+    # DATASETS.DETECTIONS: matching thresholds, and detector crops per ground-truth crop (drawn once, seeded).
+    _C.INPUT.DETECTION_POS_IOU = 0.5
+    _C.INPUT.DETECTION_NEG_IOU = 0.3
+    _C.INPUT.DETECTION_RATIO = 1.0
 
     _C.DATASETS = CfgNode()
     _C.DATASETS.TRAIN = ()
@@ -68,6 +79,12 @@ def get_cfg() -> CfgNode:
     # from evaluation.
     _C.DATASETS.MIN_BOX_SIZE_TRAIN = 0.0
     _C.DATASETS.MIN_BOX_SIZE_TEST = 0.0
+    # A first stage's detections on the training images (COCO results with file_name, e.g. the
+    # detector_predictions.json of `tools/infer.py --input TRAIN_IMAGES`), matched to the images by base name.
+    # Each box with IoU >= INPUT.DETECTION_POS_IOU with a training object becomes a crop of its class; with
+    # MODEL.BACKGROUND_CLASS, one with IoU < INPUT.DETECTION_NEG_IOU with every object becomes background (and
+    # no random background boxes are drawn); the rest are ignored (data/detection_crops.py).
+    _C.DATASETS.DETECTIONS = ()
 
     _C.DATALOADER = CfgNode()
     _C.DATALOADER.NUM_WORKERS = 2
@@ -250,6 +267,11 @@ def validate(cfg: CfgNode) -> None:
     _check(cfg.CROP.MODE in CROP_MODES, "CROP.MODE", cfg.CROP.MODE, " or ".join(CROP_MODES))
     _check(cfg.CROP.CONTEXT >= 0, "CROP.CONTEXT", cfg.CROP.CONTEXT, ">= 0")
     _check(0 <= cfg.INPUT.JITTER_IOU < 1, "INPUT.JITTER_IOU", cfg.INPUT.JITTER_IOU, "in [0, 1)")
+    _check(cfg.INPUT.BACKGROUND_RATIO >= 0, "INPUT.BACKGROUND_RATIO", cfg.INPUT.BACKGROUND_RATIO, ">= 0")
+    _check(0 < cfg.INPUT.BACKGROUND_MAX_IOU < 1, "INPUT.BACKGROUND_MAX_IOU", cfg.INPUT.BACKGROUND_MAX_IOU, "in (0, 1)")
+    _check(0 < cfg.INPUT.DETECTION_NEG_IOU <= cfg.INPUT.DETECTION_POS_IOU <= 1, "INPUT.DETECTION_NEG_IOU",
+           (cfg.INPUT.DETECTION_NEG_IOU, cfg.INPUT.DETECTION_POS_IOU), "0 < DETECTION_NEG_IOU <= DETECTION_POS_IOU <= 1")
+    _check(cfg.INPUT.DETECTION_RATIO >= 0, "INPUT.DETECTION_RATIO", cfg.INPUT.DETECTION_RATIO, ">= 0")
     _check(cfg.INPUT.SIZE >= 0, "INPUT.SIZE", cfg.INPUT.SIZE, ">= 0 (0: native size)")
     _check(cfg.SOLVER.OPTIMIZER in ("rmsprop", "sgd"), "SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER, "rmsprop or sgd")
     _check(cfg.SOLVER.IMS_PER_BATCH > 0, "SOLVER.IMS_PER_BATCH", cfg.SOLVER.IMS_PER_BATCH, "> 0")

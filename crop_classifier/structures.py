@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 from torch import Tensor
@@ -65,6 +65,21 @@ class CropSpec:
                    str(crop.get("mode", DEFAULT_CROP_MODE)))
 
 
+#: The name of the optional background class: the last classifier class of a checkpoint trained with
+#: ``MODEL.BACKGROUND_CLASS`` (recorded as ``meta["background_class"]``); never an output class.
+BACKGROUND_CLASS = "__background__"
+
+
+def object_class_names(meta: Any) -> List[str]:
+    """A checkpoint meta's (dict or ``ClassifierMeta``) class names without the background class: the
+    classes a dataset's annotations can name."""
+    if isinstance(meta, Mapping):
+        names, background = list(meta["class_names"]), meta.get("background_class")
+    else:
+        names, background = list(meta.class_names), meta.background_class
+    return names[:-1] if background and names and names[-1] == background else names
+
+
 @dataclass(frozen=True)
 class ClassifierMeta:
     """A checkpoint's ``meta``, typed: the architecture, classes, crop spec and input normalisation.
@@ -88,6 +103,12 @@ class ClassifierMeta:
     @property
     def input_size(self) -> int:
         return self.crop.size
+
+    @property
+    def background_class(self) -> Optional[str]:
+        """The background class's name (the last class) when the checkpoint has one, else ``None``."""
+        name = self.extra.get("background_class")
+        return str(name) if name else None
 
     @classmethod
     def from_dict(cls, meta: Mapping[str, Any]) -> "ClassifierMeta":
@@ -177,6 +198,6 @@ class FusedDetections:
 
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "CROP_MODES", "CropSpec", "ClassifierMeta", "ImageRecord", "ImageDetections",
+    "BACKGROUND_CLASS", "object_class_names", "IMAGENET_MEAN", "IMAGENET_STD", "CROP_MODES", "CropSpec", "ClassifierMeta", "ImageRecord", "ImageDetections",
     "FusedDetections",
 ]

@@ -58,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--context", type=float, help="context margin (default: the checkpoint's)")
     p.add_argument("--crop-mode", choices=("square", "letterbox"), help="default: the checkpoint's")
     p.add_argument("--nms-thresh", type=float, default=0.5, help="class-wise NMS after replace (0: off)")
+    p.add_argument("--background-drop", type=float, default=0.5,
+                   help="a classifier with a background class: replace drops a box whose best class is the "
+                   "background when its probability is over this (1: never, only down-score)")
     p.add_argument("--batch-size", type=int, default=4, help="images per detector batch")
     p.add_argument("--crops-per-forward", type=int, default=64, help="crops per classifier forward")
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
@@ -153,7 +156,8 @@ def main(argv=None) -> int:
         detector_weights=args.detector_weights, detector_opts=args.detector_opts, device=args.device,
         score_thresh=args.score_thresh, fusion=args.fusion, class_map=args.class_map, reclassify=args.reclassify,
         min_box_size=args.min_box_size, max_box_size=args.max_box_size, context=args.context,
-        crop_mode=args.crop_mode, nms_thresh=args.nms_thresh, batch_size=args.batch_size,
+        crop_mode=args.crop_mode, nms_thresh=args.nms_thresh, background_drop=args.background_drop,
+        batch_size=args.batch_size,
         crops_per_forward=args.crops_per_forward, categories=args.categories, eval=args.eval,
         vis_limit=args.vis_limit, vis_score_thresh=args.vis_score_thresh, video_stride=args.video_stride,
         progress=not args.no_progress, num_shards=args.num_shards, shard_id=args.shard_id,

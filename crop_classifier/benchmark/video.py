@@ -90,7 +90,7 @@ def _labels(loop, tf, every_tf, every_loop, names) -> Dict[str, List[str]]:
     f = tf.fused
     out = {"detector": [loop.detector_names[int(c)] for c in f.det_classes],
            "per_frame": [names[int(c)] for c in every_tf.frame_classes]}
-    n, K = len(f), len(loop.class_map.classifier_classes)
+    n, K = len(f), loop.class_map.num_probs
     for variant, lp, vote, power in (("track_last", loop, "last", 1), ("track_mean", loop, "mean", 1),
                                      ("track_weighted", loop, "weighted", 1),
                                      ("track_weighted_area", loop, "weighted", 2),
@@ -136,7 +136,7 @@ class _Tally:
         """``track_final``: every matched box labelled with its track's final weighted vote."""
         if not self.pending:
             return
-        K = len(loop.class_map.classifier_classes)
+        K = loop.class_map.num_probs
         n = len(self.pending)
         probs, has = torch.zeros(n, K), torch.zeros(n, dtype=torch.bool)
         for i, (_, _, tid, _, _) in enumerate(self.pending):

@@ -47,6 +47,9 @@ def add_crop_classifier_config(cfg: CN) -> CN:
     # Class-wise NMS after "replace" (two detector hypotheses of one object can become the same class).
     # 0 disables it.
     _C.NMS_THRESH = 0.5
+    # A classifier with a background class: "replace" drops a box whose best class is the background when
+    # p_background exceeds this (1: never drop, only down-score).
+    _C.BACKGROUND_DROP = 0.5
     # The classifier's precision: "fp32"; "bf16" (CUDA, or a CPU with AVX-512 BF16/AMX) and "fp16" (CUDA) by
     # autocast; "int8" needs an int8 checkpoint from tools/quantize.py (CPU), which runs int8 whatever this says.
     _C.PRECISION = "fp32"

@@ -81,6 +81,7 @@ class CropClassifierSettings:
                 class_map=[list(p) for p in c.CLASS_MAP], fusion=c.FUSION, min_size=c.MIN_BOX_SIZE,
                 max_size=c.MAX_BOX_SIZE, reclassify=list(c.RECLASSIFY),
                 max_crops_per_forward=c.MAX_CROPS_PER_FORWARD, nms_thresh=c.NMS_THRESH,
+                background_drop=c.BACKGROUND_DROP,
             ),
         )
 

@@ -21,10 +21,12 @@ from torchvision.ops import box_iou
 from ..coco_io import load_coco, summarize_errors
 from ..crops import CROP_MODES, DEFAULT_CONTEXT, extract_crops, extract_crops_hwc
 from .images import read_rgb  # the one robust reader (EXIF, 16-bit, CMYK, truncation, pixel limit)
+from .detection_crops import DETECTION_ANN_ID
+from .negatives import is_negative, random_negative_boxes
 from .transforms import normalize
 
 __all__ = ["CocoSamples", "CropDataset", "Sample", "collate_identity", "jitter_boxes", "load_coco_samples",
-           "read_rgb"]
+           "object_boxes", "read_rgb"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +126,17 @@ def load_coco_samples(ann_file: Union[str, os.PathLike], image_dir: Union[str, o
                        list(coco.errors))
 
 
+def object_boxes(ann_file: Union[str, os.PathLike], image_dir: Union[str, os.PathLike]) -> Dict[str, np.ndarray]:
+    """Every annotated box of a COCO file (any class, crowd and tiny ones too) as ``{image path: XYXY [n, 4]}``:
+    what background crops must avoid, whatever the training samples keep."""
+    coco = load_coco(str(ann_file))
+    out: Dict[str, np.ndarray] = {}
+    for im in coco.images:
+        out[os.path.join(str(image_dir), im["file_name"])] = np.asarray(coco.annotations(im["id"]).boxes,
+                                                                          dtype=np.float32).reshape(-1, 4)
+    return out
+
+
 # ----------------------------------------------------------------------------------------- boxes
 
 
@@ -172,6 +185,14 @@ def jitter_boxes(boxes: np.ndarray, min_iou: float, rng: np.random.Generator, *,
 # ----------------------------------------------------------------------------------------- dataset
 
 
+def _sample_boxes(samples: Sequence[Sample]) -> Dict[str, np.ndarray]:
+    boxes: Dict[str, list] = {}
+    for path, box, _, ann_id in samples:
+        if ann_id >= 0:
+            boxes.setdefault(path, []).append(box)
+    return {k: np.stack(v) for k, v in boxes.items()}
+
+
 def collate_identity(batch):
     """``collate_fn`` for loaders over ``CropDataset`` with a batch sampler: ``__getitems__``
     already returns the collated ``(images, labels)``."""
@@ -189,11 +210,15 @@ class CropDataset(torch.utils.data.Dataset):
     the crops are normalised (``transforms.normalize``, the training-time normalisation). With
     ``train=False``: plain crops in [0, 1], what ``models.inference.InferenceClassifier`` takes (it
     normalises them itself). Crops use the same ``extract_crops`` geometry (context, mode) as inference.
+    Negative placeholders (``negatives.add_negative_samples``) get a random box with IoU < ``negative_iou``
+    with every object of their image (``objects``: ``{path: boxes}``, e.g. ``object_boxes``; default: the
+    samples' own boxes), drawn per epoch (a fixed generator per batch when ``train=False``).
     """
 
     def __init__(self, samples: Union[CocoSamples, Sequence[Sample]], input_size: int, *,
                  context: float = DEFAULT_CONTEXT, mode: str = "square", train: bool = False,
-                 jitter_iou: Optional[float] = None, transform: Optional[Callable] = None, seed: int = 0):
+                 jitter_iou: Optional[float] = None, transform: Optional[Callable] = None, seed: int = 0,
+                 negative_iou: float = 0.3, objects: Optional[Dict[str, np.ndarray]] = None):
         if mode not in CROP_MODES:
             raise ValueError(f"mode must be one of {CROP_MODES}, got {mode!r}")
         if jitter_iou is not None and not 0 < jitter_iou < 1:
@@ -207,6 +232,8 @@ class CropDataset(torch.utils.data.Dataset):
         self.jitter_iou = jitter_iou if train else None
         self.transform = transform if train else None
         self.seed = int(seed)
+        self.negative_iou = float(negative_iou)
+        self._objects = objects if objects is not None else _sample_boxes(self.samples)  # negatives avoid them
         self._rng: Optional[np.random.Generator] = None
         self._rng_key = None
         self._cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
@@ -249,6 +276,26 @@ class CropDataset(torch.utils.data.Dataset):
             raise ValueError(f"transform must return uint8 {S}x{S}x3 crops, got {out.dtype} {out.shape[1:]}")
         return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255)
 
+    def _group_boxes(self, img: np.ndarray, path: str, group: List[Tuple[int, Sample]],
+                     rng: Optional[np.random.Generator]) -> Tuple[List[int], np.ndarray]:
+        """One image's batch positions and boxes: ground-truth boxes (jittered when training), then detector
+        boxes as they are, then negatives drawn for this epoch (in that order, so that without detector boxes
+        and negatives the draws are exactly those of a plain dataset)."""
+        gt = [(p, s) for p, s in group if s[3] >= 0]
+        fixed = [(p, s) for p, s in group if s[3] == DETECTION_ANN_ID]
+        negatives = [p for p, s in group if is_negative(s)]
+        boxes = np.stack([s[1] for _, s in gt]).astype(np.float32) if gt else np.zeros((0, 4), np.float32)
+        if gt and self.jitter_iou is not None:
+            boxes = jitter_boxes(boxes, self.jitter_iou, rng)
+        if fixed:
+            boxes = np.concatenate([boxes, np.stack([s[1] for _, s in fixed]).astype(np.float32)])
+        if negatives:
+            neg_rng = rng if rng is not None else np.random.default_rng([self.seed, negatives[0]])
+            boxes = np.concatenate([boxes, random_negative_boxes(
+                img.shape[:2], self._objects.get(path, np.zeros((0, 4))), len(negatives), self.negative_iou,
+                neg_rng)])
+        return [p for p, _ in gt] + [p for p, _ in fixed] + negatives, boxes
+
     def __getitems__(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
         indices = [int(i) for i in indices]
         groups: "OrderedDict[str, List[int]]" = OrderedDict()
@@ -257,11 +304,9 @@ class CropDataset(torch.utils.data.Dataset):
         rng = self._generator() if self.train else None  # also (re)seeds the transform for this epoch/worker
         out = torch.empty((len(indices), 3, self.input_size, self.input_size))
         labels = torch.empty(len(indices), dtype=torch.long)
-        for path, positions in groups.items():
+        for path, group in groups.items():
             img = self._image(path)
-            boxes = np.stack([self.samples[indices[p]][1] for p in positions]).astype(np.float32)
-            if self.jitter_iou is not None:
-                boxes = jitter_boxes(boxes, self.jitter_iou, rng)
+            positions, boxes = self._group_boxes(img, path, [(p, self.samples[indices[p]]) for p in group], rng)
             pos_t = torch.tensor(positions)
             out[pos_t] = self._crops(img, boxes)
             labels[pos_t] = torch.tensor([self.samples[indices[p]][2] for p in positions])

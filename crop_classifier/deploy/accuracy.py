@@ -10,7 +10,7 @@ from typing import Any, Dict, Mapping, Sequence
 import torch
 
 from ..errors import UsageError
-from ..structures import ClassifierMeta
+from ..structures import ClassifierMeta, object_class_names
 from ..data import CropDataset
 from ..engine.data import load_datasets
 
@@ -18,7 +18,7 @@ from ..engine.data import load_datasets
 def held_out_top1(classifiers: Mapping[str, Any], meta: ClassifierMeta, datasets: Sequence[str], *,
                   min_size: float = 0.0, batch_size: int = 64) -> Dict[str, Any]:
     """``{"crops": n, "top1": {name: accuracy}, "agreement": {name: top-1 agreement with the first}}``."""
-    samples, _ = load_datasets(list(datasets), class_names=list(meta.class_names), min_size=min_size)
+    samples, _ = load_datasets(list(datasets), class_names=object_class_names(meta), min_size=min_size)
     if not samples:
         raise UsageError(f"--eval-dataset {', '.join(datasets)}: no crops (min size {min_size})")
     order = sorted(range(len(samples)), key=lambda i: samples[i][0])  # grouped by image: decoded once

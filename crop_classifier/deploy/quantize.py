@@ -31,7 +31,7 @@ from ..errors import CheckpointError, UsageError
 from ..models.inference import InferenceClassifier, build_inference_classifier
 from ..models.registry import create_classifier
 from ..models.weights import classifier_from_checkpoint, load_checkpoint
-from ..structures import ClassifierMeta
+from ..structures import ClassifierMeta, object_class_names
 from ..utils.io import atomic_torch_save
 from .accuracy import held_out_top1
 
@@ -123,7 +123,7 @@ def calibration_batches(meta: ClassifierMeta, options: CalibrationOptions) -> It
         raise UsageError("--calib-dataset: name the dataset(s) the classifier was trained on (or --config-file)")
     if options.num_crops < 1:
         raise UsageError(f"--calib-crops {options.num_crops}: must be >= 1")
-    samples, _ = load_datasets(list(options.datasets), class_names=list(meta.class_names), min_size=options.min_size)
+    samples, _ = load_datasets(list(options.datasets), class_names=object_class_names(meta), min_size=options.min_size)
     if not samples:
         raise UsageError(f"--calib-dataset {', '.join(options.datasets)}: no crops (min size {options.min_size})")
     pick = np.unique(np.linspace(0, len(samples) - 1, min(options.num_crops, len(samples))).round().astype(int))

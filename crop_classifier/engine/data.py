@@ -3,33 +3,48 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from fvcore.common.config import CfgNode
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from ..config import parse_dataset_name
 from ..data import (CocoSamples, CropDataset, ImageGroupedBatchSampler, build_train_transform, collate_identity,
-                    generate_scenes, load_coco_samples, normalize)
+                    add_negative_samples, generate_scenes, load_coco_samples, normalize, object_boxes)
+from ..data.detection_crops import DetectionMatch, detection_samples
+from ..detectors.detections_file import DetectionsFile
 from .distributed import main_process_first
 
 logger = logging.getLogger(__name__)
 
 
-def load_dataset(name: str, *, class_names: Optional[Sequence[str]] = None, min_size: float = 0) -> CocoSamples:
-    """Crop samples of one dataset name; ``synthetic:`` scenes are generated first when missing.
-
-    Synthetic scene ``i`` depends on ``(SEED, basename(DIR), i)``: folders named differently (train/val)
-    hold different scenes even with the same seed.
-    """
+def dataset_files(name: str) -> Tuple[str, str]:
+    """``(annotation file, image folder)`` of a dataset name; ``synthetic:`` scenes are generated first when
+    missing. Synthetic scene ``i`` depends on ``(SEED, basename(DIR), i)``: folders named differently
+    (train/val) hold different scenes even with the same seed."""
     spec = parse_dataset_name(name)
     if spec["kind"] == "coco":
-        return load_coco_samples(spec["ann_file"], spec["image_dir"], class_names=class_names, min_size=min_size)
+        return spec["ann_file"], spec["image_dir"]
     out_dir = Path(spec["dir"])
     with main_process_first():  # one process generates, the others then read
         ann = generate_scenes(out_dir, spec["num_images"], seed=spec["seed"], split_name=out_dir.name)
-    return load_coco_samples(ann, out_dir, class_names=class_names, min_size=min_size)
+    return str(ann), str(out_dir)
+
+
+def load_dataset(name: str, *, class_names: Optional[Sequence[str]] = None, min_size: float = 0) -> CocoSamples:
+    """Crop samples of one dataset name (``dataset_files``)."""
+    ann, image_dir = dataset_files(name)
+    return load_coco_samples(ann, image_dir, class_names=class_names, min_size=min_size)
+
+
+def datasets_object_boxes(names: Sequence[str]) -> Dict[str, np.ndarray]:
+    """Every annotated box of the named datasets per image path (what background crops avoid)."""
+    out: Dict[str, np.ndarray] = {}
+    for name in names:
+        out.update(object_boxes(*dataset_files(name)))
+    return out
 
 
 def load_datasets(names: Sequence[str], *, class_names: Optional[Sequence[str]] = None,
@@ -45,6 +60,37 @@ def load_datasets(names: Sequence[str], *, class_names: Optional[Sequence[str]] 
     return samples, list(class_names or [])
 
 
+def detector_boxes(files: Sequence[str]) -> Dict[str, np.ndarray]:
+    """``{image base name: XYXY boxes}`` of first-stage detection files (read as the ``detections:`` first stage
+    reads them); a malformed entry is an error naming the file and the entry."""
+    out: Dict[str, list] = {}
+    for path in files:
+        det = DetectionsFile(path)
+        if det.errors:
+            raise ValueError(f"config key DATASETS.DETECTIONS: {det.errors[0]}")
+        for key, entries in det.by_key.items():
+            out.setdefault(key, []).append(entries.boxes)
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def extra_training_samples(cfg: CfgNode, samples: Sequence, num_classes: int) -> List:
+    """The crops trained besides the ground truth: detector boxes (``DATASETS.DETECTIONS``), else with
+    ``MODEL.BACKGROUND_CLASS`` random background placeholders; labels ``0 .. num_classes - 1``, background
+    ``num_classes``."""
+    bg = num_classes if cfg.MODEL.BACKGROUND_CLASS else None
+    if cfg.DATASETS.DETECTIONS:
+        match = DetectionMatch(cfg.INPUT.DETECTION_POS_IOU, cfg.INPUT.DETECTION_NEG_IOU, cfg.INPUT.DETECTION_RATIO,
+                               bg, cfg.SEED)
+        extra = detection_samples(detector_boxes(cfg.DATASETS.DETECTIONS), samples,
+                                  datasets_object_boxes(cfg.DATASETS.TRAIN), match)
+        logger.info("detector boxes: %d training crops (%d background) besides %d ground-truth crops",
+                    len(extra), sum(s[2] == bg for s in extra), len(samples))
+        return extra
+    if bg is not None:
+        return add_negative_samples(samples, cfg.INPUT.BACKGROUND_RATIO, bg)[len(samples):]
+    return []
+
+
 def build_train_loader(cfg: CfgNode, samples: Sequence, input_size: int, *, per_rank_batch: int,
                        num_replicas: int = 1, rank: int = 0) -> DataLoader:
     """Shuffled batches of augmented crops (grouped by image unless ``DATALOADER.GROUP_BY_IMAGE`` is off),
@@ -58,7 +104,9 @@ def build_train_loader(cfg: CfgNode, samples: Sequence, input_size: int, *, per_
         jitter_iou=cfg.INPUT.JITTER_IOU or None,
         transform=(build_train_transform(input_size, low_resolution=cfg.INPUT.AUGMENT_LOW_RESOLUTION)
                    if cfg.INPUT.AUGMENT else None),
-        seed=cfg.SEED,
+        seed=cfg.SEED, negative_iou=cfg.INPUT.BACKGROUND_MAX_IOU,
+        objects=(datasets_object_boxes(cfg.DATASETS.TRAIN)
+                 if cfg.MODEL.BACKGROUND_CLASS and not cfg.DATASETS.DETECTIONS else None),
     )
     sampler = ImageGroupedBatchSampler(
         samples, per_rank_batch, shuffle=True, seed=cfg.SEED, drop_last=True,

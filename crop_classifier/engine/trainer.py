@@ -20,11 +20,12 @@ from tqdm import tqdm
 from ..config import crop_spec
 from ..models import build_classifier, classifier_from_checkpoint, load_imagenet_weights, model_meta
 from ..errors import NonFiniteLossError
-from ..structures import CropSpec
+from ..structures import BACKGROUND_CLASS, CropSpec, object_class_names
 from ..utils.io import atomic_write_text
 from . import distributed as du
 from .checkpoint import EpochCheckpointer, capture_rng_state, restore_rng_state
-from .data import build_dataset_train_loader, build_test_loader, build_train_loader, load_datasets
+from .data import (build_dataset_train_loader, build_test_loader, build_train_loader, extra_training_samples,
+                   load_datasets)
 from .evaluation import box_sizes_in_loader_order, compute_metrics, inference_form, predict, write_results
 from .losses import InceptionLoss
 from .metrics import MetricsWriter
@@ -136,10 +137,14 @@ class Trainer:
         train_samples, class_names = load_datasets(
             cfg.DATASETS.TRAIN, class_names=list(cfg.DATASETS.CLASS_NAMES) or None,
             min_size=cfg.DATASETS.MIN_BOX_SIZE_TRAIN)
-        self.class_names = class_names
         if cfg.DATASETS.TEST:
             self.test_samples = load_datasets(cfg.DATASETS.TEST, class_names=class_names,
                                               min_size=cfg.DATASETS.MIN_BOX_SIZE_TEST)[0]
+        # Detector boxes or random background boxes; the background class is the last one.
+        train_samples = list(train_samples) + extra_training_samples(cfg, train_samples, len(class_names))
+        if cfg.MODEL.BACKGROUND_CLASS:
+            class_names = list(class_names) + [BACKGROUND_CLASS]
+        self.class_names = class_names
         num_classes = cfg.MODEL.NUM_CLASSES or len(class_names)
         if num_classes != len(class_names):
             raise ValueError(f"config key MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES} but the datasets define "
@@ -151,6 +156,8 @@ class Trainer:
         self.input_size = crop.size
         self.meta = model_meta(module, cfg.MODEL.ARCH, class_names, **crop.to_meta())
         self.meta["input_size"] = crop.size
+        if cfg.MODEL.BACKGROUND_CLASS:
+            self.meta["background_class"] = BACKGROUND_CLASS
         self.train_loader = build_train_loader(cfg, train_samples, self.input_size, per_rank_batch=self.per_rank_batch,
                                                num_replicas=self.world_size, rank=self.rank)
         if self.test_samples:
@@ -320,8 +327,21 @@ class Trainer:
                                {"epoch": epoch, "top1": metrics["top1"], "top5": metrics["top5"],
                                 "mean_class_accuracy": metrics["mean_class_accuracy"]})
             self.last_eval = {k: metrics[k] for k in ("top1", "top5", "mean_class_accuracy", "num_samples")}
+            self.meta["score_calibration"] = score_calibration(scores, labels, self.class_names)
         du.barrier()
         return metrics
+
+
+def score_calibration(probs: torch.Tensor, labels: torch.Tensor, class_names: List[str]) -> Dict[str, float]:
+    """``{class: mean probability the classifier gives the true class on crops of that class}``: the mean
+    fused/detector score ratio of a classified box of that class (``rescore``), which the second stage gives
+    boxes its size gates keep from the classifier, so that they do not outrank classified ones."""
+    out = {}
+    for k, name in enumerate(class_names):
+        mine = labels == k
+        if bool(mine.any()):
+            out[name] = round(float(probs[mine, k].float().mean()), 6)
+    return out
 
 
 def train(cfg: CfgNode, *, resume: bool = False, progress: bool = True) -> Dict[str, Any]:
@@ -342,7 +362,8 @@ def evaluate_checkpoint(cfg: CfgNode, weights: Path, *, output_dir: Optional[Pat
     model, meta = classifier_from_checkpoint(weights, map_location=device,
                                              expected_meta={"arch": cfg.MODEL.ARCH, "width": cfg.MODEL.WIDTH})
     crop = CropSpec.from_meta(meta) if meta.get("crop") else crop_spec(cfg, meta["input_size"])
-    samples, _ = load_datasets(cfg.DATASETS.TEST, class_names=meta["class_names"], min_size=cfg.DATASETS.MIN_BOX_SIZE_TEST)
+    samples, _ = load_datasets(cfg.DATASETS.TEST, class_names=object_class_names(meta),
+                               min_size=cfg.DATASETS.MIN_BOX_SIZE_TEST)
     loader = build_test_loader(cfg, samples, crop.size, context=crop.context, mode=crop.mode)
     amp_dtype = getattr(torch, cfg.SOLVER.AMP_DTYPE) if device.type == "cuda" and cfg.SOLVER.AMP else None
     classifier = inference_form(model, meta, device, amp_dtype=amp_dtype, channels_last=cfg.MODEL.CHANNELS_LAST)

@@ -44,6 +44,8 @@ def parts_dir(out_dir: Path, shard_index: int = 0, shard_count: int = 1) -> Path
 def fingerprint(o: Any) -> Dict[str, Any]:
     fp = {k: getattr(o, k) for k in _RESULT_OPTIONS}
     fp = {k: list(v) if isinstance(v, tuple) else v for k, v in fp.items()}
+    if getattr(o, "background_drop", 0.5) != 0.5:  # only when set: runs from before the option still resume
+        fp["background_drop"] = o.background_drop
     w = o.classifier_weights
     if w and os.path.isfile(w):  # a retrained checkpoint at the same path is a different classifier
         st = os.stat(w)

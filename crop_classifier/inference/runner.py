@@ -47,6 +47,7 @@ class InferOptions:
     context: Optional[float] = None
     crop_mode: Optional[str] = None
     nms_thresh: float = 0.5
+    background_drop: float = 0.5  # a classifier with a background class: see second_stage/fusion.py
     batch_size: int = 4
     crops_per_forward: int = 64
     categories: Optional[str] = None
@@ -130,7 +131,8 @@ def build_stages(o: InferOptions, device: str):
         second = SecondStage(
             classifier, first.class_names, context=o.context, crop_mode=o.crop_mode, class_map=o.class_map,
             fusion=o.fusion, min_size=o.min_box_size, max_size=o.max_box_size,
-            reclassify=list(o.reclassify) or None, max_crops_per_forward=o.crops_per_forward, nms_thresh=o.nms_thresh)
+            reclassify=list(o.reclassify) or None, max_crops_per_forward=o.crops_per_forward, nms_thresh=o.nms_thresh,
+            background_drop=o.background_drop)
     except CheckpointError as e:
         raise UsageError(f"--classifier-weights: {e}" + (" (use --classifier to name the checkpoint's architecture)"
                                                         if "arch" in str(e) else "")) from e
@@ -148,6 +150,8 @@ class InferenceRun:
     def __init__(self, o: InferOptions):
         if o.batch_size < 1 or o.video_stride < 1:
             raise UsageError("--batch-size and --video-stride must be >= 1")
+        if not 0 <= o.background_drop <= 1:
+            raise UsageError(f"--background-drop {o.background_drop}: must be in [0, 1] (1: never drop)")
         try:
             self.shard = resolve_shard(o.num_shards, o.shard_id)
         except ValueError as e:

@@ -8,6 +8,10 @@ of these passes through untouched.
 
 Output class ids: the classifier's classes in the checkpoint's order (ids ``0 .. K-1``), followed by every
 detector class whose name is not a classifier class, in the detector's order (ids ``K ..``).
+
+A classifier with a background class (``background``: its name, the checkpoint's last class) keeps it out
+of both: it is never an output class and never in a detector class's set (``"*"`` means every *object*
+class; naming it in the map is an error). ``background_index`` is its column in the probabilities.
 """
 from __future__ import annotations
 
@@ -69,9 +73,14 @@ class ClassMap:
         detector_classes: Sequence[str],
         classifier_classes: Sequence[str],
         mapping: Union[None, str, Mapping[str, MapValue], Sequence[Sequence[str]]] = None,
+        background: Optional[str] = None,
     ):
         self.detector_classes = [str(c) for c in detector_classes]
-        self.classifier_classes = [str(c) for c in classifier_classes]
+        all_classes = [str(c) for c in classifier_classes]
+        self.background_index = _background_index(all_classes, background)
+        # The object classes; the background column (the last) stays in the probabilities only.
+        self.classifier_classes = all_classes[:self.background_index]
+        self.num_probs = len(all_classes)
         for what, names in (("detector", self.detector_classes), ("classifier", self.classifier_classes)):
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
@@ -83,24 +92,27 @@ class ClassMap:
         if unknown:
             raise ValueError(f"class map names detector classes {unknown} that the detector does not have "
                              f"(detector classes: {self.detector_classes[:20]}{' ...' if len(self.detector_classes) > 20 else ''})")
+        if background and background in mapping:
+            raise ValueError(f"class map names the background class {background!r} as a detector class")
         D, K = len(self.detector_classes), len(self.classifier_classes)
-        sets = torch.zeros(D, K, dtype=torch.bool)
+        sets = torch.zeros(D, self.num_probs, dtype=torch.bool)  # the background column is never set
         for d, name in enumerate(self.detector_classes):
             # A named entry, else the "*" entry for every detector class not named, else same-name matching.
             key = name if name in mapping else ALL_CLASSES if ALL_CLASSES in mapping else None
             if key is not None:
                 for target in mapping[key]:
                     if target == ALL_CLASSES:
-                        sets[d, :] = True
-                    elif target in cls_index:
+                        sets[d, :K] = True
+                    elif target in cls_index and target != background:
                         sets[d, cls_index[target]] = True
                     else:
                         raise ValueError(f"class map entry {key!r} -> {target!r}: the classifier has no class "
                                          f"{target!r} (classifier classes: {self.classifier_classes})")
-            elif name in cls_index:
+            elif name in cls_index and name != background:
                 sets[d, cls_index[name]] = True
         self.sets = sets
-        self.output_class_names = self.classifier_classes + [n for n in self.detector_classes if n not in cls_index]
+        self.output_class_names = self.classifier_classes + [n for n in self.detector_classes
+                                                             if n not in cls_index]
         out_index = {n: i for i, n in enumerate(self.output_class_names)}
         self.det_to_out = torch.tensor([out_index[n] for n in self.detector_classes], dtype=torch.long)
 
@@ -113,10 +125,23 @@ class ClassMap:
         d = self.detector_classes.index(detector_class)
         return [self.classifier_classes[k] for k in torch.nonzero(self.sets[d]).flatten().tolist()]
 
+    def set_means(self, values: Mapping[str, float], default: float = 1.0) -> Tensor:
+        """``[D]``: per detector class, the mean of ``values`` over its set's classes that ``values`` names
+        (``default`` for a class with none)."""
+        out = torch.full((len(self.detector_classes),), float(default))
+        for d in range(len(self.detector_classes)):
+            got = [float(values[self.classifier_classes[k]]) for k in torch.nonzero(self.sets[d]).flatten().tolist()
+                   if self.classifier_classes[k] in values]
+            if got:
+                out[d] = sum(got) / len(got)
+        return out
+
+    @property
+    def has_background(self) -> bool:
+        return self.background_index < self.num_probs
+
     def describe(self) -> Dict[str, List[str]]:
         return {d: self.targets(d) for d in self.detector_classes if self.targets(d)}
-
-
 
     def selection(self, reclassify: Optional[Sequence[str]] = None) -> Tensor:
         """``[D]`` bool: detector classes whose boxes go to the classifier (every mapped class, or those of
@@ -131,3 +156,13 @@ class ClassMap:
         if unmapped:
             raise ValueError(f"classes to re-classify {unmapped} map to no classifier class; add them to the class map")
         return self.mapped & torch.tensor([d in set(chosen) for d in self.detector_classes], dtype=torch.bool)
+
+
+def _background_index(classifier_classes: Sequence[str], background: Optional[str]) -> int:
+    """The background class's column (it must be the last class), or ``len(classifier_classes)`` without one."""
+    if not background:
+        return len(classifier_classes)
+    if not classifier_classes or classifier_classes[-1] != background:
+        raise ValueError(f"background class {background!r} must be the classifier's last class; classes: "
+                         f"{list(classifier_classes)[-5:]}")
+    return len(classifier_classes) - 1

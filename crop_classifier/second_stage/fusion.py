@@ -8,14 +8,25 @@ class set is ``S = map[d]`` (``class_map.ClassMap``):
 - ``filter``: YOLOv5's ``apply_classifier``: the box is dropped when the classifier's overall argmax is not
   in ``S``; class and score stay the detector's.
 
+With a background class (``class_map.background_index``; ``p`` is then the full softmax, background
+included, so ``sum_{k in S} p_k = 1 - p_bg`` when S holds every object class):
+
+- ``rescore``: the same rule, ``s * sum_{k in S} p_k``: background mass lowers every score;
+- ``replace``: the decision is taken over ``S ∪ {background}``; a box whose best is the background is
+  dropped when ``p_bg > background_drop`` (``FusionRule``; 1 never drops), else it keeps ``k*`` (the best
+  within S) and score ``s * p_k*``, which the background mass has already lowered;
+- ``filter``: the background is never in S, so a box whose overall argmax is the background is dropped.
+
 ``replace`` can merge two detector hypotheses of one object into the same class, so it ends with a
 class-wise NMS (``nms_thresh``; Detectron2's test-time default 0.5, ``0`` turns it off). Boxes that were not
 classified (unmapped class, class not selected, size gate, a box that cannot be cropped) keep their
-detector class and score, translated to the output id of the same name; they are never dropped.
+detector class and score, translated to the output id of the same name; they are never dropped (a box a
+size gate kept from the classifier comes in with its score already calibrated: ``stage.SecondStage.gated_scores``).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Tuple
 
 import torch
@@ -34,6 +45,22 @@ def check_fusion_mode(mode: str) -> str:
     return mode
 
 
+@dataclass(frozen=True)
+class FusionRule:
+    """How one image's boxes are fused: the mode, the NMS after ``replace``, and (with a background class)
+    the background probability above which ``replace`` drops a box whose best class is the background."""
+
+    mode: str = "replace"
+    nms_thresh: float = 0.5
+    background_drop: float = 0.5
+
+    def validate(self) -> "FusionRule":
+        check_fusion_mode(self.mode)
+        if not 0 <= self.background_drop <= 1:
+            raise ValueError(f"background_drop must be in [0, 1] (1: never drop), got {self.background_drop}")
+        return self
+
+
 def fuse(
     det_classes: Tensor,
     det_scores: Tensor,
@@ -41,6 +68,7 @@ def fuse(
     classified: Tensor,
     class_map: ClassMap,
     mode: str,
+    background_drop: float = 0.5,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Pure fusion of one batch of boxes (see module doc).
 
@@ -68,6 +96,9 @@ def fuse(
         classes[c] = best_k[c]  # classifier classes are the first K output ids
         scores[c] = scores[c] * best_p[c]
         cls_scores[c] = best_p[c]
+        if class_map.has_background:  # the best over S and the background is the background: drop above the bar
+            p_bg = p[:, class_map.background_index]
+            keep = ~(c & (p_bg > best_p) & (p_bg > background_drop))
     elif mode == "rescore":
         p_set = (p * sets).sum(dim=1)
         scores[c] = scores[c] * p_set[c]
@@ -99,14 +130,15 @@ def fuse_image(
     probs: Tensor,
     classified: Tensor,
     class_map: ClassMap,
-    mode: str,
-    nms_thresh: float,
+    rule: FusionRule,
 ) -> FusedDetections:
-    """One image's boxes -> its output (fused, ``filter``-dropped, NMS after ``replace``, sorted by score)."""
-    classes, scores, keep, cls_scores = fuse(det_classes, det_scores, probs, classified, class_map, mode)
+    """One image's boxes -> its output (fused, ``filter``/background-dropped, NMS after ``replace``, sorted
+    by score)."""
+    classes, scores, keep, cls_scores = fuse(det_classes, det_scores, probs, classified, class_map, rule.mode,
+                                             rule.background_drop)
     r = FusedDetections(
         boxes=boxes.float(), classes=classes, scores=scores, det_classes=det_classes, det_scores=det_scores.float(),
         cls_probs=probs, cls_scores=cls_scores, classified=classified,
         index=torch.arange(boxes.shape[0], device=boxes.device),
     ).select(keep)
-    return class_nms(r, nms_thresh if mode == "replace" else 0.0)
+    return class_nms(r, rule.nms_thresh if rule.mode == "replace" else 0.0)

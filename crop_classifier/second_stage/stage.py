@@ -21,7 +21,7 @@ from ..crops import extract_crops, valid_boxes_mask
 from ..models.inference import build_inference_classifier, load_inference_classifier
 from ..structures import CropSpec, FusedDetections
 from .class_map import ClassMap, MapValue
-from .fusion import check_fusion_mode, fuse_image
+from .fusion import FusionRule, fuse_image
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +39,22 @@ class SecondStageOptions:
     max_size: float = 0.0  # longer box side over this (px): not classified; 0 = no gate
     max_crops_per_forward: int = 64
     nms_thresh: float = 0.5  # class-wise NMS after replace; 0 = off
+    # A classifier with a background class: replace drops a box whose best class is the background when
+    # p_background is above this (1 = never drop, only down-score); see fusion.py.
+    background_drop: float = 0.5
+    # Boxes the size gates keep from the classifier get score x the checkpoint's per-class calibration
+    # (meta["score_calibration"]: the mean fused/detector ratio of classified boxes of the class), so a gated box
+    # does not outrank classified ones only because it was not classified. No calibration in the meta: unchanged.
+    calibrate_gates: bool = True
     context: Optional[float] = None
     crop_mode: Optional[str] = None
 
+    @property
+    def rule(self) -> FusionRule:
+        return FusionRule(self.fusion, self.nms_thresh, self.background_drop)
+
     def validate(self) -> "SecondStageOptions":
-        check_fusion_mode(self.fusion)
+        self.rule.validate()
         if self.max_crops_per_forward < 1:
             raise ValueError(f"max_crops_per_forward must be >= 1, got {self.max_crops_per_forward}")
         if self.min_size < 0 or self.max_size < 0 or (self.max_size and self.max_size < self.min_size):
@@ -94,9 +105,14 @@ class SecondStage(nn.Module):
             raise TypeError("pass options or keyword options, not both")
         self.options = (options or SecondStageOptions(**option_kwargs)).validate()
         self.classifier = classifier
-        self.class_map = ClassMap(detector_classes, classifier.meta.class_names, self.options.class_map)
+        self.class_map = ClassMap(detector_classes, classifier.meta.class_names, self.options.class_map,
+                                  background=getattr(classifier.meta, "background_class", None))
         self.crop: CropSpec = classifier.meta.crop.with_overrides(self.options.context, self.options.crop_mode)
         self.register_buffer("reclassify_mask", self.class_map.selection(self.options.reclassify), persistent=False)
+        calibration = dict(getattr(classifier.meta, "extra", {}).get("score_calibration") or {})
+        if not self.options.calibrate_gates:
+            calibration = {}
+        self.register_buffer("gate_factor", self.class_map.set_means(calibration), persistent=False)
         if not bool(self.reclassify_mask.any()):
             logger.warning("no detector class maps to a classifier class: every box passes through untouched "
                            "(detector classes %s, classifier classes %s)",
@@ -139,7 +155,14 @@ class SecondStage(nn.Module):
     def eligible(self, boxes: Tensor, det_classes: Tensor, image_hw) -> Tensor:
         """``[N]`` bool: boxes that go through the classifier: class selected and mapped, size gates passed,
         and croppable (NaN/inf, inverted or off-image boxes pass through untouched)."""
-        ok = self.reclassify_mask.to(det_classes.device)[det_classes]
+        ok = self.reclassify_mask.to(det_classes.device)[det_classes] & self.size_ok(boxes).to(det_classes.device)
+        if boxes.shape[0]:
+            ok &= valid_boxes_mask(boxes.detach(), tuple(image_hw)).to(ok.device)
+        return ok
+
+    def size_ok(self, boxes: Tensor) -> Tensor:
+        """``[N]`` bool: boxes the size gates let through."""
+        ok = torch.ones(boxes.shape[0], dtype=torch.bool, device=boxes.device)
         o = self.options
         if o.min_size > 0 or o.max_size > 0:
             short, long = _box_sides(boxes)
@@ -147,9 +170,14 @@ class SecondStage(nn.Module):
                 ok &= short >= o.min_size
             if o.max_size > 0:
                 ok &= long <= o.max_size
-        if boxes.shape[0]:
-            ok &= valid_boxes_mask(boxes.detach(), tuple(image_hw)).to(ok.device)
         return ok
+
+    def gated_scores(self, boxes: Tensor, det_classes: Tensor, det_scores: Tensor) -> Tensor:
+        """Detector scores with the gated boxes' (selected, kept from the classifier by a size gate) multiplied
+        by their class's calibration factor (``gate_factor``, 1 without calibration)."""
+        gated = self.reclassify_mask.to(det_classes.device)[det_classes] & ~self.size_ok(boxes).to(det_classes.device)
+        factor = self.gate_factor.to(det_scores.device)[det_classes]
+        return torch.where(gated.to(det_scores.device), det_scores.float() * factor, det_scores.float())
 
     @torch.no_grad()
     def classify(self, images: Sequence[Tensor], boxes: Sequence[Tensor]) -> List[Tensor]:
@@ -176,7 +204,7 @@ class SecondStage(nn.Module):
                 if n_pending >= chunk:
                     flush()
         flush()
-        flat = torch.cat(probs) if probs else torch.zeros(0, len(self.classifier_classes), device=self.device)
+        flat = torch.cat(probs) if probs else torch.zeros(0, self.class_map.num_probs, device=self.device)
         return list(torch.split(flat, [int(b.shape[0]) for b in boxes]))
 
     def run(self, images: Sequence[Tensor], boxes: Sequence[Tensor], det_classes: Sequence[Tensor],
@@ -185,13 +213,16 @@ class SecondStage(nn.Module):
         _check_inputs(images, boxes, det_classes, det_scores, len(self.class_map.detector_classes))
         eligible = [self.eligible(b.float(), c.long(), img.shape[-2:]) for img, b, c in zip(images, boxes, det_classes)]
         probs_e = self.classify(images, [b[e] for b, e in zip(boxes, eligible)])
-        K, out = len(self.classifier_classes), []
+        K, out = self.class_map.num_probs, []
         for b, c, s, e, pe in zip(boxes, det_classes, det_scores, eligible, probs_e):
             dev = b.device
             probs = torch.zeros(b.shape[0], K, device=dev)
             probs[e] = pe.to(dev)
-            out.append(fuse_image(b, c.long().to(dev), s.to(dev), probs, e.to(dev), self.class_map,
-                                  self.fusion, self.options.nms_thresh))
+            c, s = c.long().to(dev), s.to(dev).float()
+            r = fuse_image(b, c, self.gated_scores(b.float(), c, s), probs, e.to(dev), self.class_map,
+                           self.options.rule)
+            r.det_scores = s[r.index]  # the detector's own score, whatever the gate calibration gave
+            out.append(r)
         return StageOutput(out, [int(e.sum()) for e in eligible])
 
     def forward(self, images: Sequence[Tensor], boxes: Sequence[Tensor], det_classes: Sequence[Tensor],

@@ -62,6 +62,7 @@ class TrackingLoop:
         self.input_size = int(second_stage.crop.size)
         self.context = float(second_stage.crop.context)
         self.fusion = str(second_stage.fusion)
+        self.background_drop = float(getattr(getattr(second_stage, "options", None), "background_drop", 0.5))
         self.class_map = second_stage.class_map
         self.output_names = list(second_stage.output_class_names)
         self.detector_names = list(self.class_map.detector_classes)
@@ -85,7 +86,7 @@ class TrackingLoop:
         eligible = self.second.eligible(boxes, det_classes, tuple(image_t.shape[-2:])).cpu()
         reasons = self._due(frame.index, ids, boxes_np, eligible)
         due = torch.tensor([bool(r) for r in reasons], dtype=torch.bool)
-        K = len(self.class_map.classifier_classes)
+        K = self.class_map.num_probs
         frame_probs = torch.zeros(n, K)
         if bool(due.any()):
             probs = self.second.classify([image_t], [boxes[due]])[0].float().cpu()
@@ -104,8 +105,9 @@ class TrackingLoop:
                 voted[i] = torch.from_numpy(v).float()
                 has_vote[i] = True
         classes, scores, keep_f, cls_scores = fuse(det_classes, det_scores, voted, has_vote, self.class_map,
-                                                   self.fusion)
-        own_classes, _, _, own_scores = fuse(det_classes, det_scores, frame_probs, due, self.class_map, self.fusion)
+                                                   self.fusion, self.background_drop)
+        own_classes, _, _, own_scores = fuse(det_classes, det_scores, frame_probs, due, self.class_map, self.fusion,
+                                             self.background_drop)
         fused = FusedDetections(boxes=boxes, classes=classes, scores=scores, det_classes=det_classes,
                                 det_scores=det_scores, cls_probs=voted, cls_scores=cls_scores, classified=has_vote,
                                 index=torch.from_numpy(keep))
