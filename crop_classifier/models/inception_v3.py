@@ -6,8 +6,9 @@ strides/pooling differ between variants, and those carry no parameters.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -289,3 +290,53 @@ class InceptionV3(nn.Module):
         if self.training and self.AuxLogits is not None:
             return logits, self.AuxLogits(g17)
         return logits
+
+    def with_stem(self, stem: StemSpec) -> "InceptionV3":
+        """A view of this network with another Section 9 stem: a plain ``InceptionV3`` sharing every
+        parameter, buffer and submodule, except ``Conv2d_1a_3x3``'s stride (its weights still shared) and
+        ``maxpool1``, which carry no parameters. Training either trains both; works on a BN-folded copy too."""
+        view = copy.copy(self)  # shallow: the same submodule objects...
+        view.__class__ = InceptionV3  # (a routed network's view is a plain, traceable one)
+        view.__dict__.pop("_views", None)
+        view._modules = dict(self._modules)  # ...in a dict of its own, so replacing two leaves touches only it
+        first = copy.copy(self.Conv2d_1a_3x3)
+        first._modules = dict(first._modules)
+        conv = copy.copy(first.conv)  # shares its _parameters dict: the same weight (and folded bias) objects
+        conv.stride = (stem.first_stride, stem.first_stride)
+        first._modules["conv"] = conv
+        view._modules["Conv2d_1a_3x3"] = first
+        view._modules["maxpool1"] = nn.MaxPool2d(kernel_size=3, stride=2) if stem.first_pool else nn.Identity()
+        view.stem, view.input_size = stem, stem.input_size
+        return view
+
+
+class RoutedInceptionV3(InceptionV3):
+    """One weight set, several Section 9 stems: ``forward`` runs the stem whose input size is the input's
+    side (79 -> ``v3_79``'s, 151 -> ``v3_151``'s, 299 -> ``v3_299``'s), so multi-resolution batches train the
+    same parameters. Its ``state_dict`` is exactly a single-stem network's (names and shapes), so ImageNet
+    weights and every variant's checkpoints load into it and it loads into them. ``route(size)`` gives the
+    plain ``InceptionV3`` view for one input size (export, BN folding, tracing)."""
+
+    def __init__(self, stems: Sequence[StemSpec], num_classes: int = 1000, **kwargs) -> None:
+        stems = tuple(sorted(stems, key=lambda s: s.input_size))
+        if not stems or len({s.input_size for s in stems}) != len(stems):
+            raise ValueError(f"routed Inception-v3 needs stems of distinct input sizes, got {stems}")
+        super().__init__(stems[0], num_classes, **kwargs)
+        self.stems = stems
+        self.input_sizes = tuple(s.input_size for s in stems)
+
+    def route(self, size: int) -> InceptionV3:
+        """The view that takes ``size`` px inputs (built once per size and kept out of the module tree, so
+        ``state_dict`` and ``parameters()`` list each weight once)."""
+        spec = next((s for s in self.stems if s.input_size == int(size)), None)
+        if spec is None:
+            raise ValueError(f"routed classifier: no stem takes {int(size)} px inputs (routes: {list(self.input_sizes)})")
+        views: Dict[int, InceptionV3] = self.__dict__.setdefault("_views", {})
+        if spec.input_size not in views:
+            views[spec.input_size] = self.with_stem(spec)
+        view = views[spec.input_size]
+        view.training = self.training  # the shared submodules follow train()/eval(); the view object itself not
+        return view
+
+    def forward(self, x: Tensor):
+        return self.route(int(x.shape[-1]))(x)

@@ -11,11 +11,17 @@ or folds BN for inference.
 
 Other runtimes (ONNX Runtime, OpenVINO, int8) expose the same call: crops in, probabilities out, with
 ``meta`` (``structures.ClassifierMeta``) describing classes and crop spec.
+
+``RoutedClassifier`` is the routed form (``routing``): one such classifier per route, each called with crops
+at its own input size; ``routes`` tells callers (``SecondStage``) which size each box is cropped at. A
+routed checkpoint (``arch`` ``auto``) gives one BN-folded weight set behind its per-route views;
+``routed_classifier`` makes a routed set of separately trained per-stem classifiers (or runtimes).
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Optional
+import dataclasses
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +29,8 @@ from torch import Tensor, nn
 from ..errors import UsageError
 from ..structures import ClassifierMeta, CropSpec
 from .fuse import optimize_for_inference
+from .inception_v3 import STEMS, RoutedInceptionV3
+from .routing import ROUTED_ARCH, Routes
 from .weights import classifier_from_checkpoint
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -113,6 +121,78 @@ class InferenceClassifier(nn.Module):
         return torch.softmax(self.logits(x), dim=1)
 
 
+class RoutedClassifier(nn.Module):
+    """Crops in [0, 1] -> probabilities, each batch run by the route whose input size is the crops' side.
+    ``classifiers``: one per route of ``routes``, smallest input first (``InferenceClassifier`` or any runtime
+    with its call and ``meta``); they must agree on classes and crop context/mode. ``meta`` is the routed meta
+    (``arch`` ``auto``, ``routes``, the smallest route's input size)."""
+
+    def __init__(self, classifiers: Sequence[Any], routes: Routes, meta: ClassifierMeta) -> None:
+        super().__init__()
+        if len(classifiers) != len(routes):
+            raise ValueError(f"{len(classifiers)} classifiers for {len(routes)} routes ({list(routes.archs)})")
+        for c, size in zip(classifiers, routes.input_sizes):
+            if int(c.meta.input_size) != size:
+                raise ValueError(f"route {size} px: its classifier takes {c.meta.input_size} px crops")
+        self.routes, self.meta = routes, meta
+        self.classifiers = list(classifiers)
+        if all(isinstance(c, nn.Module) for c in classifiers):
+            self.routed = nn.ModuleList(classifiers)  # .to()/.eval() reach every route
+        self._by_size: Dict[int, Any] = dict(zip(routes.input_sizes, classifiers))
+
+    crop = property(lambda self: self.meta.crop)
+    class_names = property(lambda self: list(self.meta.class_names))
+    input_size = property(lambda self: self.meta.input_size)
+    device = property(lambda self: torch.device(self.classifiers[0].device))
+    precision = property(lambda self: getattr(self.classifiers[0], "precision", "fp32"))
+
+    def route(self, size: int) -> Any:
+        """The classifier that takes ``size`` px crops."""
+        if int(size) not in self._by_size:
+            raise ValueError(f"routed classifier: no route takes {int(size)} px crops (routes: "
+                             f"{list(self.routes.input_sizes)})")
+        return self._by_size[int(size)]
+
+    def logits(self, x: Tensor) -> Tensor:
+        return self.route(x.shape[-1]).logits(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.route(x.shape[-1])(x)
+
+
+def _route_meta(meta: ClassifierMeta, arch: str) -> ClassifierMeta:
+    """One route's meta: that stem's name and input size, the routed meta's classes and crop context/mode."""
+    extra = {k: v for k, v in meta.extra.items() if k != "routes"}
+    return dataclasses.replace(meta, arch=arch, crop=dataclasses.replace(meta.crop, size=STEMS[arch].input_size),
+                               extra=extra)
+
+
+def routed_meta(meta: ClassifierMeta, routes: Routes) -> ClassifierMeta:
+    """``meta`` (any route's) as the routed set's: arch ``auto``, the smallest input size, ``routes`` recorded."""
+    crop = dataclasses.replace(meta.crop, size=routes.input_sizes[0])
+    return dataclasses.replace(meta, arch=ROUTED_ARCH, crop=crop, extra={**meta.extra, "routes": routes.to_meta()})
+
+
+def routed_classifier(classifiers: Sequence[Any], thresholds: Optional[Sequence[float]] = None) -> RoutedClassifier:
+    """Separately trained single-stem classifiers (any order, distinct stems) as one routed set. They must
+    have the same classes and crop context/mode; ``thresholds`` default to ``Routes``'s."""
+    ordered = sorted(classifiers, key=lambda c: int(c.meta.input_size))
+    archs = tuple(str(c.meta.arch) for c in ordered)
+    first = ordered[0].meta
+    for c in ordered[1:]:
+        if list(c.meta.class_names) != list(first.class_names):
+            raise UsageError(f"routed set: {c.meta.arch} has classes {list(c.meta.class_names)[:5]}..., "
+                             f"{first.arch} has {list(first.class_names)[:5]}...; the routes must share their classes")
+        if (c.meta.crop.context, c.meta.crop.mode) != (first.crop.context, first.crop.mode):
+            raise UsageError(f"routed set: {c.meta.arch} crops with context {c.meta.crop.context}/{c.meta.crop.mode}, "
+                             f"{first.arch} with {first.crop.context}/{first.crop.mode}; the routes must crop alike")
+    try:
+        routes = Routes(archs, None if thresholds is None else tuple(thresholds))
+    except ValueError as e:
+        raise UsageError(f"routed set: {e}") from None
+    return RoutedClassifier(ordered, routes, routed_meta(first, routes))
+
+
 def build_inference_classifier(
     model: nn.Module,
     meta: Any,
@@ -121,15 +201,42 @@ def build_inference_classifier(
     precision: str = "fp32",
     fold_bn: bool = True,
     channels_last: bool = True,
-) -> InferenceClassifier:
+    route_thresholds: Optional[Sequence[float]] = None,
+) -> Any:
     """The inference form of ``model`` (left untouched: the form is built on a copy). ``meta``: a
-    ``ClassifierMeta`` or the checkpoint's meta dict. ``device``: default the model's."""
+    ``ClassifierMeta`` or the checkpoint's meta dict. ``device``: default the model's. A routed model
+    (``RoutedInceptionV3``, meta ``routes``) gives a ``RoutedClassifier``: BN folded once, one view per route
+    (``route_thresholds``: other thresholds than the meta's)."""
     meta = meta if isinstance(meta, ClassifierMeta) else ClassifierMeta.from_dict(meta)
     if device is None:
         device = next(iter(model.parameters()), torch.zeros(0)).device
     check_precision(precision, device)
+    routes = Routes.from_meta(meta.extra)
+    if isinstance(model, RoutedInceptionV3) or routes is not None:
+        return _build_routed(model, meta, routes, device=device, precision=precision, fold_bn=fold_bn,
+                             channels_last=channels_last, thresholds=route_thresholds)
     net = optimize_for_inference(model, fuse=fold_bn, channels_last=channels_last).to(device)
     return InferenceClassifier(net, meta, precision=precision, channels_last=channels_last).to(device)
+
+
+def _build_routed(model: nn.Module, meta: ClassifierMeta, routes: Optional[Routes], *, device: Any, precision: str,
+                  fold_bn: bool, channels_last: bool, thresholds: Optional[Sequence[float]]) -> RoutedClassifier:
+    if not isinstance(model, RoutedInceptionV3):
+        raise ValueError(f"meta lists routes {routes.to_meta() if routes else None} but the model is a single-stem "
+                         f"{type(model).__name__}")
+    if routes is None:
+        routes = Routes(tuple(a for s in model.stems for a, spec in STEMS.items() if spec == s))
+    try:
+        routes = routes.with_thresholds(thresholds)
+    except ValueError as e:
+        raise UsageError(f"--route-thresholds: {e}") from None
+    # Fold BN once on the smallest route's plain view; the other routes are views of the folded copy.
+    base = optimize_for_inference(model.route(routes.input_sizes[0]), fuse=fold_bn, channels_last=channels_last)
+    base = base.to(device)
+    meta = routed_meta(meta, routes)
+    forms = [InferenceClassifier(base.with_stem(STEMS[a]) if i else base, _route_meta(meta, a), precision=precision,
+                                 channels_last=channels_last).to(device) for i, a in enumerate(routes.archs)]
+    return RoutedClassifier(forms, routes, meta)
 
 
 def load_inference_classifier(

@@ -18,7 +18,9 @@ from torch import nn
 
 from ..errors import CheckpointError, WeightsUnavailableError
 from ..structures import IMAGENET_MEAN, IMAGENET_STD
-from .registry import create_classifier
+from .inception_v3 import STEMS, RoutedInceptionV3
+from .registry import ALL_ARCHITECTURES, create_classifier
+from .routing import Routes
 from ..utils.io import atomic_torch_save, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -153,7 +155,8 @@ def classifier_from_checkpoint(
         )
     try:
         model = create_classifier(
-            meta["arch"], meta["num_classes"], width=meta["width"], aux_logits=any(k.startswith("AuxLogits.") for k in sd)
+            meta["arch"], meta["num_classes"], width=meta["width"], aux_logits=any(k.startswith("AuxLogits.") for k in sd),
+            routes=(meta.get("routes") or {}).get("archs"),
         )
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from e
@@ -234,8 +237,11 @@ def load_pretrained(model: nn.Module, weights: PathLike, *, arch: str) -> None:
     if str(weights) != "imagenet":
         obj, st_meta = _read_file(weights)
         meta = st_meta or (obj.get("meta") if isinstance(obj.get("meta"), Mapping) else None)
-        if meta is not None:  # our own checkpoint: it must describe this very model
-            ckpt = load_checkpoint(weights, {"arch": arch, "width": model.width})
+        if meta is not None:  # our own checkpoint: it must describe this very model (any stem: they share weights)
+            ckpt = load_checkpoint(weights, {"width": model.width})
+            if ckpt["meta"]["arch"] not in ALL_ARCHITECTURES:
+                raise CheckpointError(f"{weights}: checkpoint arch {ckpt['meta']['arch']!r} is none of "
+                                      f"{', '.join(ALL_ARCHITECTURES)} (building {arch})")
             if ckpt["meta"]["num_classes"] != model.num_classes:
                 load_imagenet_weights(model, ckpt["model"], transform_input=bool(ckpt["meta"].get("transform_input", False)))
                 return
@@ -245,8 +251,10 @@ def load_pretrained(model: nn.Module, weights: PathLike, *, arch: str) -> None:
     load_imagenet_weights(model, weights)
 
 
-def model_meta(model: nn.Module, arch: str, class_names, **crop: Any) -> Dict[str, Any]:
-    """The metadata every checkpoint carries; ``crop`` holds context/mode so inference crops like training."""
+def model_meta(model: nn.Module, arch: str, class_names, *, routes: Any = None, **crop: Any) -> Dict[str, Any]:
+    """The metadata every checkpoint carries; ``crop`` holds context/mode so inference crops like training.
+    A routed model (``arch`` ``auto``) also records ``routes`` (``routing.Routes``: stems, input sizes and
+    thresholds); its ``input_size`` is the smallest route's."""
     model = getattr(model, "module", model)
     meta = {
         "arch": arch,
@@ -260,4 +268,8 @@ def model_meta(model: nn.Module, arch: str, class_names, **crop: Any) -> Dict[st
     }
     if crop:
         meta["crop"] = dict(crop)
+    if routes is None and isinstance(model, RoutedInceptionV3):
+        routes = Routes(tuple(a for s in model.stems for a, spec in STEMS.items() if spec == s))
+    if routes is not None:
+        meta["routes"] = routes.to_meta()
     return meta

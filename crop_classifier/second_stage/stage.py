@@ -1,7 +1,8 @@
 """The second stage: crop every selected box from the full-resolution image, classify, fuse.
 
 ``SecondStage`` only wires the parts: which boxes go to the classifier (class selection, size gates, boxes
-that can be cropped), crops (``crops.extract_crops`` with the classifier's ``CropSpec``), the classifier in
+that can be cropped), crops (``crops.extract_crops`` with the classifier's ``CropSpec``; a routed classifier's
+boxes at their route's size, ``models.routing``), the classifier in
 its inference form (``models.inference.InferenceClassifier`` or any runtime with the same call: crops in
 [0, 1] -> probabilities), and ``fusion.fuse_image`` per image.
 
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from ..crops import extract_crops, valid_boxes_mask
 from ..models.inference import build_inference_classifier, load_inference_classifier
+from ..models.routing import Routes, native_sides
 from ..structures import CropSpec, FusedDetections
 from .class_map import ClassMap, MapValue
 from .fusion import FusionRule, fuse_image
@@ -108,6 +110,7 @@ class SecondStage(nn.Module):
         self.class_map = ClassMap(detector_classes, classifier.meta.class_names, self.options.class_map,
                                   background=getattr(classifier.meta, "background_class", None))
         self.crop: CropSpec = classifier.meta.crop.with_overrides(self.options.context, self.options.crop_mode)
+        self.routes: Optional[Routes] = getattr(classifier, "routes", None)  # a RoutedClassifier's
         self.register_buffer("reclassify_mask", self.class_map.selection(self.options.reclassify), persistent=False)
         calibration = dict(getattr(classifier.meta, "extra", {}).get("score_calibration") or {})
         if not self.options.calibrate_gates:
@@ -179,12 +182,30 @@ class SecondStage(nn.Module):
         factor = self.gate_factor.to(det_scores.device)[det_classes]
         return torch.where(gated.to(det_scores.device), det_scores.float() * factor, det_scores.float())
 
+    def crop_sizes(self, boxes: Tensor) -> Tensor:
+        """``[N]`` int64: the crop size of each box: its route's input size for a routed classifier (its native
+        side with the context margin, ``routing.Routes.assign``), else the classifier's one input size."""
+        if self.routes is None:
+            return torch.full((boxes.shape[0],), self.crop.size, dtype=torch.long)
+        return torch.from_numpy(self.routes.sizes_for(native_sides(boxes, self.crop.context)))
+
     @torch.no_grad()
     def classify(self, images: Sequence[Tensor], boxes: Sequence[Tensor]) -> List[Tensor]:
-        """Class probabilities ``[N_i, K]`` for the crops of every image; crops of several images share a
-        forward, in chunks of ``max_crops_per_forward`` (one image with thousands of boxes never holds them all)."""
+        """Class probabilities ``[N_i, K]`` for the crops of every image. A routed classifier gets each route's
+        crops in batches of their own size; crops of several images share a forward, in chunks of
+        ``max_crops_per_forward`` (one image with thousands of boxes never holds them all)."""
         if len(images) != len(boxes):
             raise ValueError(f"{len(images)} images but {len(boxes)} box lists")
+        out = [torch.zeros(int(b.shape[0]), self.class_map.num_probs, device=self.device) for b in boxes]
+        sizes = [self.crop_sizes(b.detach().float().cpu()) for b in boxes]
+        for size in sorted({int(v) for s in sizes for v in s.tolist()}):
+            picks = [torch.nonzero(s == size).flatten() for s in sizes]
+            probs = self._classify_at(images, [b[p.to(b.device)] for b, p in zip(boxes, picks)], size)
+            for o, p, pr in zip(out, picks, probs):
+                o[p.to(o.device)] = pr.to(o.device)
+        return out
+
+    def _classify_at(self, images: Sequence[Tensor], boxes: Sequence[Tensor], size: int) -> List[Tensor]:
         chunk, pending, n_pending, probs = self.options.max_crops_per_forward, [], 0, []
 
         def flush() -> None:
@@ -198,8 +219,7 @@ class SecondStage(nn.Module):
             start = 0
             while start < b.shape[0]:
                 take = b[start:start + chunk - n_pending]
-                pending.append(extract_crops(image, take, self.crop.size, context=self.crop.context,
-                                             mode=self.crop.mode).float())
+                pending.append(extract_crops(image, take, size, context=self.crop.context, mode=self.crop.mode).float())
                 n_pending, start = n_pending + take.shape[0], start + take.shape[0]
                 if n_pending >= chunk:
                     flush()
