@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, List, Sequence, Union
+from typing import Dict, Iterator, List, Sequence, Tuple, Union
 
 import numpy as np
 from torch.utils.data import Sampler
 
 from .coco import CocoSamples, Sample
 
-__all__ = ["ImageGroupedBatchSampler"]
+__all__ = ["ImageGroupedBatchSampler", "RoutedBatchSampler"]
 
 
 class ImageGroupedBatchSampler(Sampler):
@@ -91,3 +91,69 @@ class ImageGroupedBatchSampler(Sampler):
             if len(chunk) < R:
                 chunk = np.concatenate([chunk, np.resize(order, R - len(chunk))])
             yield np.array_split(chunk, R)[self.rank].tolist()
+
+
+class RoutedBatchSampler(Sampler):
+    """Multi-resolution training batches: each sample is fed at the input size of the route its native side
+    gives (``models.routing.Routes.sample``: redrawn each epoch, ``jitter`` of them at a neighbouring route),
+    and every batch holds one route's samples, so the network sees one input size per step.
+
+    Yields lists of ``(index, input size)`` pairs (``CropDataset``/``TensorCropDataset`` take such pairs).
+    Per epoch, each route's samples are shuffled and cut into global batches of ``batch_size *
+    num_replicas`` (rank ``r`` takes the ``r``-th part of each, as ``ImageGroupedBatchSampler`` does), and the
+    routes' batches are interleaved in a shuffled order, so the learning rate schedule does not meet one
+    resolution after another. ``len()`` is the same every epoch (as distributed training and the schedule
+    need): ``N // global batch - (routes - 1)``, a bound every draw reaches; surplus batches are left out.
+    ``drop_last=False`` (evaluation, one process): every sample once, at its own route (no jitter), in
+    route order. Deterministic in ``(seed, epoch)``; call ``set_epoch(e)`` before each epoch.
+    """
+
+    def __init__(self, sides: Sequence[float], routes, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = True, num_replicas: int = 1, rank: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}")
+        if not drop_last and num_replicas > 1:
+            raise ValueError("RoutedBatchSampler: drop_last=False (every sample once) is for one process")
+        self.sides = np.asarray(sides, dtype=np.float64).reshape(-1)
+        self.routes = routes
+        self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
+        self.drop_last, self.num_replicas, self.rank = bool(drop_last), int(num_replicas), int(rank)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        if not self.drop_last:
+            counts = np.bincount(self.routes.assign(self.sides), minlength=len(self.routes))
+            return int(sum(math.ceil(c / self.batch_size) for c in counts))
+        global_batch = self.batch_size * self.num_replicas
+        return max(0, len(self.sides) // global_batch - (len(self.routes) - 1))
+
+    def _routes(self, rng: np.random.Generator) -> np.ndarray:
+        if self.drop_last and self.shuffle:
+            return self.routes.sample(self.sides, rng)
+        return self.routes.assign(self.sides)
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        route = self._routes(rng)
+        sizes = self.routes.input_sizes
+        B, R = self.batch_size, self.num_replicas
+        G = B * R if self.drop_last else B
+        batches: List[Tuple[int, np.ndarray]] = []
+        for r in range(len(sizes)):
+            idx = np.flatnonzero(route == r)
+            if self.shuffle:
+                idx = rng.permutation(idx)
+            cuts = range(0, len(idx) - G + 1 if self.drop_last else len(idx), G)
+            batches.extend((sizes[r], idx[k:k + G]) for k in cuts)
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        if self.drop_last:
+            batches = batches[:len(self)]
+        for size, chunk in batches:
+            part = chunk[self.rank * B:(self.rank + 1) * B] if self.drop_last else chunk
+            yield [(int(i), int(size)) for i in part]
