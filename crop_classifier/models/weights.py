@@ -20,7 +20,7 @@ from ..errors import CheckpointError, WeightsUnavailableError
 from ..structures import IMAGENET_MEAN, IMAGENET_STD
 from .inception_v3 import STEMS, RoutedInceptionV3
 from .registry import ALL_ARCHITECTURES, create_classifier
-from .routing import Routes
+from .routing import ROUTED_ARCH, Routes
 from ..utils.io import atomic_torch_save, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -237,8 +237,10 @@ def load_pretrained(model: nn.Module, weights: PathLike, *, arch: str) -> None:
     if str(weights) != "imagenet":
         obj, st_meta = _read_file(weights)
         meta = st_meta or (obj.get("meta") if isinstance(obj.get("meta"), Mapping) else None)
-        if meta is not None:  # our own checkpoint: it must describe this very model (any stem: they share weights)
-            ckpt = load_checkpoint(weights, {"width": model.width})
+        if meta is not None:  # our own checkpoint: it must describe this very model
+            # The routed model shares every weight with each stem, so either side may be ``auto``.
+            routed = ROUTED_ARCH in (arch, meta.get("arch"))
+            ckpt = load_checkpoint(weights, {"width": model.width, "arch": None if routed else arch})
             if ckpt["meta"]["arch"] not in ALL_ARCHITECTURES:
                 raise CheckpointError(f"{weights}: checkpoint arch {ckpt['meta']['arch']!r} is none of "
                                       f"{', '.join(ALL_ARCHITECTURES)} (building {arch})")
