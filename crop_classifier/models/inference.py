@@ -211,9 +211,8 @@ def build_inference_classifier(
     if device is None:
         device = next(iter(model.parameters()), torch.zeros(0)).device
     check_precision(precision, device)
-    routes = Routes.from_meta(meta.extra)
-    if isinstance(model, RoutedInceptionV3) or routes is not None:
-        return _build_routed(model, meta, routes, device=device, precision=precision, fold_bn=fold_bn,
+    if isinstance(model, RoutedInceptionV3) or meta.arch == ROUTED_ARCH:
+        return _build_routed(model, meta, Routes.from_meta(meta.extra), device=device, precision=precision, fold_bn=fold_bn,
                              channels_last=channels_last, thresholds=route_thresholds)
     net = optimize_for_inference(model, fuse=fold_bn, channels_last=channels_last).to(device)
     return InferenceClassifier(net, meta, precision=precision, channels_last=channels_last).to(device)
@@ -222,7 +221,7 @@ def build_inference_classifier(
 def _build_routed(model: nn.Module, meta: ClassifierMeta, routes: Optional[Routes], *, device: Any, precision: str,
                   fold_bn: bool, channels_last: bool, thresholds: Optional[Sequence[float]]) -> RoutedClassifier:
     if not isinstance(model, RoutedInceptionV3):
-        raise ValueError(f"meta lists routes {routes.to_meta() if routes else None} but the model is a single-stem "
+        raise ValueError(f"meta names the routed arch {ROUTED_ARCH!r} but the model is a single-stem "
                          f"{type(model).__name__}")
     if routes is None:
         routes = Routes(tuple(a for s in model.stems for a, spec in STEMS.items() if spec == s))
