@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from crop_classifier.data.sampler import RoutedBatchSampler
-from crop_classifier.errors import UsageError
+from crop_classifier.errors import CheckpointError, UsageError
 from crop_classifier.models import (ALL_ARCHITECTURES, STEMS, RoutedInceptionV3, Routes, build_classifier,
                                     create_classifier, model_meta, native_sides, save_checkpoint)
 from crop_classifier.models.inference import (RoutedClassifier, build_inference_classifier,
@@ -118,6 +118,8 @@ def test_checkpoints_cross_load_between_auto_and_a_stem_but_not_between_stems(tm
     p79 = save_checkpoint(tmp_path / "v79.pth", v79, model_meta(v79, "v3_79", NAMES))
     back = build_classifier("auto", len(NAMES), width=0.125, weights=p79)
     torch.testing.assert_close(back.Conv2d_1a_3x3.conv.weight, m.Conv2d_1a_3x3.conv.weight)
+    with pytest.raises(CheckpointError, match="arch"):
+        build_classifier("v3_151", len(NAMES), width=0.125, weights=p79)
 
 
 # ------------------------------------------------------------------------------------------------ inference form
