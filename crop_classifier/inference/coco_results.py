@@ -14,6 +14,8 @@ from ..coco_io import coco_bbox
 logger = logging.getLogger(__name__)
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+#: The score from which true/false positives are counted (``matches``).
+MATCH_SCORE = 0.05  # Detectron2's default SCORE_THRESH_TEST: what a first stage outputs
 
 
 def assign_category_ids(names: Sequence[str], reference: Optional[Sequence[Mapping[str, Any]]] = None) -> Dict[str, int]:
@@ -72,8 +74,25 @@ def detector_results(image_id: int, file_name: str, dets, detector_names: Sequen
     } for b, c, s in zip(dets.boxes.tolist(), dets.classes.tolist(), dets.scores.tolist())]
 
 
+def _matches(ev, score: float) -> Dict[str, Any]:
+    """True and false positives among the detections scoring >= ``score``, at IoU 0.5 over all areas, from the
+    matching COCOeval already did (``evalImgs``), and the ground truth boxes none of them found."""
+    tp = fp = n_gt = 0
+    all_areas = ev.params.areaRng[0]
+    for e in ev.evalImgs:
+        if e is None or e["aRng"] != all_areas:
+            continue
+        keep = (np.asarray(e["dtScores"]) >= score) & ~np.asarray(e["dtIgnore"][0], dtype=bool)
+        matched = np.asarray(e["dtMatches"][0]) > 0
+        tp += int((keep & matched).sum())
+        fp += int((keep & ~matched).sum())
+        n_gt += int((~np.asarray(e["gtIgnore"], dtype=bool)).sum())
+    return {"score": score, "iou": 0.5, "tp": tp, "fp": fp, "fn": n_gt - tp}
+
+
 def coco_box_map(gt, results: Sequence[dict], img_ids: Sequence[int]) -> Dict[str, Any]:
-    """COCO box AP of ``results`` on ``img_ids`` (pycocotools), with per-category AP by name.
+    """COCO box AP of ``results`` on ``img_ids`` (pycocotools), with per-category AP by name and the true/false
+    positives at score ``MATCH_SCORE`` (``matches``: what a second stage removed or lost, next to the detector's).
 
     Results whose category the annotations lack are dropped (counted in ``dropped``).
     """
@@ -96,6 +115,7 @@ def coco_box_map(gt, results: Sequence[dict], img_ids: Sequence[int]) -> Dict[st
         ev.accumulate()
         ev.summarize()
     summary.update({k: round(float(v), 5) for k, v in zip(STAT_NAMES, ev.stats[:6])})
+    summary["matches"] = _matches(ev, MATCH_SCORE)
     per_cat = {}
     precision = ev.eval["precision"]  # [T, R, K, A, M]
     for k, cid in enumerate(ev.params.catIds):

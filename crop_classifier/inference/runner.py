@@ -429,6 +429,15 @@ def evaluate(gt, tally: _Tally, ann_path: str) -> Dict[str, Any]:
     return res
 
 
+def _match_lines(ev: Dict[str, Any]) -> List[str]:
+    det, two = ev["detector_only"].get("matches"), ev["two_stage"].get("matches")
+    if not det or not two:
+        return []
+    return [f"  at score >= {det['score']:g} (IoU 0.5): detector {det['tp']} true / {det['fp']} false positives, "
+            f"two-stage {two['tp']} / {two['fp']}: {det['fp'] - two['fp']} false positives removed, "
+            f"{det['tp'] - two['tp']} true positives lost (net)"]
+
+
 def format_summary(s: Dict[str, Any]) -> str:
     lines = [
         f"images: {s['images']}  boxes: {s['boxes']}  crops classified: {s['crops']}  "
@@ -445,6 +454,7 @@ def format_summary(s: Dict[str, Any]) -> str:
         lines.append(f"  {'':16}" + "".join(f"{k:>8}" for k in ("AP", "AP50", "AP75")))
         for key, label in (("detector_only", "detector only"), ("two_stage", "two-stage")):
             lines.append(f"  {label:16}" + "".join(f"{ev[key][k]:8.4f}" for k in ("AP", "AP50", "AP75")))
+        lines += _match_lines(ev)
         if ev["crop_top1"] is not None:
             lines.append(f"  crop top-1 on {ev['crop_top1_boxes']} ground-truth boxes: {ev['crop_top1']:.4f}")
     if s.get("bad_entries"):
