@@ -200,6 +200,10 @@ def main(argv=None) -> int:
     by_size = {k: "/".join(f"{ev[k][a]:.3f}" for a in ("APs", "APm", "APl")) for k in ("detector_only", "two_stage")}
     log(f"    by object size (COCO small < 32 px < medium < 96 px < large): detector {by_size['detector_only']}, "
         f"two-stage {by_size['two_stage']}")
+    det_m, two_m = ev["detector_only"].get("matches"), ev["two_stage"].get("matches")
+    if det_m and two_m:
+        log(f"    at score >= {det_m['score']:g}: false positives {det_m['fp']} -> {two_m['fp']}, "
+            f"true positives {det_m['tp']} -> {two_m['tp']}")
     log(f"pictures: {infer_dir / 'vis'}   total time {time.time() - t0:.0f} s")
     if args.export:
         export(Path(args.export), det_w, cls_w, ev, argv)
