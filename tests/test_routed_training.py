@@ -185,3 +185,17 @@ def test_evaluate_tool_on_a_routed_checkpoint(scenes, trained, tmp_path, capsys)
         assert why in err and len(err.splitlines()) == 1 and err.startswith("error:")
     with pytest.raises(UsageError, match="single-stem v3_79"):
         _evaluation_routes({"arch": "v3_79"}, (100.0,))
+
+
+def test_routed_training_crops_background_boxes_at_their_route(scenes, tmp_path):
+    t = Trainer(routed_cfg(scenes, tmp_path, "MODEL.BACKGROUND_CLASS", "True", "INPUT.BACKGROUND_RATIO", "0.5"),
+                progress=False)
+    ds, background = t.train_loader.dataset, len(t.class_names) - 1
+    neg = [i for i, s in enumerate(ds.samples) if s[3] == NEGATIVE_ANN_ID]
+    assert neg and np.isfinite(t.train_loader.batch_sampler.sides).all()
+    x, y = ds.__getitems__([(neg[0], 151), (0, 151)])
+    assert x.shape == (2, 3, 151, 151) and y[0] == background and torch.isfinite(x).all()
+    t.train_loader.batch_sampler.set_epoch(0)
+    for (images, labels), batch in zip(t.train_loader, t.train_loader.batch_sampler):
+        assert images.shape[-1] == batch[0][1] and len(labels) == 2
+    t.metrics.close()

@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     except (KeyError, ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
-    print("top-1 per box size (longer side, px):\n" + format_size_buckets(result["size_buckets"]), file=sys.stderr)
+    if result.get("size_buckets"):
+        print("top-1 per box size (longer side, px):\n" + format_size_buckets(result["size_buckets"]), file=sys.stderr)
     keys = ("num_samples", "top1", "top5", "mean_class_accuracy", "size_buckets", "routes", "paths")
     print(json.dumps({k: result[k] for k in keys if k in result}, indent=2))
     return 0
