@@ -51,8 +51,8 @@ def fingerprint(o: Any) -> Dict[str, Any]:
     files = [f.strip() for f in str(o.classifier_weights or "").split(",") if f.strip()]
     stats = [os.stat(f) for f in files if os.path.isfile(f)]  # a retrained checkpoint at the same path differs
     if stats:
-        fp["classifier_weights_file"] = [st.st_size, int(st.st_mtime)] if len(files) == 1 else \
-            [[st.st_size, int(st.st_mtime)] for st in stats]
+        sig = [[st.st_size, int(st.st_mtime)] for st in stats]
+        fp["classifier_weights_file"] = sig[0] if len(files) == 1 else sig
     return json.loads(json.dumps(fp, default=str))
 
 
