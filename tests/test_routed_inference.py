@@ -11,10 +11,10 @@ import torch
 
 from crop_classifier.benchmark.deploy import spread_weights
 from crop_classifier.crops import extract_crops
-from crop_classifier.deploy import load_classifier
+from crop_classifier.deploy import describe, load_classifier
 from crop_classifier.errors import UsageError
 from crop_classifier.models import build_classifier, model_meta, save_checkpoint
-from crop_classifier.models.inference import RoutedClassifier, load_inference_classifier
+from crop_classifier.models.inference import RoutedClassifier, build_inference_classifier, load_inference_classifier
 from crop_classifier.second_stage import SecondStage
 from tool_loader import load_tool
 
@@ -124,7 +124,7 @@ def test_onnxruntime_runs_the_routed_checkpoint_per_route(torch_run, files):
     (["--route-thresholds", "abc"], "--route-thresholds 'abc'"),
     (["--route-thresholds", "212,109"], "--route-thresholds"),
     (["--route-thresholds", "109"], "--route-thresholds"),
-    (["--precision", "int8"], "--precision int8"),
+    (["--precision", "int8"], "tools/quantize.py"),
 ])
 def test_bad_routed_values_are_one_line_usage_errors(files, capsys, extra, needle):
     rc, out = _infer(files, "bad", "--classifier", "auto", "--classifier-weights", str(files["routed"]),
@@ -151,6 +151,44 @@ def test_bad_routed_sets_are_usage_errors(files, tmp_path, capsys):
         rc, _ = _infer(files, "badset", "--backend", "torch", *extra)
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and needle in err[0], (extra, err)
+    from crop_classifier.deploy.export import export_checkpoint
+    from crop_classifier.deploy.quantize import CalibrationOptions, quantize_checkpoint
+
+    with pytest.raises(UsageError, match="one file per route"):  # the single-file API refuses, naming the way
+        export_checkpoint(files["routed"], tmp_path / "x.onnx")
+    with pytest.raises(UsageError, match="quantized per route"):
+        quantize_checkpoint(files["routed"], tmp_path / "x.pth", CalibrationOptions(["unused"]))
+    assert not list(tmp_path.glob("x*"))
+
+
+def test_int8_per_route_runs_routed(tmp_path):
+    """A routed checkpoint quantized per route (each stem's view of the shared weights, its own activation ranges)
+    loads back as a routed set, found by the output name tools/quantize.py was given. int8 conversion is slow
+    (seconds per route), so only the small route is quantized here; the large one stays fp32 (a set may mix)."""
+    from crop_classifier.deploy.quantize import CalibrationOptions, encode_state, int8_meta, quantize_model, route_views
+    from crop_classifier.structures import ClassifierMeta
+    from crop_classifier.utils.io import atomic_torch_save
+
+    torch.manual_seed(0)
+    model = spread_weights(build_classifier("auto", 3, width=0.125, aux_logits=False, routes=["v3_79", "v3_299"]))
+    meta = ClassifierMeta.from_dict(model_meta(model, "auto", CLASSES, context=CONTEXT))
+    (small, small_meta), (large, large_meta) = route_views(model, meta)
+    assert (small_meta.arch, large_meta.arch, small_meta.input_size) == ("v3_79", "v3_299", 79)
+    assert small_meta.extra["route_set"]["thresholds"] == [153.7] and "routes" not in small_meta.extra
+    batches = iter([torch.rand(6, 3, 79, 79, generator=torch.Generator().manual_seed(1))])
+    q = quantize_model(small, small_meta, batches, observer="minmax")
+    atomic_torch_save(tmp_path / "q.v3_79.pth", {"model": encode_state(q.state_dict()),
+                                                 "meta": int8_meta(small_meta, CalibrationOptions(["random"]))})
+    save_checkpoint(tmp_path / "q.v3_299.pth", large, large_meta.to_dict())
+    clf = load_classifier(tmp_path / "q.pth", "torch")
+    assert isinstance(clf, RoutedClassifier) and clf.routes.archs == ("v3_79", "v3_299")
+    assert clf.routes.thresholds == (153.7,) and "int8" in describe(clf)
+    fp32 = build_inference_classifier(model, meta)
+    image = torch.randint(0, 255, (3, 520, 560), dtype=torch.uint8)
+    boxes = torch.tensor([[10.0, 10, 50, 50], [10.0, 10, 410, 410]])
+    got, want = (SecondStage(c, CLASSES).classify([image], [boxes])[0] for c in (clf, fp32))
+    assert torch.allclose(got[1], want[1], atol=1e-5)  # the fp32 route: the routed form's own answer
+    assert (got[0] - want[0]).abs().max() < 0.15  # the int8 route: close to it
 
 
 def test_second_stage_sends_each_box_to_its_route(files):

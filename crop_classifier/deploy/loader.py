@@ -203,9 +203,9 @@ def _load_one(path: Path, backend: Optional[str], dev: torch.device, precision: 
             raise UsageError(f"--precision {precision}: {path} is an int8 checkpoint; use --precision int8")
         return load_int8(path, device=dev, expected_meta=expected_meta)
     if precision == "int8" and is_routed(meta):
-        raise UsageError(f"--precision int8: {path} is a routed (auto) checkpoint, which has no int8 form; run it "
-                         "fp32, or quantize one single-stem checkpoint per stem (tools/quantize.py) and pass the "
-                         "int8 files as a routed set (--classifier-weights a.pth,b.pth,c.pth)")
+        raise UsageError(f"--precision int8: {path} is an fp32 routed (auto) checkpoint; tools/quantize.py --weights "
+                         "CKPT --output INT8.pth writes one int8 checkpoint per route (INT8.v3_79.pth, ...): run "
+                         "those with --classifier-weights INT8.pth --precision int8")
     if precision == "int8":
         raise UsageError(f"--precision int8: {path} is an fp32 checkpoint; make an int8 one with "
                          "tools/quantize.py --weights CKPT --output INT8.pth and load that")
