@@ -37,7 +37,8 @@ def files(tmp_path_factory):
     (each a box of every side) as a COCO file."""
     d = tmp_path_factory.mktemp("routed")
     model = _routed_model()
-    routed = save_checkpoint(d / "routed.pth", model, model_meta(model, "auto", CLASSES, context=CONTEXT, mode="square"))
+    meta = model_meta(model, "auto", CLASSES, context=CONTEXT, mode="square")
+    routed = save_checkpoint(d / "routed.pth", model, meta)
     stems = []
     for arch in ("v3_299", "v3_79", "v3_151"):  # any order
         single = build_classifier(arch, len(CLASSES), width=0.125, aux_logits=False)
@@ -246,7 +247,8 @@ def test_d2_arch_auto_route_thresholds_and_routed_weights(files):
     from test_d2_meta_arch import tiny_cfg
 
     torch.manual_seed(0)
-    stage = build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.ARCH", "auto", "MODEL.CROP_CLASSIFIER.WIDTH", 0.125)).second_stage
+    stage = build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.ARCH", "auto", "MODEL.CROP_CLASSIFIER.WIDTH", 0.125))
+    stage = stage.second_stage  # ARCH auto without WEIGHTS: a random routed classifier
     assert isinstance(stage.classifier, RoutedClassifier) and stage.routes.thresholds == (109.2, 212.5)
     weights = ["MODEL.CROP_CLASSIFIER.WEIGHTS", str(files["routed"]), "MODEL.CROP_CLASSIFIER.ARCH", None,
                "MODEL.CROP_CLASSIFIER.WIDTH", None, "MODEL.CROP_CLASSIFIER.CLASS_MAP", [["thing", "red,green,blue"]]]
@@ -276,5 +278,5 @@ def test_d2_arch_auto_route_thresholds_and_routed_weights(files):
         with pytest.raises(ConfigError, match=needle):
             build_model(tiny_cfg(*weights, "MODEL.CROP_CLASSIFIER.ROUTE_THRESHOLDS", bad))
     with pytest.raises(ConfigError, match="ROUTE_THRESHOLDS: .*single-stem"):
-        build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.WEIGHTS", str(files["stems"][1]), "MODEL.CROP_CLASSIFIER.WIDTH", None,
-                             "MODEL.CROP_CLASSIFIER.ROUTE_THRESHOLDS", [100.0, 200.0]))
+        build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.WEIGHTS", str(files["stems"][1]),
+                             "MODEL.CROP_CLASSIFIER.WIDTH", None, "MODEL.CROP_CLASSIFIER.ROUTE_THRESHOLDS", [100.0, 200.0]))
