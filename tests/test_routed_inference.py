@@ -279,4 +279,5 @@ def test_d2_arch_auto_route_thresholds_and_routed_weights(files):
             build_model(tiny_cfg(*weights, "MODEL.CROP_CLASSIFIER.ROUTE_THRESHOLDS", bad))
     with pytest.raises(ConfigError, match="ROUTE_THRESHOLDS: .*single-stem"):
         build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.WEIGHTS", str(files["stems"][1]),
-                             "MODEL.CROP_CLASSIFIER.WIDTH", None, "MODEL.CROP_CLASSIFIER.ROUTE_THRESHOLDS", [100.0, 200.0]))
+                             "MODEL.CROP_CLASSIFIER.WIDTH", None,
+                             "MODEL.CROP_CLASSIFIER.ROUTE_THRESHOLDS", [100.0, 200.0]))
