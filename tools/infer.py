@@ -7,6 +7,9 @@
 First stages (--detector): faster_rcnn (Detectron2 model zoo COCO Faster R-CNN R50-FPN, or your own
 config with --detector-config), detections:FILE.json (any detector's COCO results), gt:ANNOTATIONS.json
 (ground-truth boxes, to evaluate the classifier alone).
+--classifier auto runs a routed classifier: each box is cropped at the Section 9 stem that fits its native
+size (a routed checkpoint, or --classifier-weights a.pth,b.pth,c.pth: one single-stem file per stem);
+--route-thresholds 109,212 moves the boundaries; summary.json lists the crops each route took.
 Writes OUTPUT/predictions.json (COCO results + file_name, detector class/score, classifier score),
 OUTPUT/detector_predictions.json, OUTPUT/vis/*.jpg, OUTPUT/summary.json and, with --eval, OUTPUT/eval.json.
 Several processes: `torchrun --nproc_per_node N tools/infer.py ...` (one rank per GPU), or, for schedulers
@@ -29,6 +32,7 @@ from crop_classifier.errors import CheckpointError, WeightsUnavailableError  # n
 from crop_classifier.inference import InferenceRun, InferOptions, UsageError, format_summary, run  # noqa: E402
 from crop_classifier.inference.inputs import INPUT_HELP  # noqa: E402
 from crop_classifier.deploy.loader import ALL_PRECISIONS, BACKENDS  # noqa: E402
+from crop_classifier.models.routing import parse_thresholds  # noqa: E402
 from crop_classifier.second_stage import FUSION_MODES  # noqa: E402
 from crop_classifier.video import VOTE_MODES, ReinferOptions, TrackerOptions, TrackOptions  # noqa: E402
 
@@ -45,9 +49,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "the model zoo URL needs a network)")
     p.add_argument("--detector-opts", nargs="*", default=[], metavar="KEY VALUE",
                    help="Detectron2 config overrides, e.g. MODEL.ROI_HEADS.NMS_THRESH_TEST 0.6")
-    p.add_argument("--classifier", default="v3_79", help="architecture the checkpoint must have (v3_79, v3_151, v3_299)")
+    p.add_argument("--classifier", default="v3_79", help="architecture the checkpoint must have (v3_79, v3_151, "
+                   "v3_299), or auto: a routed classifier, each crop at the stem that fits its native size")
     p.add_argument("--classifier-weights", help="crop_classifier checkpoint; its metadata decides classes, input "
-                   "size and crop semantics (required)")
+                   "size and crop semantics (required). With --classifier auto: a routed checkpoint, the name "
+                   "tools/export.py got for one (its per-route files), or single-stem files of distinct stems "
+                   "comma-separated (a.pth,b.pth,c.pth), run as one routed set")
+    p.add_argument("--route-thresholds", metavar="PX,PX", help="--classifier auto: the native box sides (px, "
+                   "context margin included) between the routes, e.g. 109,212 (default: the checkpoint's)")
     p.add_argument("--fusion", default="replace", choices=FUSION_MODES)
     p.add_argument("--class-map", help='detector class -> classifier classes, e.g. "vehicle=car,bus,truck;animal=*" '
                    "(default: same names)")
@@ -150,6 +159,14 @@ def main(argv=None) -> int:
     if len(args.detector_opts) % 2:
         print("error: --detector-opts takes KEY VALUE pairs", file=sys.stderr)
         return 2
+    try:
+        thresholds = parse_thresholds(args.route_thresholds) if args.route_thresholds is not None else None
+        if thresholds is not None and not thresholds:
+            raise ValueError(f"--route-thresholds {args.route_thresholds!r}: expected comma-separated sizes in px, "
+                             "e.g. 109,212")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     opts = InferOptions(
         input=args.input, output=args.output, detector=args.detector, classifier=args.classifier,
         classifier_weights=args.classifier_weights, detector_config=args.detector_config,
@@ -162,7 +179,7 @@ def main(argv=None) -> int:
         vis_limit=args.vis_limit, vis_score_thresh=args.vis_score_thresh, video_stride=args.video_stride,
         progress=not args.no_progress, num_shards=args.num_shards, shard_id=args.shard_id,
         resume=args.resume, precision=args.precision, backend=args.backend, stream_retries=args.stream_retries,
-        cpu_streams=args.cpu_streams,
+        cpu_streams=args.cpu_streams, route_thresholds=thresholds,
         track=None,
     )
     try:

@@ -11,6 +11,8 @@ MIN_BOX_SIZE_TRAIN. Writes a checkpoint whose meta says "quantized": "x86-int8" 
 CPU only (tools/infer.py and crop_classifier.deploy.load_classifier read it). With --eval-dataset (or
 --config-file: its DATASETS.TEST / MIN_BOX_SIZE_TEST, add --eval) the fp32 and int8 top-1 on those held-out
 crops are printed and recorded in the int8 meta ("quantization" -> "eval").
+A routed checkpoint (arch auto) is quantized per route: --output out.pth writes out.v3_79.pth, out.v3_151.pth,
+out.v3_299.pth; tools/infer.py --classifier auto --classifier-weights out.pth --precision int8 runs them routed.
 """
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ def calibration_options(args):
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # offline machines: no update check on import
-    from crop_classifier.deploy.quantize import quantize_checkpoint
+    from crop_classifier.deploy.quantize import quantize_checkpoint_files
     from crop_classifier.errors import UsageError
     from crop_classifier.utils.cli import run_tool
 
@@ -86,9 +88,9 @@ def main(argv=None) -> int:
         if args.calib_crops < 1:
             raise UsageError(f"--calib-crops {args.calib_crops}: must be >= 1")
         names, min_size = eval_datasets(args)
-        path = quantize_checkpoint(args.weights, args.output, calibration_options(args),
-                                   eval_datasets=names, eval_min_size=min_size)
-        return f"wrote {path}"
+        paths = quantize_checkpoint_files(args.weights, args.output, calibration_options(args),
+                                          eval_datasets=names, eval_min_size=min_size)
+        return f"wrote {', '.join(map(str, paths))}" + (" (one int8 checkpoint per route)" if len(paths) > 1 else "")
 
     return run_tool(step)
 

@@ -16,10 +16,15 @@ def add_crop_classifier_config(cfg: CN) -> CN:
     # input size, normalisation and crop. Empty: random init (logged), e.g. when MODEL.WEIGHTS is a combined
     # checkpoint that DefaultTrainer wrote, which holds the classifier too.
     _C.WEIGHTS = ""
-    # The classifier: architecture (v3_79, v3_151, v3_299), width and class names. With WEIGHTS: None (or
+    # The classifier: architecture (v3_79, v3_151, v3_299, auto), width and class names. With WEIGHTS: None (or
     # empty CLASS_NAMES) = the checkpoint's; a value given must equal the checkpoint's. Without WEIGHTS all three
     # are required: they describe the classifier to build.
     _C.ARCH = None
+    # ARCH auto (a routed classifier: each crop at the Section 9 stem that fits its native size; a routed
+    # checkpoint, or WEIGHTS "a.pth,b.pth,c.pth": single-stem checkpoints of distinct stems as one routed set):
+    # the native box sides (px, context margin included) between the routes, e.g. [109.0, 212.0].
+    # Empty: the checkpoint's (or the defaults, the geometric means of neighbouring input sizes).
+    _C.ROUTE_THRESHOLDS = []
     _C.WIDTH = None
     _C.CLASS_NAMES = []
     # The detector's class names, in its class-id order. Empty: thing_classes of DATASETS.TEST[0]

@@ -25,10 +25,12 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Instances
 
 from ..detectors.detectron2_model import detector_class_names
-from ..errors import CheckpointError, ConfigError
-from ..models import ARCHITECTURES, build_classifier, classifier_from_checkpoint, load_checkpoint
+from ..errors import CheckpointError, ConfigError, UsageError
+from ..models import ALL_ARCHITECTURES, build_classifier, classifier_from_checkpoint, load_checkpoint
+from ..models.inference import build_inference_classifier
 from ..deploy import is_quantized, load_classifier
 from ..deploy.loader import ALL_PRECISIONS
+from ..deploy.routed import only_routed, weights_paths
 from ..second_stage import FUSION_MODES, SecondStage
 from ..structures import CROP_MODES, FusedDetections
 
@@ -50,13 +52,17 @@ class CropClassifierSettings:
     crop_mode: Optional[str]
     precision: str
     device: str
+    route_thresholds: Optional[Tuple[float, ...]]  # None: the checkpoint's
     stage_options: Dict[str, Any]  # SecondStage's keyword options (class map, fusion, gates, chunking, NMS)
 
     @classmethod
     def from_cfg(cls, cfg) -> "CropClassifierSettings":
         c = cfg.MODEL.CROP_CLASSIFIER
         for key, ok, expected in (
-            ("ARCH", c.ARCH is None or c.ARCH in ARCHITECTURES, "one of " + ", ".join(sorted(ARCHITECTURES))),
+            ("ARCH", c.ARCH is None or c.ARCH in ALL_ARCHITECTURES, "one of " + ", ".join(sorted(ALL_ARCHITECTURES))),
+            ("ROUTE_THRESHOLDS", isinstance(c.ROUTE_THRESHOLDS, (list, tuple)) and all(
+                isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
+                for t in c.ROUTE_THRESHOLDS), "a list of sizes in px > 0 (empty: the checkpoint's)"),
             ("WIDTH", c.WIDTH is None or (isinstance(c.WIDTH, (int, float)) and c.WIDTH > 0), "a number > 0"),
             ("CONTEXT", c.CONTEXT is None or (isinstance(c.CONTEXT, (int, float)) and math.isfinite(c.CONTEXT)
                                               and c.CONTEXT >= 0), "a number >= 0 (unset: the checkpoint's)"),
@@ -77,6 +83,7 @@ class CropClassifierSettings:
             class_names=tuple(c.CLASS_NAMES), detector_class_names=tuple(detector_class_names(cfg)),
             context=None if c.CONTEXT is None else float(c.CONTEXT), crop_mode=c.CROP_MODE,
             precision=str(c.PRECISION), device=str(cfg.MODEL.DEVICE),
+            route_thresholds=tuple(float(t) for t in c.ROUTE_THRESHOLDS) or None,
             stage_options=dict(
                 class_map=[list(p) for p in c.CLASS_MAP], fusion=c.FUSION, min_size=c.MIN_BOX_SIZE,
                 max_size=c.MAX_BOX_SIZE, reclassify=list(c.RECLASSIFY),
@@ -104,23 +111,40 @@ def build_second_stage(cfg) -> SecondStage:
     """The second stage a config describes (classifier weights loaded when MODEL.CROP_CLASSIFIER.WEIGHTS is set)."""
     s = CropClassifierSettings.from_cfg(cfg)
     crop = dict(context=s.context, crop_mode=s.crop_mode)
-    if s.weights and (s.precision == "int8" or is_quantized(load_checkpoint(s.weights)["meta"])):
-        classifier = load_classifier(s.weights, "torch", device=s.device, precision="int8")
+    try:
+        classifier = _load_classifier(s) if s.weights else _random_classifier(s)
+        classifier = only_routed(classifier, s.route_thresholds, s.weights or f"{KEY}ARCH {s.arch}")
+    except UsageError as e:  # the library names the command-line flag; here it is the config key
+        if "--route-thresholds" not in str(e):
+            raise
+        raise ConfigError(str(e).replace("--route-thresholds", f"{KEY}ROUTE_THRESHOLDS")) from None
+    return SecondStage(classifier, s.detector_class_names, **crop, **s.stage_options)
+
+
+def _load_classifier(s: CropClassifierSettings):
+    """WEIGHTS: a checkpoint (fp32, int8, routed) or several (a routed set), checked against the config's keys."""
+    paths = weights_paths(s.weights)
+    if len(paths) > 1 or s.precision == "int8" or is_quantized(load_checkpoint(paths[0])["meta"]):
+        precision = s.precision if len(paths) > 1 else "int8"
+        classifier = load_classifier(s.weights, "torch", device=s.device, precision=precision,
+                                     route_thresholds=s.route_thresholds)
         check_against_checkpoint(s, classifier.meta.to_dict())
-        return SecondStage(classifier, s.detector_class_names, **crop, **s.stage_options)
-    if s.weights:
-        model, meta = classifier_from_checkpoint(s.weights, map_location="cpu")
-        check_against_checkpoint(s, meta)
-        return SecondStage.from_model(model, meta, s.detector_class_names, device=s.device, precision=s.precision,
-                                      **crop, **s.stage_options)
+        return classifier
+    model, meta = classifier_from_checkpoint(paths[0], map_location="cpu")
+    check_against_checkpoint(s, meta)
+    return build_inference_classifier(model, meta, device=s.device, precision=s.precision,
+                                      route_thresholds=s.route_thresholds)
+
+
+def _random_classifier(s: CropClassifierSettings):
     logger.warning(
         "MODEL.CROP_CLASSIFIER.WEIGHTS is empty: the %s classifier starts from random weights; they must come "
         "from MODEL.WEIGHTS (a checkpoint of this meta-architecture)", s.arch
     )
     model = build_classifier(s.arch, len(s.class_names), width=s.width, aux_logits=False)
     meta = {"arch": s.arch, "width": s.width, "class_names": list(s.class_names), "input_size": model.input_size}
-    return SecondStage.from_model(model, meta, s.detector_class_names, device=s.device, precision=s.precision,
-                                  **crop, **s.stage_options)
+    return build_inference_classifier(model, meta, device=s.device, precision=s.precision,
+                                      route_thresholds=s.route_thresholds)
 
 
 def to_rgb_chw(image: Any, input_format: str) -> Tensor:

@@ -13,9 +13,9 @@ import io
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from ..errors import BackendUnavailableError, CheckpointError, UsageError
 from ..structures import ClassifierMeta
 from ..utils.io import atomic_write_bytes
-from ..models.inference import InferenceClassifier, build_inference_classifier
+from ..models.inference import InferenceClassifier, RoutedClassifier, build_inference_classifier
+from ..models.routing import ROUTED_ARCH
 from ..models.weights import check_meta, classifier_from_checkpoint, load_checkpoint
 
 PathLike = Union[str, os.PathLike]
@@ -35,6 +36,9 @@ INPUT_NAME = "crops"
 OUTPUT_NAMES = ("logits", "probs")
 MIN_OPSET = 17
 TORCHSCRIPT_META_FILE = META_KEY + ".json"
+# A routed checkpoint's per-route files carry the whole set's routes under this meta key, so the files
+# reassemble into the routed classifier with its thresholds (``deploy.routed``).
+ROUTE_SET_KEY = "route_set"
 
 
 @dataclass
@@ -140,26 +144,86 @@ def torchscript_bytes(form: ExportForm, meta: ClassifierMeta, options: ExportOpt
     return buf.getvalue()
 
 
-def export_model(model: nn.Module, meta: Any, output: PathLike, options: Optional[ExportOptions] = None) -> Path:
-    """Exports ``model`` (a classifier, meta as dict or ``ClassifierMeta``) to ``output`` atomically."""
-    options = (options or ExportOptions()).check()
-    meta = meta if isinstance(meta, ClassifierMeta) else ClassifierMeta.from_dict(meta)
+def _check_exportable(meta: ClassifierMeta) -> None:
     if meta.extra.get("quantized"):
         raise UsageError("an int8 (quantized) checkpoint cannot be exported; export the fp32 checkpoint and "
                          "quantize in the target runtime")
-    form = export_form(model, meta)
-    data = (onnx_bytes if options.format == "onnx" else torchscript_bytes)(form, meta, options)
-    return atomic_write_bytes(output, data)
+
+
+def _file_bytes(form: ExportForm, meta: ClassifierMeta, options: ExportOptions) -> bytes:
+    return (onnx_bytes if options.format == "onnx" else torchscript_bytes)(form, meta, options)
+
+
+def is_routed(meta: Any) -> bool:
+    """A routed (``auto``) classifier's meta (dict or ``ClassifierMeta``)."""
+    d = meta.to_dict() if isinstance(meta, ClassifierMeta) else meta
+    return d.get("arch") == ROUTED_ARCH or bool(d.get("routes"))
+
+
+def route_file(output: PathLike, arch: str) -> Path:
+    """Where a routed export writes ``arch``'s file: ``out.onnx`` -> ``out.v3_79.onnx``."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.{arch}{output.suffix}")
+
+
+def export_model(model: nn.Module, meta: Any, output: PathLike, options: Optional[ExportOptions] = None) -> Path:
+    """Exports ``model`` (a single-stem classifier, meta as dict or ``ClassifierMeta``) to ``output`` atomically."""
+    options = (options or ExportOptions()).check()
+    meta = meta if isinstance(meta, ClassifierMeta) else ClassifierMeta.from_dict(meta)
+    _check_exportable(meta)
+    if is_routed(meta):
+        raise UsageError(f"{meta.arch}: a routed classifier exports one file per route (export_routed_model)")
+    return atomic_write_bytes(output, _file_bytes(export_form(model, meta), meta, options))
+
+
+def export_routed_model(model: nn.Module, meta: Any, output: PathLike, options: Optional[ExportOptions] = None,
+                        thresholds: Optional[Sequence[float]] = None) -> List[Path]:
+    """A routed model as one file per route (``route_file(output, arch)``), each its route's plain graph with
+    that route's meta plus the set's routes (``ROUTE_SET_KEY``; ``thresholds``: other than the meta's). All
+    files are built before any is written."""
+    options = (options or ExportOptions()).check()
+    meta = meta if isinstance(meta, ClassifierMeta) else ClassifierMeta.from_dict(meta)
+    _check_exportable(meta)
+    routed = build_inference_classifier(model, meta, device="cpu", precision="fp32", channels_last=False,
+                                        route_thresholds=thresholds)
+    if not isinstance(routed, RoutedClassifier):
+        raise UsageError(f"{meta.arch}: not a routed classifier; export it with export_model")
+    files = []
+    for arch, size in zip(routed.routes.archs, routed.routes.input_sizes):
+        form = routed.route(size)
+        route_meta = replace(form.meta, extra={**form.meta.extra, ROUTE_SET_KEY: routed.routes.to_meta()})
+        files.append((route_file(output, arch), _file_bytes(ExportForm(form).eval(), route_meta, options)))
+    return [atomic_write_bytes(path, data) for path, data in files]
 
 
 def export_checkpoint(weights: PathLike, output: PathLike, options: Optional[ExportOptions] = None,
                       expected_meta: Optional[dict] = None) -> Path:
-    """Exports one of our checkpoints (``.pth``/``.safetensors``) to ``output`` atomically."""
+    """Exports one of our single-stem checkpoints (``.pth``/``.safetensors``) to ``output`` atomically
+    (a routed one: ``export_checkpoint_files``)."""
     meta = load_checkpoint(weights, expected_meta)["meta"]
     if meta.get("quantized"):
         raise UsageError(f"{weights}: an int8 (quantized) checkpoint cannot be exported; export the fp32 checkpoint")
+    if is_routed(meta):
+        raise UsageError(f"{weights}: a routed (auto) checkpoint exports one file per route "
+                         "(export_checkpoint_files, tools/export.py)")
     model, meta = classifier_from_checkpoint(weights, expected_meta=expected_meta)
     return export_model(model, meta, output, options)
+
+
+def export_checkpoint_files(weights: PathLike, output: PathLike, options: Optional[ExportOptions] = None,
+                            expected_meta: Optional[dict] = None,
+                            thresholds: Optional[Sequence[float]] = None) -> List[Path]:
+    """Any fp32 checkpoint: ``[output]`` for a single stem, one file per route for a routed one."""
+    meta = load_checkpoint(weights, expected_meta)["meta"]
+    if not is_routed(meta):
+        if thresholds:
+            raise UsageError(f"--route-thresholds: {weights} is a single-stem ({meta['arch']}) checkpoint; "
+                             "thresholds belong to a routed (auto) one")
+        return [export_checkpoint(weights, output, options, expected_meta)]
+    if meta.get("quantized"):
+        raise UsageError(f"{weights}: an int8 (quantized) checkpoint cannot be exported; export the fp32 checkpoint")
+    model, meta = classifier_from_checkpoint(weights, expected_meta=expected_meta)
+    return export_routed_model(model, meta, output, options, thresholds)
 
 
 def parse_meta(raw: Optional[str], path: PathLike) -> ClassifierMeta:

@@ -9,6 +9,11 @@ does it), so the quantized net sees the same normalised input the fp32 one was t
 The result is a checkpoint ``{"model": quantized state dict, "meta": {..., "quantized": QUANTIZED}}``. Loading
 rebuilds the architecture, prepares and converts it the same way (observers unused) and loads the
 quantized state dict (``torch.load(weights_only=True)``: quantized tensors are plain tensors to it).
+
+A routed (``auto``) checkpoint is quantized per route: each stem's view of the shared weights gets its own
+int8 checkpoint (``out.pth`` -> ``out.v3_79.pth``, ...; activation ranges differ per input size), calibrated on
+the same crops cut at that route's size, with the set's routes recorded (``export.ROUTE_SET_KEY``); they load
+back as a routed set (``--classifier auto --classifier-weights out.pth --precision int8``).
 """
 from __future__ import annotations
 
@@ -17,9 +22,9 @@ import copy
 import logging
 from collections import OrderedDict
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -28,12 +33,15 @@ from torch import Tensor, nn
 from ..data import CropDataset
 from ..engine.data import load_datasets
 from ..errors import CheckpointError, UsageError
-from ..models.inference import InferenceClassifier, build_inference_classifier
+from ..models.inception_v3 import STEMS
+from ..models.inference import InferenceClassifier, _route_meta, build_inference_classifier
+from ..models.routing import Routes
 from ..models.registry import create_classifier
 from ..models.weights import classifier_from_checkpoint, load_checkpoint
 from ..structures import ClassifierMeta, object_class_names
 from ..utils.io import atomic_torch_save
 from .accuracy import held_out_top1
+from .export import ROUTE_SET_KEY, is_routed, route_file
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -160,24 +168,58 @@ def int8_meta(meta: ClassifierMeta, calib: CalibrationOptions) -> Dict[str, Any]
     return out
 
 
-def quantize_checkpoint(weights: PathLike, output: PathLike, calib: CalibrationOptions,
-                        eval_datasets: Optional[Sequence[str]] = None, eval_min_size: float = 0.0) -> Path:
-    """Reads an fp32 checkpoint, writes its int8 checkpoint atomically to ``output``; with ``eval_datasets``
-    the fp32 and int8 top-1 on those held-out crops go into ``meta["quantization"]["eval"]`` (and the log)."""
-    if is_quantized(load_checkpoint(weights)["meta"]):
-        raise UsageError(f"--weights {weights}: already an int8 checkpoint")
-    model, raw_meta = classifier_from_checkpoint(weights)
-    meta = ClassifierMeta.from_dict(raw_meta)
+def _int8_checkpoint(model: nn.Module, meta: ClassifierMeta, calib: CalibrationOptions,
+                     eval_datasets: Optional[Sequence[str]], eval_min_size: float) -> Dict[str, Any]:
+    """``{"model", "meta"}`` of the int8 form of a single-stem ``model``, with the held-out comparison."""
     qmodel = quantize_model(model, meta, calibration_batches(meta, calib), calib.observer)
     out_meta = int8_meta(meta, calib)
     if eval_datasets:
         forms = {"fp32": build_inference_classifier(model, meta, device="cpu"),
                  "int8": InferenceClassifier(qmodel, meta, channels_last=False)}
         result = held_out_top1(forms, meta, eval_datasets, min_size=eval_min_size)
-        logger.info("held-out top-1 on %d crops: fp32 %.4f, int8 %.4f (agreement %.4f)", result["crops"],
-                    result["top1"]["fp32"], result["top1"]["int8"], result["agreement"]["int8"])
+        logger.info("%s held-out top-1 on %d crops: fp32 %.4f, int8 %.4f (agreement %.4f)", meta.arch,
+                    result["crops"], result["top1"]["fp32"], result["top1"]["int8"], result["agreement"]["int8"])
         out_meta["quantization"]["eval"] = result
-    return atomic_torch_save(output, {"model": encode_state(qmodel.state_dict()), "meta": out_meta})
+    return {"model": encode_state(qmodel.state_dict()), "meta": out_meta}
+
+
+def route_views(model: nn.Module, meta: ClassifierMeta) -> List[Tuple[nn.Module, ClassifierMeta]]:
+    """A routed model's routes as (plain single-stem view sharing its weights, that route's meta with the set's
+    routes under ``ROUTE_SET_KEY``), smallest input first: what per-route int8 quantizes."""
+    routes = Routes.from_meta(meta.extra) or Routes(tuple(a for s in model.stems for a, spec in STEMS.items()
+                                                          if spec == s))
+    return [(model.route(STEMS[a].input_size),
+             replace(_route_meta(meta, a), extra={**_route_meta(meta, a).extra, ROUTE_SET_KEY: routes.to_meta()}))
+            for a in routes.archs]
+
+
+def quantize_checkpoint(weights: PathLike, output: PathLike, calib: CalibrationOptions,
+                        eval_datasets: Optional[Sequence[str]] = None, eval_min_size: float = 0.0) -> Path:
+    """Reads a single-stem fp32 checkpoint, writes its int8 checkpoint atomically to ``output``; with
+    ``eval_datasets`` the fp32 and int8 top-1 on those held-out crops go into ``meta["quantization"]["eval"]``
+    (and the log). A routed checkpoint: ``quantize_checkpoint_files``."""
+    raw = load_checkpoint(weights)["meta"]
+    if is_quantized(raw):
+        raise UsageError(f"--weights {weights}: already an int8 checkpoint")
+    if is_routed(raw):
+        raise UsageError(f"--weights {weights}: a routed (auto) checkpoint is quantized per route "
+                         "(quantize_checkpoint_files, tools/quantize.py)")
+    model, raw_meta = classifier_from_checkpoint(weights)
+    ckpt = _int8_checkpoint(model, ClassifierMeta.from_dict(raw_meta), calib, eval_datasets, eval_min_size)
+    return atomic_torch_save(output, ckpt)
+
+
+def quantize_checkpoint_files(weights: PathLike, output: PathLike, calib: CalibrationOptions,
+                              eval_datasets: Optional[Sequence[str]] = None, eval_min_size: float = 0.0) -> List[Path]:
+    """``[output]`` for a single-stem checkpoint; a routed one: one int8 checkpoint per route
+    (``route_file(output, arch)``), all calibrated before any is written."""
+    raw = load_checkpoint(weights)["meta"]
+    if not is_routed(raw) or is_quantized(raw):
+        return [quantize_checkpoint(weights, output, calib, eval_datasets, eval_min_size)]
+    model, raw_meta = classifier_from_checkpoint(weights)
+    ckpts = [(route_file(output, m.arch), _int8_checkpoint(view, m, calib, eval_datasets, eval_min_size))
+             for view, m in route_views(model, ClassifierMeta.from_dict(raw_meta))]
+    return [atomic_torch_save(path, ckpt) for path, ckpt in ckpts]
 
 
 # torch.load(weights_only=True) refuses quantized tensors on torch < 2.5 (``_rebuild_qtensor``) and dtypes
@@ -278,4 +320,5 @@ def load_int8(path: PathLike, *, device: Any = "cpu", expected_meta: Optional[di
 
 
 __all__ = ["QUANTIZED", "CalibrationOptions", "calibration_batches", "quantize_model", "quantize_checkpoint",
+           "quantize_checkpoint_files", "route_views",
            "rebuild_int8", "load_int8", "encode_state", "decode_state", "is_quantized", "int8_meta"]

@@ -46,10 +46,15 @@ def fingerprint(o: Any) -> Dict[str, Any]:
     fp = {k: list(v) if isinstance(v, tuple) else v for k, v in fp.items()}
     if getattr(o, "background_drop", 0.5) != 0.5:  # only when set: runs from before the option still resume
         fp["background_drop"] = o.background_drop
-    w = o.classifier_weights
-    if w and os.path.isfile(w):  # a retrained checkpoint at the same path is a different classifier
-        st = os.stat(w)
-        fp["classifier_weights_file"] = [st.st_size, int(st.st_mtime)]
+    if getattr(o, "route_thresholds", None):  # only when set, as background_drop
+        fp["route_thresholds"] = [float(t) for t in o.route_thresholds]
+    from ..deploy.routed import weights_paths  # lazily: the runtimes are not needed to read parts
+
+    files = weights_paths(o.classifier_weights) if o.classifier_weights else []  # several: a routed set
+    stats = [os.stat(f) for f in files if os.path.isfile(f)]  # a retrained checkpoint at the same path differs
+    if stats:
+        sig = [[st.st_size, int(st.st_mtime)] for st in stats]
+        fp["classifier_weights_file"] = sig[0] if len(files) == 1 else sig
     return json.loads(json.dumps(fp, default=str))
 
 

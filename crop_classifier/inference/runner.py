@@ -13,6 +13,7 @@ import torch
 from ..detectors import GroundTruthBoxes, build_first_stage
 from ..coco_io import load_coco
 from ..deploy import RuntimeOptions, describe, load_classifier
+from ..deploy.routed import weights_paths
 from ..errors import CheckpointError, UsageError
 from ..second_stage import SecondStage
 from ..structures import ImageRecord
@@ -62,6 +63,7 @@ class InferOptions:
     precision: str = "fp32"  # the classifier's: fp32 | bf16 | fp16 | int8 (deploy.load_classifier)
     backend: Optional[str] = None  # torch | onnxruntime | openvino; None: deploy.load_classifier's default
     cpu_streams: int = 1  # CPU: a batch of crops split over this many parallel single-thread streams
+    route_thresholds: Optional[Sequence[float]] = None  # a routed classifier's thresholds (px); None: recorded ones
     track: Optional[TrackOptions] = None  # video/streams: track objects, classify at their best views, vote
     stream_retries: int = 3
 
@@ -82,6 +84,7 @@ class _Tally:
     eval_img_ids: List[int] = field(default_factory=list)
     entry_errors: List[str] = field(default_factory=list)  # malformed detection entries found per image
     records: List[tuple] = field(default_factory=list)  # (image id, fixed by an annotation file), input order
+    route_crops: Dict[str, int] = field(default_factory=dict)  # routed classifier: crops per input size ("79")
 
 
 def _device(name: Optional[str]) -> str:
@@ -112,8 +115,9 @@ def build_stages(o: InferOptions, device: str):
     if not o.classifier_weights:
         raise UsageError("--classifier-weights is required: a crop_classifier checkpoint (tools/train.py writes "
                          "OUTPUT_DIR/model_final.pth); inference never runs a randomly initialised classifier")
-    if not Path(o.classifier_weights).is_file():
-        raise UsageError(f"--classifier-weights {o.classifier_weights}: no such file")
+    missing = [str(p) for p in weights_paths(o.classifier_weights) if not p.is_file()]
+    if missing:
+        raise UsageError(f"--classifier-weights {', '.join(missing)}: no such file")
     ref_path = o.eval or (o.detector[3:] if o.detector.startswith("gt:") else None) or o.categories
     ref_cats = load_coco(ref_path).categories if ref_path else None
     try:
@@ -124,10 +128,11 @@ def build_stages(o: InferOptions, device: str):
     except (FileNotFoundError, KeyError) as e:
         raise UsageError(str(e).strip("'\"")) from e
     try:
-        # Any file tools/train.py, tools/export.py or tools/quantize.py writes, on the chosen runtime.
+        # Any file tools/train.py, tools/export.py or tools/quantize.py writes, on the chosen runtime; several
+        # files (a comma list) make a routed set (--classifier auto).
         classifier = load_classifier(o.classifier_weights, o.backend, device=device, precision=o.precision,
                                      expected_meta={"arch": o.classifier} if o.classifier else None,
-                                     options=_runtime_options(o.cpu_streams))
+                                     options=_runtime_options(o.cpu_streams), route_thresholds=o.route_thresholds)
         second = SecondStage(
             classifier, first.class_names, context=o.context, crop_mode=o.crop_mode, class_map=o.class_map,
             fusion=o.fusion, min_size=o.min_box_size, max_size=o.max_box_size,
@@ -349,11 +354,25 @@ def write_outputs(run_: InferenceRun, tally: _Tally, bad: List[BadInput], wall: 
         "bad_entries": list(bad_entries or []),
         **extra,
     }
+    routes = getattr(second.classifier, "routes", None)
+    if routes is not None:  # a routed classifier: its routes and how many crops each took
+        summary["routes"] = {**routes.to_meta(), "crops": {
+            a: int(tally.route_crops.get(str(s), 0)) for a, s in zip(routes.archs, routes.input_sizes)}}
     if run_.gt is not None:
         summary["eval"] = evaluate(run_.gt, tally, o.eval)
         atomic_save_json(out_dir / "eval.json", summary["eval"])
     atomic_save_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _route_crops(second: SecondStage, r: ImageRecord, d) -> Dict[str, int]:
+    """A routed classifier's crops of this image per input size (``{"79": n, ...}``); {} otherwise."""
+    if second.routes is None or not len(d):
+        return {}
+    boxes = torch.from_numpy(d.boxes).float()
+    sent = second.eligible(boxes, torch.from_numpy(d.classes).long(), r.image.shape[:2])
+    sizes, counts = np.unique(second.crop_sizes(boxes[sent]).numpy(), return_counts=True)
+    return {str(int(s)): int(n) for s, n in zip(sizes, counts)}
 
 
 def _image_part(r: ImageRecord, d, f, n_crops: int, changed: np.ndarray, run_: InferenceRun,
@@ -370,6 +389,7 @@ def _image_part(r: ImageRecord, d, f, n_crops: int, changed: np.ndarray, run_: I
         "results": fused_results(r.image_id, r.file_name, f, out_names, run_.out_ids, det_names, run_.det_ids, changed),
         "eval_img_ids": [r.image_id] if r.file_name in top1 else [], "bad": [], "wall": 0.0,
         "entry_errors": list(getattr(run_.first, "errors_by_key", {}).get(r.key, [])),
+        "route_crops": _route_crops(run_.second, r, d),
     }
 
 
@@ -445,6 +465,10 @@ def format_summary(s: Dict[str, Any]) -> str:
         f"speed: {s['images_per_s']} images/s, {s['crops_per_s']} crops/s (second stage) on {s['device']}; "
         f"classifier {s.get('classifier_runtime')}",
     ]
+    if s.get("routes"):
+        r = s["routes"]
+        lines.append("routed: " + ", ".join(f"{a} {n} crops" for a, n in r["crops"].items())
+                     + f" (thresholds {', '.join(f'{t:g}' for t in r['thresholds'])} px)")
     if s.get("images_resumed"):
         lines.insert(1, f"resumed: {s['images_resumed']} image(s) taken from an earlier run's parts, "
                         f"{s['images_processed']} processed now (the speed counts these only)")

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 SHARD_DIR = "shards"
 _SUMMED = ("images", "boxes", "crops", "changed", "dropped", "t_detect", "t_second", "top1_hits", "top1_total")
 _LISTS = ("det_results", "results", "eval_img_ids", "entry_errors")
+_COUNTS = ("route_crops",)  # {key: count} summed per key (a routed classifier's crops per input size)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def write_part(shard: Shard, out_dir: Path, tally: Dict[str, Any], bad: List[dic
                records: List[Tuple[int, bool]]) -> Path:
     """``records``: (image id, id fixed by an annotation file) of every processed image, in input order."""
     part = {"shard": shard.index, "num_shards": shard.count, "wall": wall, "bad": bad, "records": records,
-            **{k: tally[k] for k in _SUMMED + _LISTS}}
+            **{k: tally[k] for k in _SUMMED + _LISTS + _COUNTS}}
     return atomic_save_json(shard.part_path(out_dir), part)
 
 
@@ -92,6 +93,7 @@ def merge_parts(parts: List[dict], first_new_id: int) -> Tuple[Dict[str, Any], L
     annotation file are renumbered from ``first_new_id`` in input order, as a single process numbers them."""
     merged: Dict[str, Any] = {k: 0 for k in _SUMMED}
     merged.update({k: [] for k in _LISTS})
+    merged.update({k: {} for k in _COUNTS})
     bad: List[dict] = []
     next_id = first_new_id
     for part in parts:
@@ -101,6 +103,9 @@ def merge_parts(parts: List[dict], first_new_id: int) -> Tuple[Dict[str, Any], L
                 new_ids[image_id], next_id = next_id, next_id + 1
         for k in _SUMMED:
             merged[k] += part[k]
+        for k in _COUNTS:  # absent from parts written before the key existed
+            for key, n in part.get(k, {}).items():
+                merged[k][key] = merged[k].get(key, 0) + n
         for k in ("results", "det_results"):
             merged[k] += [{**r, "image_id": new_ids.get(r["image_id"], r["image_id"])} for r in part[k]]
         merged["eval_img_ids"] += [new_ids.get(i, i) for i in part["eval_img_ids"]]

@@ -146,6 +146,9 @@ class RoutedClassifier(nn.Module):
     device = property(lambda self: torch.device(self.classifiers[0].device))
     precision = property(lambda self: getattr(self.classifiers[0], "precision", "fp32"))
 
+    def train(self, mode: bool = True) -> "RoutedClassifier":
+        return super().train(False)  # inference forms only: always eval (a Detectron2 model's train() reaches here)
+
     def route(self, size: int) -> Any:
         """The classifier that takes ``size`` px crops."""
         if int(size) not in self._by_size:

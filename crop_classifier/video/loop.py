@@ -59,7 +59,10 @@ class TrackingLoop:
         self.classify_batches = 0  # classify() invocations
         self.boxes_seen = 0
         self.frames = 0
-        self.input_size = int(second_stage.crop.size)
+        # A view's resolution weight saturates at the input size; a routed classifier's largest route takes
+        # detail up to its own size, so more native pixels count up to there.
+        routes = getattr(second_stage, "routes", None)
+        self.input_size = int(max(routes.input_sizes) if routes is not None else second_stage.crop.size)
         self.context = float(second_stage.crop.context)
         self.fusion = str(second_stage.fusion)
         self.background_drop = float(getattr(getattr(second_stage, "options", None), "background_drop", 0.5))
