@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict
 
+from ..deploy.routed import weights_paths
 from ..utils.io import atomic_save_json
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,6 @@ def fingerprint(o: Any) -> Dict[str, Any]:
         fp["background_drop"] = o.background_drop
     if getattr(o, "route_thresholds", None):  # only when set, as background_drop
         fp["route_thresholds"] = [float(t) for t in o.route_thresholds]
-    from ..deploy.routed import weights_paths  # lazily: the runtimes are not needed to read parts
-
     files = weights_paths(o.classifier_weights) if o.classifier_weights else []  # several: a routed set
     stats = [os.stat(f) for f in files if os.path.isfile(f)]  # a retrained checkpoint at the same path differs
     if stats:
