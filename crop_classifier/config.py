@@ -23,7 +23,8 @@ from fvcore.common.config import BASE_KEY, CfgNode
 
 from .crops import DEFAULT_CONTEXT
 from .errors import ConfigError
-from .models.registry import ARCHITECTURES
+from .models.registry import ALL_ARCHITECTURES
+from .models.routing import ROUTED_ARCH, Routes
 from .structures import CROP_MODES, CropSpec
 
 
@@ -32,7 +33,8 @@ def get_cfg() -> CfgNode:
     _C = CfgNode()
 
     _C.MODEL = CfgNode()
-    _C.MODEL.ARCH = "v3_79"  # v3_79 | v3_151 | v3_299
+    # v3_79 | v3_151 | v3_299 | auto (one weight set, each crop fed at the stem its native size routes to)
+    _C.MODEL.ARCH = "v3_79"
     _C.MODEL.WIDTH = 1.0  # channel multiplier; 1.0 is the paper's network
     # 0: derived from the class names (DATASETS.CLASS_NAMES, else the first training dataset's categories).
     _C.MODEL.NUM_CLASSES = 0
@@ -47,6 +49,11 @@ def get_cfg() -> CfgNode:
     # Append a background class ("__background__", the last class; meta["background_class"]) trained on
     # boxes that overlap no object, so the second stage can say "not an object" (second_stage/fusion.py).
     _C.MODEL.BACKGROUND_CLASS = False
+    # MODEL.ARCH auto: the routes (stems, smallest input first) and the native sides (px, the box's longer side
+    # with its context margin) between consecutive routes; empty: geometric means of neighbouring input sizes.
+    _C.MODEL.ROUTES = CfgNode()
+    _C.MODEL.ROUTES.ARCHS = ("v3_79", "v3_151", "v3_299")
+    _C.MODEL.ROUTES.THRESHOLDS = ()
 
     _C.CROP = CfgNode()
     _C.CROP.CONTEXT = DEFAULT_CONTEXT  # margin around each box, as a fraction of its side
@@ -54,6 +61,9 @@ def get_cfg() -> CfgNode:
 
     _C.INPUT = CfgNode()
     _C.INPUT.SIZE = 0  # crop side in pixels; 0: the architecture's native input size (79/151/299)
+    # MODEL.ARCH auto: the probability that a training crop is fed at a neighbouring route's size instead of its
+    # own (redrawn each epoch), so every route also sees crops from beyond its thresholds.
+    _C.INPUT.ROUTE_JITTER = 0.2
     _C.INPUT.AUGMENT = True  # flips, colour and scale/aspect jitter on training crops
     # Blur or downscale-upscale a third of the training crops (large objects then look like small ones).
     # Off where the class lives in fine detail that a 4x downscale erases (e.g. the synthetic marks).
@@ -261,7 +271,12 @@ def _check_key_exists(cfg: CfgNode, full_key: str) -> None:
 
 def validate(cfg: CfgNode) -> None:
     """Value checks that the type checks of CfgNode do not cover; each error names the key."""
-    _check(cfg.MODEL.ARCH in ARCHITECTURES, "MODEL.ARCH", cfg.MODEL.ARCH, "one of " + ", ".join(sorted(ARCHITECTURES)))
+    _check(cfg.MODEL.ARCH in ALL_ARCHITECTURES, "MODEL.ARCH", cfg.MODEL.ARCH, "one of " + ", ".join(sorted(ALL_ARCHITECTURES)))
+    _check(0 <= cfg.INPUT.ROUTE_JITTER <= 1, "INPUT.ROUTE_JITTER", cfg.INPUT.ROUTE_JITTER, "in [0, 1]")
+    if cfg.MODEL.ARCH == ROUTED_ARCH:
+        _check(cfg.INPUT.SIZE == 0, "INPUT.SIZE", cfg.INPUT.SIZE,
+               "0 with MODEL.ARCH auto (each route has its own input size)")
+        config_routes(cfg)
     _check(cfg.MODEL.WIDTH > 0, "MODEL.WIDTH", cfg.MODEL.WIDTH, "> 0")
     _check(cfg.MODEL.NUM_CLASSES >= 0, "MODEL.NUM_CLASSES", cfg.MODEL.NUM_CLASSES, ">= 0 (0: derived)")
     _check(cfg.CROP.MODE in CROP_MODES, "CROP.MODE", cfg.CROP.MODE, " or ".join(CROP_MODES))
@@ -292,6 +307,22 @@ def validate(cfg: CfgNode) -> None:
     for key in ("TRAIN", "TEST"):
         for name in cfg.DATASETS[key]:
             parse_dataset_name(name, key=f"DATASETS.{key}")
+
+
+def config_routes(cfg: CfgNode, *, jitter: bool = False) -> Optional[Routes]:
+    """The routes ``MODEL.ROUTES`` describe (``None`` unless MODEL.ARCH is auto); ``jitter``: with
+    ``INPUT.ROUTE_JITTER`` (training), else none. An invalid value is an error naming the key."""
+    if cfg.MODEL.ARCH != ROUTED_ARCH:
+        return None
+    archs, thresholds = tuple(cfg.MODEL.ROUTES.ARCHS), tuple(cfg.MODEL.ROUTES.THRESHOLDS)
+    try:
+        Routes(archs)
+    except ValueError as e:
+        raise ValueError(f"config key MODEL.ROUTES.ARCHS: {e}") from None
+    try:
+        return Routes(archs, thresholds or None, float(cfg.INPUT.ROUTE_JITTER) if jitter else 0.0)
+    except ValueError as e:
+        raise ValueError(f"config key MODEL.ROUTES.THRESHOLDS: {e}") from None
 
 
 def _check(ok: bool, key: str, value: object, expected: str) -> None:

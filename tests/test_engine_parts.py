@@ -8,9 +8,9 @@ import torch
 from crop_classifier.config import get_cfg
 from crop_classifier.data.transforms import normalize
 from crop_classifier.engine import Trainer, TrainingParts
-from crop_classifier.engine.data import TensorCropDataset
+from crop_classifier.engine.data import RoutedTensorCropDataset, TensorCropDataset
 from crop_classifier.engine.evaluation import inference_form, predict
-from crop_classifier.models import build_classifier, model_meta
+from crop_classifier.models import Routes, build_classifier, create_classifier, model_meta
 
 
 def _crops(n=12, size=35, classes=3, seed=0):
@@ -101,3 +101,53 @@ def test_predict_runs_the_inference_form_on_unnormalised_crops():
     # BN folded in the inference form's copy; the trained model is left as it was.
     assert isinstance(classifier.net.Conv2d_1a_3x3.bn, torch.nn.Identity)
     assert isinstance(model.Conv2d_1a_3x3.bn, torch.nn.BatchNorm2d)
+
+
+def _routed_crops(n=16, sizes=(79, 151), classes=3):
+    g = torch.Generator().manual_seed(0)
+    crops = {s: torch.randint(0, 256, (n, 3, s, s), dtype=torch.uint8, generator=g) for s in sizes}
+    sides = torch.tensor([40.0, 300.0] * (n // 2))  # half route to 79, half to 151
+    return crops, torch.arange(n) % classes, sides
+
+
+def test_routed_tensor_crop_dataset_returns_one_size_per_batch():
+    crops, y, sides = _routed_crops()
+    ds = RoutedTensorCropDataset(crops, y, sides, flip=False)
+    assert ds.sizes == (79, 151) and ds.sides.tolist() == sides.tolist() and len(ds) == 16
+    x, labels = ds.__getitems__([(3, 151), (5, 151)])
+    assert torch.equal(x, normalize(crops[151][[3, 5]].float() / 255)) and labels.tolist() == [0, 2]
+    assert ds[(2, 79)][0].shape == (3, 79, 79)
+    with pytest.raises(ValueError, match="one input size"):
+        ds.__getitems__([(0, 79), (1, 151)])
+    with pytest.raises(ValueError, match="no crops at 299"):
+        ds.__getitems__([(0, 299)])
+    with pytest.raises(ValueError, match=r"crops\[79\]"):
+        RoutedTensorCropDataset({79: crops[151]}, y, sides)
+    with pytest.raises(ValueError, match="sides"):
+        RoutedTensorCropDataset(crops, y, sides[:3])
+
+
+def test_trainer_on_routed_parts_trains_one_size_per_step(tmp_path):
+    crops, y, sides = _routed_crops()
+    torch.manual_seed(0)
+    routes = Routes(("v3_79", "v3_151"))
+    model = create_classifier("auto", 3, width=0.125, aux_logits=False, routes=routes.archs)
+    meta = model_meta(model, "auto", ["a", "b", "c"], routes=routes, context=0.1, mode="square")
+    cfg = get_cfg()
+    cfg.MODEL.ARCH, cfg.MODEL.WIDTH, cfg.MODEL.AUX_LOGITS = "auto", 0.125, False
+    cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.MAX_EPOCHS, cfg.SOLVER.BASE_LR = 4, 1, 0.01
+    cfg.DATALOADER.NUM_WORKERS, cfg.OUTPUT_DIR, cfg.INPUT.ROUTE_JITTER = 0, str(tmp_path), 0.5
+    trainer = Trainer(cfg, progress=False, parts=TrainingParts(model, meta, RoutedTensorCropDataset(crops, y, sides),
+                                                               device="cpu"))
+    assert trainer.routes.jitter == 0.5 and trainer.routes.thresholds == routes.thresholds
+    assert trainer.iters_per_epoch == 16 // 4 - 1  # RoutedBatchSampler: a length every draw reaches
+    batch_sizes = [x.shape[-1] for x, _ in trainer.train_loader]
+    assert len(batch_sizes) == 3 and set(batch_sizes) <= {79, 151}
+    before = model.Conv2d_1a_3x3.conv.weight.clone()
+    trainer.train_one_epoch(0)
+    trainer.metrics.close()
+    assert not torch.equal(before, model.Conv2d_1a_3x3.conv.weight)
+    # A dataset without some route's crops is refused, naming the sizes.
+    with pytest.raises(ValueError, match=r"lacks \[151\]"):
+        Trainer(cfg, progress=False, parts=TrainingParts(model, meta, RoutedTensorCropDataset(
+            {79: crops[79]}, y, sides), device="cpu"))

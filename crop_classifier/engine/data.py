@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from ..config import parse_dataset_name
 from ..data import (CocoSamples, CropDataset, ImageGroupedBatchSampler, build_train_transform, collate_identity,
                     add_negative_samples, generate_scenes, load_coco_samples, normalize, object_boxes)
 from ..data.detection_crops import DetectionMatch, detection_samples
+from ..data.sampler import RoutedBatchSampler
 from ..detectors.detections_file import DetectionsFile
 from .distributed import main_process_first
 
@@ -152,17 +153,68 @@ class TensorCropDataset(Dataset):
         return x[0], int(y[0])
 
 
+class RoutedTensorCropDataset(Dataset):
+    """``TensorCropDataset`` for multi-resolution (routed) training: each sample's crop held at every route's
+    input size (``crops``: ``{size: uint8 [N, 3, size, size]}``), its native side (``sides [N]``, px: what
+    ``RoutedBatchSampler`` routes by) and label. ``__getitems__`` takes the sampler's ``(index, size)`` pairs
+    (one size per batch) and returns the batch at that size, flipped and normalised as ``TensorCropDataset``
+    does."""
+
+    def __init__(self, crops: Mapping[int, torch.Tensor], labels: torch.Tensor, sides, *, flip: bool = True):
+        if not crops:
+            raise ValueError("crops must hold at least one input size")
+        self.sides = np.asarray(sides, dtype=np.float64).reshape(-1)
+        self.by_size = {int(s): TensorCropDataset(x, labels, flip=flip) for s, x in crops.items()}
+        for size, ds in self.by_size.items():
+            if ds.crops.shape[-2:] != (size, size):
+                raise ValueError(f"crops[{size}] must be [N, 3, {size}, {size}], got {tuple(ds.crops.shape)}")
+        if len(self.sides) != len(labels):
+            raise ValueError(f"sides must be [N] = [{len(labels)}], got {len(self.sides)} values")
+        self.labels = labels.long()
+
+    @property
+    def sizes(self) -> Tuple[int, ...]:
+        return tuple(sorted(self.by_size))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitems__(self, pairs: Sequence[Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
+        sizes = {int(s) for _, s in pairs}
+        if len(sizes) != 1:
+            raise ValueError(f"a routed batch holds one input size, got {sorted(sizes)}")
+        size = sizes.pop()
+        if size not in self.by_size:
+            raise ValueError(f"no crops at {size} px (held: {list(self.sizes)})")
+        return self.by_size[size].__getitems__([int(i) for i, _ in pairs])
+
+    def __getitem__(self, pair: Tuple[int, int]) -> Tuple[torch.Tensor, int]:
+        x, y = self.__getitems__([pair])
+        return x[0], int(y[0])
+
+
 def build_dataset_train_loader(cfg: CfgNode, dataset: Dataset, *, per_rank_batch: int, num_replicas: int = 1,
-                               rank: int = 0) -> DataLoader:
+                               rank: int = 0, routes=None) -> DataLoader:
     """Shuffled, drop-last batches of a prebuilt training dataset (one returning whole batches from
     ``__getitems__``, e.g. ``TensorCropDataset``), split over ``num_replicas`` processes. ``set_epoch`` is on
-    ``loader.batch_sampler.sampler``."""
-    sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=cfg.SEED,
-                                 drop_last=True)
-    batches = BatchSampler(sampler, per_rank_batch, drop_last=True)
+    ``loader.batch_sampler.sampler``. With ``routes`` (``models.routing.Routes``; the dataset a
+    ``RoutedTensorCropDataset``): ``RoutedBatchSampler`` batches of one input size each, ``set_epoch`` on
+    ``loader.batch_sampler``."""
+    if routes is not None:
+        missing = [s for s in routes.input_sizes if s not in getattr(dataset, "sizes", ())]
+        if missing:
+            raise ValueError(f"routed training needs crops at every route's input size {list(routes.input_sizes)}; "
+                             f"the dataset lacks {missing} (a RoutedTensorCropDataset holds them)")
+        batches = RoutedBatchSampler(dataset.sides, routes, per_rank_batch, seed=cfg.SEED, num_replicas=num_replicas,
+                                     rank=rank, drop_last=True)
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=cfg.SEED,
+                                     drop_last=True)
+        batches = BatchSampler(sampler, per_rank_batch, drop_last=True)
     if len(batches) == 0:
         raise ValueError(f"the training set has {len(dataset)} crops, fewer than one batch of {per_rank_batch} per "
-                         "process; lower SOLVER.IMS_PER_BATCH or add data")
+                         "process" + (" and route" if routes is not None else "") +
+                         "; lower SOLVER.IMS_PER_BATCH or add data")
     return DataLoader(dataset, batch_sampler=batches, num_workers=cfg.DATALOADER.NUM_WORKERS,
                       collate_fn=collate_identity, pin_memory=torch.cuda.is_available())
 

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..config import crop_spec
-from ..models import build_classifier, classifier_from_checkpoint, load_imagenet_weights, model_meta
+from ..models import Routes, build_classifier, classifier_from_checkpoint, load_imagenet_weights, model_meta
 from ..errors import NonFiniteLossError
 from ..structures import BACKGROUND_CLASS, CropSpec, object_class_names
 from ..utils.io import atomic_write_text
@@ -49,6 +49,11 @@ def _set_epoch(loader, epoch: int) -> None:
     # ImageGroupedBatchSampler shuffles per epoch itself; a BatchSampler leaves it to its DistributedSampler.
     batches = loader.batch_sampler
     (batches if hasattr(batches, "set_epoch") else batches.sampler).set_epoch(epoch)
+
+
+def _with_jitter(routes: Optional[Routes], cfg: CfgNode) -> Optional[Routes]:
+    """Training routes: ``routes`` with ``INPUT.ROUTE_JITTER``."""
+    return None if routes is None else Routes(routes.archs, routes.thresholds, float(cfg.INPUT.ROUTE_JITTER))
 
 
 def _grad_scaler(enabled: bool):
@@ -98,14 +103,17 @@ class Trainer:
         self.amp_dtype = getattr(torch, cfg.SOLVER.AMP_DTYPE) if (on_gpu and cfg.SOLVER.AMP) else None
         self.channels_last = cfg.MODEL.CHANNELS_LAST
         self.test_samples: List = []
+        self.routes: Optional[Routes] = None  # training routes (with jitter) of a routed classifier
         self.test_loader = None
         if parts is None:
             module = self._build_from_config(cfg)
         else:
             module, self.meta = parts.model, dict(parts.meta)
             self.class_names, self.input_size = list(self.meta["class_names"]), int(self.meta["input_size"])
+            self.routes = _with_jitter(Routes.from_meta(self.meta), cfg)
             self.train_loader = build_dataset_train_loader(cfg, parts.train_dataset, per_rank_batch=self.per_rank_batch,
-                                                           num_replicas=self.world_size, rank=self.rank)
+                                                           num_replicas=self.world_size, rank=self.rank,
+                                                           routes=self.routes)
         self._place(module)
 
         # ---- optimisation
