@@ -4,7 +4,8 @@
     tools/benchmark.py --output DIR [--quick] [--device cpu|cuda]
         [--only models,crops,pipeline,tradeoff,memory,deploy,video,routing]
 
-The full run takes about 15 minutes on 2 CPU cores, --quick about 3. Ratios (against torchvision, the
+The full run takes about 15 minutes on 2 CPU cores before the deploy, video and routing sections (routing:
+an estimated 10 more at full width), --quick about 3. Ratios (against torchvision, the
 per-box crop loop, a dense matmul, the detector) come from interleaved timings in the same run; absolute
 figures depend on the machine and its load. See docs/benchmarks.md.
 """
