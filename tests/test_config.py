@@ -26,7 +26,7 @@ def test_every_shipped_config_loads():
         if path.name.startswith("Base-"):
             continue
         cfg = load_config(path)
-        assert cfg.MODEL.ARCH in ("v3_79", "v3_151", "v3_299"), path
+        assert cfg.MODEL.ARCH in ("v3_79", "v3_151", "v3_299", "auto"), path
         assert cfg.DATASETS.TRAIN, path
 
 

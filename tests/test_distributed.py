@@ -24,6 +24,7 @@ import os
 import socket
 import types
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -62,37 +63,39 @@ def make_split_invariant(model: nn.Module) -> None:
             m.p = 0.0
 
 
-def _ddp_train_worker(rank, world, port, scenes, out_dir, max_epochs, result_dir):
+def _ddp_train_worker(rank, world, port, scenes, out_dir, max_epochs, result_dir, opts=()):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
     import torch.distributed as dist
 
     try:
-        trainer = Trainer(tiny_cfg(scenes, out_dir, "SOLVER.MAX_EPOCHS", str(max_epochs)), progress=False)
+        trainer = Trainer(tiny_cfg(scenes, out_dir, "SOLVER.MAX_EPOCHS", str(max_epochs), *opts), progress=False)
         assert dist.is_initialized() and dist.get_backend() == "gloo" and trainer.world_size == world
         make_split_invariant(trainer.module)
         trainer.train()
+        trainer.train_loader.batch_sampler.set_epoch(0)
         torch.save({"state": trainer.module.state_dict(), "per_rank_batch": trainer.per_rank_batch,
-                    "iters": trainer.iters_per_epoch}, os.path.join(result_dir, f"rank{rank}.pt"))
+                    "iters": trainer.iters_per_epoch, "batches": [list(b) for b in trainer.train_loader.batch_sampler]},
+                   os.path.join(result_dir, f"rank{rank}.pt"))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def spawn_ddp_training(scenes, out_dir, max_epochs, result_dir, world=2):
-    mp.spawn(_ddp_train_worker, args=(world, free_port(), scenes, str(out_dir), max_epochs, str(result_dir)),
+def spawn_ddp_training(scenes, out_dir, max_epochs, result_dir, world=2, opts=()):
+    mp.spawn(_ddp_train_worker, args=(world, free_port(), scenes, str(out_dir), max_epochs, str(result_dir), tuple(opts)),
              nprocs=world, join=True)
     return [torch.load(result_dir / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
 
-def single_process(scenes, out, max_epochs, resume=False):
+def single_process(scenes, out, max_epochs, resume=False, opts=()):
     # One intra-op thread, as in the DDP workers: the thread count changes oneDNN's reduction order, and
     # that float noise is what a second step can carry across a ReLU kink (module docstring).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        t = Trainer(tiny_cfg(scenes, out, "SOLVER.MAX_EPOCHS", str(max_epochs)), resume=resume, progress=False)
+        t = Trainer(tiny_cfg(scenes, out, "SOLVER.MAX_EPOCHS", str(max_epochs), *opts), resume=resume, progress=False)
         assert t.world_size == 1
         make_split_invariant(t.module)
         t.train()
@@ -154,3 +157,27 @@ def test_ddp_gloo_two_processes_match_single_process_and_resume_on_one(scenes, t
     assert_close_state(straight.module.state_dict(), resumed.module.state_dict(), "DDP(2) -> resume(1)")
     log = [json.loads(line) for line in (ddp_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log if r.get("kind") == "epoch"] == [1, 2]
+
+
+def test_ddp_routed_classifier_matches_single_process(scenes, tmp_path):
+    """MODEL.ARCH auto under DDP: every rank takes its part of the same route's global batch (one input size per
+    step on every process) and training equals single-process training with that global batch."""
+    from crop_classifier.engine.data import load_dataset, sample_native_sides
+
+    threshold = float(np.median(sample_native_sides(load_dataset(scenes).samples, 0.1)))  # both routes get crops
+    opts = ("MODEL.ARCH", "'auto'", "MODEL.ROUTES.ARCHS", "['v3_79', 'v3_151']",
+            "MODEL.ROUTES.THRESHOLDS", f"[{threshold}]", "SOLVER.IMS_PER_BATCH", "2")
+    results = tmp_path / "results"
+    results.mkdir()
+    ranks = spawn_ddp_training(scenes, tmp_path / "ddp", 1, results, opts=opts)
+    assert ranks[0]["iters"] == ranks[1]["iters"] == len(ranks[0]["batches"]) > 1
+    for a, b in zip(ranks[0]["batches"], ranks[1]["batches"]):
+        assert len(a) == len(b) == 1 and a[0][1] == b[0][1] and a[0][0] != b[0][0]
+    assert len({b[0][1] for b in ranks[0]["batches"]}) == 2 and ranks[0]["iters"] >= 3  # both routes trained
+    for k, v in ranks[0]["state"].items():
+        assert torch.equal(v, ranks[1]["state"][k]), k
+    ref = single_process(scenes, tmp_path / "single", 1, opts=opts)
+    assert ref.iters_per_epoch == ranks[0]["iters"]
+    assert_close_state(ref.module.state_dict(), ranks[0]["state"], "routed DDP vs single process")
+    meta = load_checkpoint(tmp_path / "ddp" / "model_final.pth")["meta"]
+    assert meta["arch"] == "auto" and meta["routes"]["thresholds"] == [threshold]

@@ -213,12 +213,18 @@ class CropDataset(torch.utils.data.Dataset):
     Negative placeholders (``negatives.add_negative_samples``) get a random box with IoU < ``negative_iou``
     with every object of their image (``objects``: ``{path: boxes}``, e.g. ``object_boxes``; default: the
     samples' own boxes), drawn per epoch (a fixed generator per batch when ``train=False``).
+
+    Multi-resolution (routed) training and evaluation: an index may be an ``(index, size)`` pair
+    (``sampler.RoutedBatchSampler`` yields them; one size per batch), and the crop is then cut at that size,
+    augmented by ``transform_for_size(size)`` (built once per size, e.g. ``build_train_transform``;
+    ``transform`` serves ``input_size``). Plain indices are cropped at ``input_size``.
     """
 
     def __init__(self, samples: Union[CocoSamples, Sequence[Sample]], input_size: int, *,
                  context: float = DEFAULT_CONTEXT, mode: str = "square", train: bool = False,
                  jitter_iou: Optional[float] = None, transform: Optional[Callable] = None, seed: int = 0,
-                 negative_iou: float = 0.3, objects: Optional[Dict[str, np.ndarray]] = None):
+                 negative_iou: float = 0.3, objects: Optional[Dict[str, np.ndarray]] = None,
+                 transform_for_size: Optional[Callable[[int], Callable]] = None):
         if mode not in CROP_MODES:
             raise ValueError(f"mode must be one of {CROP_MODES}, got {mode!r}")
         if jitter_iou is not None and not 0 < jitter_iou < 1:
@@ -231,6 +237,8 @@ class CropDataset(torch.utils.data.Dataset):
         self.train = bool(train)
         self.jitter_iou = jitter_iou if train else None
         self.transform = transform if train else None
+        self.transform_for_size = transform_for_size if train else None
+        self._transforms: Dict[int, Callable] = {}  # transform_for_size's, per size other than input_size
         self.seed = int(seed)
         self.negative_iou = float(negative_iou)
         self._objects = objects if objects is not None else _sample_boxes(self.samples)  # negatives avoid them
@@ -252,7 +260,27 @@ class CropDataset(torch.utils.data.Dataset):
             # transform is built: seed it from the same stream, or augmentation (and resume) is not repeatable.
             if hasattr(self.transform, "set_random_seed"):
                 self.transform.set_random_seed(int(self._rng.integers(1 << 31)))
+            for size, t in self._transforms.items():
+                self._seed_transform(t, size)
         return self._rng
+
+    def _seed_transform(self, transform: Callable, size: int) -> None:
+        # Other sizes' transforms: seeded from (SEED, torch seed, size), apart from the main stream, so that
+        # when a size's transform is first built does not shift any other draw.
+        if hasattr(transform, "set_random_seed") and self._rng_key is not None:
+            seq = np.random.SeedSequence([self.seed, self._rng_key[1] % (1 << 63), int(size)])
+            transform.set_random_seed(int(seq.generate_state(1)[0] >> 1))
+
+    def _transform(self, size: int) -> Optional[Callable]:
+        if size == self.input_size or self.transform_for_size is None:
+            if size != self.input_size and self.transform is not None:
+                raise ValueError(f"CropDataset: a {size} px crop asked for, but the training transform is for "
+                                 f"{self.input_size} px and no transform_for_size was given")
+            return self.transform
+        if size not in self._transforms:
+            self._transforms[size] = self.transform_for_size(size)
+            self._seed_transform(self._transforms[size], size)
+        return self._transforms[size]
 
     def _image(self, path: str) -> np.ndarray:
         # The last two images stay decoded: an image cut across two consecutive batches is read once.
@@ -266,12 +294,13 @@ class CropDataset(torch.utils.data.Dataset):
             self._cache.move_to_end(path)
         return img
 
-    def _crops(self, img: np.ndarray, boxes: np.ndarray) -> torch.Tensor:
-        S = self.input_size
-        if self.transform is None:
+    def _crops(self, img: np.ndarray, boxes: np.ndarray, size: int) -> torch.Tensor:
+        S = int(size)
+        transform = self._transform(S)
+        if transform is None:
             return extract_crops(img, boxes, S, context=self.context, mode=self.mode, backend="cv2")
         crops = extract_crops_hwc(img, boxes, S, context=self.context, mode=self.mode)
-        out = np.stack([self.transform(image=c)["image"] for c in crops])
+        out = np.stack([transform(image=c)["image"] for c in crops])
         if out.shape[1:] != (S, S, 3) or out.dtype != np.uint8:
             raise ValueError(f"transform must return uint8 {S}x{S}x3 crops, got {out.dtype} {out.shape[1:]}")
         return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255)
@@ -296,22 +325,37 @@ class CropDataset(torch.utils.data.Dataset):
                 neg_rng)])
         return [p for p, _ in gt] + [p for p, _ in fixed] + negatives, boxes
 
-    def __getitems__(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        indices = [int(i) for i in indices]
+    def _split(self, items: Sequence) -> Tuple[List[int], int]:
+        """Indices and the one crop size of a batch of indices or ``(index, size)`` pairs."""
+        indices, sizes = [], set()
+        for item in items:
+            if isinstance(item, (tuple, list)):
+                indices.append(int(item[0]))
+                sizes.add(int(item[1]))
+            else:
+                indices.append(int(item))
+                sizes.add(self.input_size)
+        if len(sizes) > 1:
+            raise ValueError(f"CropDataset: a batch holds one crop size, got {sorted(sizes)}")
+        return indices, sizes.pop() if sizes else self.input_size
+
+    def __getitems__(self, items: Sequence) -> Tuple[torch.Tensor, torch.Tensor]:
+        indices, size = self._split(items)
         groups: "OrderedDict[str, List[int]]" = OrderedDict()
         for pos, i in enumerate(indices):
             groups.setdefault(self.samples[i][0], []).append(pos)
         rng = self._generator() if self.train else None  # also (re)seeds the transform for this epoch/worker
-        out = torch.empty((len(indices), 3, self.input_size, self.input_size))
+        out = torch.empty((len(indices), 3, size, size))
         labels = torch.empty(len(indices), dtype=torch.long)
         for path, group in groups.items():
             img = self._image(path)
             positions, boxes = self._group_boxes(img, path, [(p, self.samples[indices[p]]) for p in group], rng)
             pos_t = torch.tensor(positions)
-            out[pos_t] = self._crops(img, boxes)
+            out[pos_t] = self._crops(img, boxes, size)
             labels[pos_t] = torch.tensor([self.samples[indices[p]][2] for p in positions])
         return (normalize(out) if self.train else out), labels
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+    def __getitem__(self, index) -> Tuple[torch.Tensor, int]:
+        """``index``: a sample index, or an ``(index, size)`` pair."""
         x, y = self.__getitems__([index])
         return x[0], int(y[0])

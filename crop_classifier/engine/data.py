@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -16,6 +17,7 @@ from ..data import (CocoSamples, CropDataset, ImageGroupedBatchSampler, build_tr
 from ..data.detection_crops import DetectionMatch, detection_samples
 from ..data.sampler import RoutedBatchSampler
 from ..detectors.detections_file import DetectionsFile
+from ..models.routing import Routes, native_sides
 from .distributed import main_process_first
 
 logger = logging.getLogger(__name__)
@@ -92,31 +94,60 @@ def extra_training_samples(cfg: CfgNode, samples: Sequence, num_classes: int) ->
     return []
 
 
+def sample_native_sides(samples: Sequence, context: float) -> np.ndarray:
+    """``[N]`` native side (px, ``models.routing.native_sides``: the box's longer side with its context margin)
+    of each sample, what routing goes by. A background placeholder (NaN box, drawn at crop time at the scale
+    of its image's objects) takes the median side of its image's boxes (of all boxes when its image has none)."""
+    boxes = np.stack([np.asarray(s[1], np.float64).reshape(4) for s in samples]) if len(samples) else np.zeros((0, 4))
+    finite = np.isfinite(boxes).all(axis=1)
+    sides = np.full(len(samples), np.nan)
+    sides[finite] = native_sides(boxes[finite], context)
+    if finite.all():
+        return sides
+    overall = float(np.median(sides[finite])) if finite.any() else 1.0
+    per_image: Dict[str, List[float]] = {}
+    for s, side, ok in zip(samples, sides, finite):
+        if ok:
+            per_image.setdefault(s[0], []).append(side)
+    for i in np.flatnonzero(~finite):
+        own = per_image.get(samples[i][0])
+        sides[i] = float(np.median(own)) if own else overall
+    return sides
+
+
 def build_train_loader(cfg: CfgNode, samples: Sequence, input_size: int, *, per_rank_batch: int,
-                       num_replicas: int = 1, rank: int = 0) -> DataLoader:
+                       num_replicas: int = 1, rank: int = 0, routes: Optional[Routes] = None) -> DataLoader:
     """Shuffled batches of augmented crops (grouped by image unless ``DATALOADER.GROUP_BY_IMAGE`` is off),
-    split over ``num_replicas`` processes.
+    split over ``num_replicas`` processes. With ``routes`` (a routed classifier; ``input_size`` its smallest
+    route): ``RoutedBatchSampler`` batches, each sample cropped at its (jittered) route's size, one size per
+    batch, shuffled over boxes (GROUP_BY_IMAGE does not apply).
 
     Call ``loader.batch_sampler.set_epoch(e)`` before each epoch. Workers are not persistent: each epoch's
     are seeded from the torch generator, which the trainer seeds per epoch.
     """
+    augment = partial(build_train_transform, low_resolution=cfg.INPUT.AUGMENT_LOW_RESOLUTION)
     dataset = CropDataset(
         samples, input_size, context=cfg.CROP.CONTEXT, mode=cfg.CROP.MODE, train=True,
         jitter_iou=cfg.INPUT.JITTER_IOU or None,
-        transform=(build_train_transform(input_size, low_resolution=cfg.INPUT.AUGMENT_LOW_RESOLUTION)
-                   if cfg.INPUT.AUGMENT else None),
+        transform=augment(input_size) if cfg.INPUT.AUGMENT else None,
+        transform_for_size=augment if cfg.INPUT.AUGMENT else None,
         seed=cfg.SEED, negative_iou=cfg.INPUT.BACKGROUND_MAX_IOU,
         objects=(datasets_object_boxes(cfg.DATASETS.TRAIN)
                  if cfg.MODEL.BACKGROUND_CLASS and not cfg.DATASETS.DETECTIONS else None),
     )
-    sampler = ImageGroupedBatchSampler(
-        samples, per_rank_batch, shuffle=True, seed=cfg.SEED, drop_last=True,
-        num_replicas=num_replicas, rank=rank, group_by_image=cfg.DATALOADER.GROUP_BY_IMAGE,
-    )
+    if routes is not None:
+        sampler = RoutedBatchSampler(sample_native_sides(samples, cfg.CROP.CONTEXT), routes, per_rank_batch,
+                                     seed=cfg.SEED, drop_last=True, num_replicas=num_replicas, rank=rank)
+    else:
+        sampler = ImageGroupedBatchSampler(
+            samples, per_rank_batch, shuffle=True, seed=cfg.SEED, drop_last=True,
+            num_replicas=num_replicas, rank=rank, group_by_image=cfg.DATALOADER.GROUP_BY_IMAGE,
+        )
     if len(sampler) == 0:
         raise ValueError(
-            f"the training set has {len(samples)} crops, fewer than one batch of {per_rank_batch} per process; "
-            "lower SOLVER.IMS_PER_BATCH or add data"
+            f"the training set has {len(samples)} crops, fewer than one batch of {per_rank_batch} per process"
+            + (f" and route ({len(routes)} routes)" if routes is not None else "")
+            + "; lower SOLVER.IMS_PER_BATCH or add data"
         )
     return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
                       collate_fn=collate_identity, pin_memory=torch.cuda.is_available())
@@ -194,7 +225,7 @@ class RoutedTensorCropDataset(Dataset):
 
 
 def build_dataset_train_loader(cfg: CfgNode, dataset: Dataset, *, per_rank_batch: int, num_replicas: int = 1,
-                               rank: int = 0, routes=None) -> DataLoader:
+                               rank: int = 0, routes: Optional[Routes] = None) -> DataLoader:
     """Shuffled, drop-last batches of a prebuilt training dataset (one returning whole batches from
     ``__getitems__``, e.g. ``TensorCropDataset``), split over ``num_replicas`` processes. ``set_epoch`` is on
     ``loader.batch_sampler.sampler``. With ``routes`` (``models.routing.Routes``; the dataset a
@@ -219,11 +250,17 @@ def build_dataset_train_loader(cfg: CfgNode, dataset: Dataset, *, per_rank_batch
                       collate_fn=collate_identity, pin_memory=torch.cuda.is_available())
 
 
-def build_test_loader(cfg: CfgNode, samples: Sequence, input_size: int, *, context: float, mode: str) -> DataLoader:
+def build_test_loader(cfg: CfgNode, samples: Sequence, input_size: int, *, context: float, mode: str,
+                      routes: Optional[Routes] = None) -> DataLoader:
     """Deterministic batches of un-augmented crops in [0, 1] (not normalised: they go through the classifier's
-    inference form), in sample order (grouped by image when consecutive)."""
+    inference form), in sample order (grouped by image when consecutive). With ``routes``: each crop at its
+    own route's size (no jitter), batched per route, so in route order (``evaluation.loader_sample_order``)."""
     dataset = CropDataset(samples, input_size, context=context, mode=mode, train=False)
-    sampler = ImageGroupedBatchSampler(samples, cfg.TEST.IMS_PER_BATCH, shuffle=False, drop_last=False)
+    if routes is not None:
+        sampler = RoutedBatchSampler(sample_native_sides(samples, context), routes, cfg.TEST.IMS_PER_BATCH,
+                                     shuffle=False, drop_last=False)
+    else:
+        sampler = ImageGroupedBatchSampler(samples, cfg.TEST.IMS_PER_BATCH, shuffle=False, drop_last=False)
     # Its own generator: evaluating never advances the training run's random streams.
     return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
                       collate_fn=collate_identity, pin_memory=torch.cuda.is_available(),

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -17,6 +18,9 @@ logger = logging.getLogger(__name__)
 
 #: Edges (pixels, shorter box side in the original image) of the accuracy-by-size breakdown.
 SIZE_BIN_EDGES = (0, 16, 24, 32, 48, 64, 96, 128, math.inf)
+#: The native size buckets (``size_buckets``): the box's longer side in the original image, without the
+#: crop's context margin, ``[lo, hi)`` px, whatever the classifier (routed or not), so rows compare.
+SIZE_BUCKETS = (("<32", 0, 32), ("32-96", 32, 96), ("96-200", 96, 200), (">200", 200, math.inf))
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -38,13 +42,36 @@ def accuracy_by_size(correct: torch.Tensor, box_sizes: torch.Tensor,
     return out
 
 
+def accuracy_by_size_bucket(correct: torch.Tensor, long_sides: torch.Tensor) -> List[Dict[str, Any]]:
+    """Top-1 and count per ``SIZE_BUCKETS`` bucket of ``long_sides [N]`` (px; NaN, e.g. a background
+    placeholder, falls in none). Every bucket is listed; an empty one has ``top1`` ``None``."""
+    out = []
+    for name, lo, hi in SIZE_BUCKETS:
+        inside = (long_sides >= lo) & (long_sides < hi)
+        n = int(inside.sum())
+        out.append({"bucket": name, "min_px": lo, "max_px": hi if math.isfinite(hi) else None, "num_samples": n,
+                    "top1": float(correct[inside].sum()) / n if n else None})
+    return out
+
+
+def format_size_buckets(buckets: Sequence[Dict[str, Any]]) -> str:
+    """``size_buckets`` as a small text table (box's longer side, px | crops | top-1)."""
+    lines = [f"{'box side (px)':>13} {'crops':>7} {'top-1':>7}"]
+    for b in buckets:
+        top1 = "-" if b["top1"] is None else f"{100 * b['top1']:.2f}%"
+        lines.append(f"{b['bucket']:>13} {b['num_samples']:>7d} {top1:>7}")
+    return "\n".join(lines)
+
+
 def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], *,
-                    box_sizes: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+                    box_sizes: Optional[torch.Tensor] = None,
+                    box_long_sides: Optional[torch.Tensor] = None) -> Dict[str, Any]:
     """Metrics of ``scores [N, K]`` (logits or probabilities) against ``labels [N]``.
 
     ``top5`` uses ``min(5, K)`` guesses. A class without samples has per-class accuracy ``None`` and is left
     out of ``mean_class_accuracy``. With ``box_sizes [N]`` (shorter box side, pixels) the result also holds
-    ``accuracy_by_box_size``.
+    ``accuracy_by_box_size``; with ``box_long_sides [N]`` (longer box side without context, pixels)
+    ``size_buckets`` (``accuracy_by_size_bucket``).
     """
     num_classes = len(class_names)
     if scores.ndim != 2 or scores.shape[1] != num_classes:
@@ -72,6 +99,10 @@ def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, class_names: Seq
         if box_sizes.shape != labels.shape:
             raise ValueError(f"box_sizes must be [N] = [{n}], got {tuple(box_sizes.shape)}")
         extra["accuracy_by_box_size"] = accuracy_by_size(preds == labels, box_sizes)
+    if box_long_sides is not None:
+        if box_long_sides.shape != labels.shape:
+            raise ValueError(f"box_long_sides must be [N] = [{n}], got {tuple(box_long_sides.shape)}")
+        extra["size_buckets"] = accuracy_by_size_bucket(preds == labels, box_long_sides)
     return {
         "num_samples": n,
         "top1": float(correct.sum()) / n,
@@ -127,10 +158,11 @@ _PRECISION_OF = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def inference_form(model: torch.nn.Module, meta: Dict[str, Any], device: torch.device, *, amp_dtype=None,
-                   channels_last: bool = False) -> InferenceClassifier:
-    """``model`` (left untouched) in the one inference form, at the precision of the engine's AMP setting."""
+                   channels_last: bool = False, route_thresholds: Optional[Sequence[float]] = None):
+    """``model`` (left untouched) in the one inference form, at the precision of the engine's AMP setting (a
+    ``RoutedClassifier`` for a routed model: each batch runs the route its crops' side names)."""
     return build_inference_classifier(model, meta, device=device, precision=_PRECISION_OF[amp_dtype],
-                                      channels_last=channels_last)
+                                      channels_last=channels_last, route_thresholds=route_thresholds)
 
 
 def predict(classifier: InferenceClassifier, loader, *, progress: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -145,11 +177,34 @@ def predict(classifier: InferenceClassifier, loader, *, progress: bool = True) -
     return torch.cat(all_scores), torch.cat(all_labels)
 
 
+def loader_sample_order(loader) -> np.ndarray:
+    """The sample indices in the order ``loader``'s batch sampler yields them (plain indices or the
+    ``(index, size)`` pairs of ``RoutedBatchSampler``)."""
+    return np.array([int(i[0]) if isinstance(i, (tuple, list)) else int(i)
+                     for batch in loader.batch_sampler for i in batch], dtype=np.int64)
+
+
+def predict_samples(classifier, loader, *, progress: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``predict``, returned in sample order (a routed test loader yields its samples route by route); every
+    sample must appear once."""
+    scores, labels = predict(classifier, loader, progress=progress)
+    order = loader_sample_order(loader)
+    if len(order) != len(scores) or len(np.unique(order)) != len(order):
+        raise ValueError(f"the evaluation loader yielded {len(order)} crops, not each of its samples once")
+    inverse = torch.from_numpy(np.argsort(order, kind="stable"))
+    return scores[inverse], labels[inverse]
+
+
+def box_sides(samples: Sequence) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(shorter, longer)`` side (px, no context) of each sample's box, in sample order."""
+    boxes = torch.tensor(np.stack([np.asarray(s[1], np.float64).reshape(4) for s in samples]))
+    wh = boxes[:, 2:] - boxes[:, :2]
+    return wh.min(dim=1).values.float(), wh.max(dim=1).values.float()
+
+
 def box_sizes_in_loader_order(loader, samples: Sequence) -> torch.Tensor:
     """Shorter side of each sample's box, in the order ``loader``'s batch sampler yields the samples."""
-    order = [i for batch in loader.batch_sampler for i in batch]
-    return torch.tensor([float(min(samples[i][1][2] - samples[i][1][0], samples[i][1][3] - samples[i][1][1]))
-                         for i in order])
+    return box_sides(samples)[0][torch.from_numpy(loader_sample_order(loader))]
 
 
 def write_results(metrics: Dict[str, Any], output_dir: Path, *, extra: Dict[str, Any] = None) -> Dict[str, Path]:

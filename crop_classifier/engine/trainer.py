@@ -7,7 +7,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,16 +17,17 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from ..config import crop_spec
+from ..config import config_routes, crop_spec
 from ..models import Routes, build_classifier, classifier_from_checkpoint, load_imagenet_weights, model_meta
-from ..errors import NonFiniteLossError
+from ..models.weights import check_meta
+from ..errors import CheckpointError, NonFiniteLossError, UsageError
 from ..structures import BACKGROUND_CLASS, CropSpec, object_class_names
 from ..utils.io import atomic_write_text
 from . import distributed as du
 from .checkpoint import EpochCheckpointer, capture_rng_state, restore_rng_state
 from .data import (build_dataset_train_loader, build_test_loader, build_train_loader, extra_training_samples,
                    load_datasets)
-from .evaluation import box_sizes_in_loader_order, compute_metrics, inference_form, predict, write_results
+from .evaluation import box_sides, compute_metrics, format_size_buckets, inference_form, predict_samples, write_results
 from .losses import InceptionLoss
 from .metrics import MetricsWriter
 from .optim import build_lr_scheduler, build_optimizer, clip_gradients, scaled_lr
@@ -34,7 +35,7 @@ from .optim import build_lr_scheduler, build_optimizer, clip_gradients, scaled_l
 logger = logging.getLogger(__name__)
 
 # Meta keys a resumed run's checkpoint must share with the config it resumes under.
-RESUME_META_KEYS = ("arch", "num_classes", "class_names", "input_size", "width", "crop")
+RESUME_META_KEYS = ("arch", "num_classes", "class_names", "input_size", "width", "crop", "routes")
 
 
 def seed_everything(*keys: int) -> None:
@@ -157,20 +158,26 @@ class Trainer:
         if num_classes != len(class_names):
             raise ValueError(f"config key MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES} but the datasets define "
                              f"{len(class_names)} classes; set it to 0 to derive it")
-        module = build_classifier(cfg.MODEL.ARCH, num_classes, width=cfg.MODEL.WIDTH, aux_logits=cfg.MODEL.AUX_LOGITS)
+        routes = config_routes(cfg)  # None unless MODEL.ARCH is auto
+        module = build_classifier(cfg.MODEL.ARCH, num_classes, width=cfg.MODEL.WIDTH, aux_logits=cfg.MODEL.AUX_LOGITS,
+                                  routes=routes.archs if routes else None)
         if cfg.MODEL.IMAGENET_WEIGHTS:
             load_imagenet_weights(module, cfg.MODEL.IMAGENET_WEIGHTS)
-        crop = crop_spec(cfg, cfg.INPUT.SIZE or module.input_size)
+        # A routed classifier records its smallest route's input size (each crop is fed at its route's).
+        crop = crop_spec(cfg, routes.input_sizes[0] if routes else cfg.INPUT.SIZE or module.input_size)
         self.input_size = crop.size
-        self.meta = model_meta(module, cfg.MODEL.ARCH, class_names, **crop.to_meta())
+        self.meta = model_meta(module, cfg.MODEL.ARCH, class_names, routes=routes, **crop.to_meta())
         self.meta["input_size"] = crop.size
         if cfg.MODEL.BACKGROUND_CLASS:
             self.meta["background_class"] = BACKGROUND_CLASS
+        self.routes = config_routes(cfg, jitter=True)
+        if routes:
+            logger.info("routed classifier: %s; training jitter %.2f", routes.describe(), self.routes.jitter)
         self.train_loader = build_train_loader(cfg, train_samples, self.input_size, per_rank_batch=self.per_rank_batch,
-                                               num_replicas=self.world_size, rank=self.rank)
+                                               num_replicas=self.world_size, rank=self.rank, routes=self.routes)
         if self.test_samples:
             self.test_loader = build_test_loader(cfg, self.test_samples, crop.size, context=crop.context,
-                                                 mode=crop.mode)
+                                                 mode=crop.mode, routes=routes)
         return module
 
     def _place(self, module: nn.Module) -> None:
@@ -191,11 +198,12 @@ class Trainer:
     def resume(self) -> bool:
         """Continue from ``last_checkpoint`` in OUTPUT_DIR: weights, optimiser, schedule, scaler, epoch and
         random states. Returns False (training starts from scratch) when there is no checkpoint."""
-        ckpt = self.checkpointer.load_last(
-            expected_meta={k: self.meta[k] for k in RESUME_META_KEYS if k in self.meta})
+        ckpt = self.checkpointer.load_last()
         if ckpt is None:
             logger.info("--resume: no checkpoint in %s; starting from scratch", self.output_dir)
             return False
+        self._check_resume_routes(ckpt)
+        check_meta(ckpt["meta"], {k: self.meta[k] for k in RESUME_META_KEYS if k in self.meta}, ckpt["path"])
         if ckpt.get("iters_per_epoch") != self.iters_per_epoch:
             logger.warning("%s was written with %s iterations per epoch, this run has %d: the schedule shifts",
                            ckpt["path"], ckpt.get("iters_per_epoch"), self.iters_per_epoch)
@@ -208,6 +216,16 @@ class Trainer:
             restore_rng_state(ckpt["rng"][self.rank])
         logger.info("resumed from %s after epoch %d", ckpt["path"], self.start_epoch)
         return True
+
+    def _check_resume_routes(self, ckpt: Dict[str, Any]) -> None:
+        """A routed run resumes only under the routes (stems and thresholds) it was trained with (checked before
+        the other meta keys: a route change also changes the input size, which would hide the cause)."""
+        meta, path = ckpt["meta"], ckpt["path"]
+        if meta.get("routes") != self.meta.get("routes"):
+            raise CheckpointError(
+                f"{path}: --resume: the checkpoint was trained with routes {meta.get('routes')}, the config gives "
+                f"{self.meta.get('routes')} (MODEL.ARCH, MODEL.ROUTES.ARCHS/THRESHOLDS); set them as the "
+                f"checkpoint has them, or train into another OUTPUT_DIR")
 
     # ------------------------------------------------------------------------------------------ training
     def train(self) -> Dict[str, Any]:
@@ -327,13 +345,15 @@ class Trainer:
         if self.is_main:
             classifier = inference_form(self.module, self.meta, self.device, amp_dtype=self.amp_dtype,
                                         channels_last=self.channels_last)
-            scores, labels = predict(classifier, self.test_loader, progress=self.progress)
-            metrics = compute_metrics(scores, labels, self.class_names,
-                                      box_sizes=box_sizes_in_loader_order(self.test_loader, self.test_samples))
+            scores, labels = predict_samples(classifier, self.test_loader, progress=self.progress)
+            shorter, longer = box_sides(self.test_samples)
+            metrics = compute_metrics(scores, labels, self.class_names, box_sizes=shorter, box_long_sides=longer)
             write_results(metrics, self.output_dir / "inference", extra={"epoch": epoch})
+            logger.info("top-1 per box size (longer side, px):\n%s", format_size_buckets(metrics["size_buckets"]))
+            buckets = {f"top1_{b['bucket']}px": b["top1"] for b in metrics["size_buckets"] if b["top1"] is not None}
             self.metrics.write("eval", epoch * self.iters_per_epoch,
                                {"epoch": epoch, "top1": metrics["top1"], "top5": metrics["top5"],
-                                "mean_class_accuracy": metrics["mean_class_accuracy"]})
+                                "mean_class_accuracy": metrics["mean_class_accuracy"], **buckets})
             self.last_eval = {k: metrics[k] for k in ("top1", "top5", "mean_class_accuracy", "num_samples")}
             self.meta["score_calibration"] = score_calibration(scores, labels, self.class_names)
         du.barrier()
@@ -358,11 +378,13 @@ def train(cfg: CfgNode, *, resume: bool = False, progress: bool = True) -> Dict[
 
 
 def evaluate_checkpoint(cfg: CfgNode, weights: Path, *, output_dir: Optional[Path] = None,
-                        progress: bool = True) -> Dict[str, Any]:
+                        progress: bool = True, route_thresholds: Optional[Sequence[float]] = None) -> Dict[str, Any]:
     """Evaluates a checkpoint on ``DATASETS.TEST``; writes ``results.json`` and ``confusion_matrix.png``.
 
     The checkpoint decides the classes, input size and crop settings (so crops match training); its
-    architecture and width must match the config's.
+    architecture and width must match the config's. A routed checkpoint (arch ``auto``) feeds each crop at its
+    route's size, with the checkpoint's thresholds unless ``route_thresholds`` (``--route-thresholds``) are
+    given. ``size_buckets``: top-1 per native size bucket, for any classifier.
     """
     if not cfg.DATASETS.TEST:
         raise ValueError("config key DATASETS.TEST is empty: name the dataset(s) to evaluate on")
@@ -372,12 +394,32 @@ def evaluate_checkpoint(cfg: CfgNode, weights: Path, *, output_dir: Optional[Pat
     crop = CropSpec.from_meta(meta) if meta.get("crop") else crop_spec(cfg, meta["input_size"])
     samples, _ = load_datasets(cfg.DATASETS.TEST, class_names=object_class_names(meta),
                                min_size=cfg.DATASETS.MIN_BOX_SIZE_TEST)
-    loader = build_test_loader(cfg, samples, crop.size, context=crop.context, mode=crop.mode)
+    routes = _evaluation_routes(meta, route_thresholds)
+    loader = build_test_loader(cfg, samples, crop.size, context=crop.context, mode=crop.mode, routes=routes)
     amp_dtype = getattr(torch, cfg.SOLVER.AMP_DTYPE) if device.type == "cuda" and cfg.SOLVER.AMP else None
-    classifier = inference_form(model, meta, device, amp_dtype=amp_dtype, channels_last=cfg.MODEL.CHANNELS_LAST)
-    scores, labels = predict(classifier, loader, progress=progress)
-    metrics = compute_metrics(scores, labels, meta["class_names"], box_sizes=box_sizes_in_loader_order(loader, samples))
+    classifier = inference_form(model, meta, device, amp_dtype=amp_dtype, channels_last=cfg.MODEL.CHANNELS_LAST,
+                                route_thresholds=route_thresholds)
+    scores, labels = predict_samples(classifier, loader, progress=progress)
+    shorter, longer = box_sides(samples)
+    metrics = compute_metrics(scores, labels, meta["class_names"], box_sizes=shorter, box_long_sides=longer)
     out = Path(output_dir) if output_dir else Path(cfg.OUTPUT_DIR) / "inference"
-    paths = write_results(metrics, out, extra={"weights": str(weights), "datasets": list(cfg.DATASETS.TEST),
-                                                "crop": crop.to_meta(), "input_size": crop.size})
-    return {**metrics, "paths": {k: str(v) for k, v in paths.items()}}
+    extra = {"weights": str(weights), "datasets": list(cfg.DATASETS.TEST), "crop": crop.to_meta(),
+             "input_size": crop.size}
+    if routes is not None:
+        extra["routes"] = routes.to_meta()
+    paths = write_results(metrics, out, extra=extra)
+    return {**metrics, **extra, "paths": {k: str(v) for k, v in paths.items()}}
+
+
+def _evaluation_routes(meta: Dict[str, Any], thresholds: Optional[Sequence[float]]) -> Optional[Routes]:
+    """The routes a checkpoint is evaluated with: its meta's, with ``thresholds`` when given."""
+    routes = Routes.from_meta(meta)
+    if routes is None:
+        if thresholds is not None:
+            raise UsageError(f"--route-thresholds: the checkpoint is a single-stem {meta['arch']} classifier, "
+                             "not a routed one (arch auto)")
+        return None
+    try:
+        return routes.with_thresholds(thresholds)
+    except ValueError as e:
+        raise UsageError(f"--route-thresholds: {e}") from None

@@ -335,7 +335,7 @@ class RoutedInceptionV3(InceptionV3):
         if spec.input_size not in views:
             views[spec.input_size] = self.with_stem(spec)
         view = views[spec.input_size]
-        view.training = self.training  # the shared submodules follow train()/eval(); the view object itself not
+        view.training = self.training  # the shared submodules follow .train()/.eval(); the view object itself not
         return view
 
     def forward(self, x: Tensor):
