@@ -57,7 +57,7 @@ from crop_classifier.data.images import read_rgb
 from crop_classifier.data.synthetic import generate_scenes
 from crop_classifier.engine import Trainer, TrainingParts
 from crop_classifier.engine.data import RoutedTensorCropDataset, TensorCropDataset
-from crop_classifier.engine.evaluation import compute_metrics
+from crop_classifier.engine.evaluation import SIZE_BUCKETS as EVAL_SIZE_BUCKETS, compute_metrics
 from crop_classifier.models import build_classifier, create_classifier, model_meta
 from crop_classifier.models.inference import build_inference_classifier
 from crop_classifier.models.routing import ROUTED_ARCH, Routes, native_sides
@@ -69,9 +69,10 @@ DATASETS = ("synthetic", "synthetic_wide", "coco128")
 #: The wide-range scenes (``generate_scenes`` arguments): 10-320 px objects need 1280 px images (objects are
 #: at most 0.3 of the image); the 4 px mark period makes the marks of objects above 60 px finer than their size.
 WIDE_SCENES = dict(image_size=1280, object_sizes=(10.0, 320.0), mark_period_cap=4.0)
-#: Native object size buckets (the box's longer side, px, without context): (low, high, label).
-SIZE_BUCKETS: Tuple[Tuple[float, float, str], ...] = (
-    (0.0, 32.0, "<32"), (32.0, 96.0, "32-96"), (96.0, 200.0, "96-200"), (200.0, float("inf"), ">200"))
+#: Native object size buckets (the box's longer side, px, without context): (low, high, label), the
+#: evaluation's (``engine.evaluation.SIZE_BUCKETS``, what ``tools/evaluate.py`` reports).
+SIZE_BUCKETS: Tuple[Tuple[float, float, str], ...] = tuple(
+    (float(lo), float(hi), name) for name, lo, hi in EVAL_SIZE_BUCKETS)
 ROUTED_NAME = "routed (auto)"
 ROUTE_JITTER = 0.2
 
