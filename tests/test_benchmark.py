@@ -45,7 +45,7 @@ def test_tiny_run_writes_every_output(tiny_run):
         torch.__version__.split("+")[0])
     assert env["cpu_count"] >= 1 and env["torch_threads"] == 1
     # Plots of the sections that ran (pipeline did not) are real PNGs, and no temporary file is left behind.
-    assert set(res["plots"]) == {"throughput", "crops", "tradeoff"}
+    assert set(res["plots"]) == {"throughput", "crops", "tradeoff", "tradeoff_size"}
     for name in res["plots"].values():
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
@@ -86,7 +86,7 @@ def test_tiny_crops_tradeoff_memory_sections(tiny_run):
 
     t = res["tradeoff"]
     names = [r["name"] for r in t["rows"]]
-    assert names == ["v3_79", "v3_151", "v3_299", "v3_299 upsampled", "v3_299 stem @79"]
+    assert names == ["v3_79", "v3_151", "v3_299", "v3_299 upsampled", "v3_299 stem @79", "routed (auto)"]
     by = {r["name"]: r for r in t["rows"]}
     for r in t["rows"]:
         assert 0.0 <= r["top1"] <= r["top5"] <= 1.0
@@ -96,6 +96,16 @@ def test_tiny_crops_tradeoff_memory_sections(tiny_run):
     assert by["v3_299 stem @79"]["gmacs"] < 0.2 * by["v3_79"]["gmacs"]
     assert t["datasets"]["synthetic"]["train_crops"] == by["v3_79"]["train_crops"] <= 8
     assert t["recipe_name"] == "cpu" and "eps 1e-08" in t["recipe"]
+    # Every row's top-1 per native size bucket adds up to its overall top-1 over the same crops.
+    for r in t["rows"]:
+        b = r["buckets"]
+        assert sum(b[k]["n"] for k in t["size_buckets"]) == b["all"]["n"] == r["test_crops"]
+        assert b["all"]["top1"] == pytest.approx(r["top1"])
+        assert sum(b[k]["n"] * (b[k]["top1"] or 0) for k in t["size_buckets"]) == pytest.approx(r["top1"] * r["test_crops"])
+    assert t["datasets"]["synthetic"]["test_buckets"] == {k: by["v3_79"]["buckets"][k]["n"] for k in t["size_buckets"]}
+    routed = by["routed (auto)"]
+    assert routed["arch"] == "auto" and sum(routed["test_route_shares"].values()) == pytest.approx(1.0)
+    assert set(t["routing_goal"]["synthetic"]) >= {"buckets", "met", "overall_diff_points"}
 
     mem = res["memory"]
     assert mem["images"] == 20 and len(mem["samples"]) >= 2

@@ -139,3 +139,38 @@ def test_make_synthetic_tool(tmp_path, capsys):
     assert "2 images" in capsys.readouterr().out
     assert files(tmp_path) == files(generate_scenes(tmp_path / "again", 2, seed=3, image_size=128).parent)
     assert tool.main(["--output", str(tmp_path / "bad"), "--num-images", "0"]) == 2
+
+
+def test_mark_period_cap_changes_large_objects_only(tmp_path):
+    from crop_classifier.data.synthetic import mark_period, render_scene
+
+    assert mark_period(30) == mark_period(30, cap=4.0) == 2.0 and mark_period(300, cap=4.0) == 4.0
+
+    def drawn(size, cap):
+        img = np.full((360, 360, 3), 120, np.uint8)
+        draw_object(img, 180, 180, size, "square", "bars", angle=0.3, period_cap=cap)
+        return img
+
+    assert np.array_equal(drawn(45, None), drawn(45, 4.0))  # 45 / 15 = 3 px < the cap: the same object
+    big, capped = drawn(300, None), drawn(300, 4.0)
+    assert not np.array_equal(big, capped)
+    # Capped marks are finer: more ink/fill transitions along a line through the mark.
+    row = lambda im: np.count_nonzero(np.abs(np.diff(im[180, 120:240, 0].astype(int))) > 40)
+    assert row(capped) > 2 * row(big)
+    # The defaults are the scenes they always were (explicitly passed or not), recorded as before.
+    a = render_scene(np.random.default_rng(3), 256)
+    b = render_scene(np.random.default_rng(3), 256, object_sizes=(synthetic.MIN_OBJECT, synthetic.MAX_OBJECT))
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+    info = json.loads(generate_scenes(tmp_path / "d", 1, image_size=128).read_text())["info"]
+    assert "object_sizes" not in info and "mark_period_cap" not in info
+    # Wide scenes: sizes within the range, recorded, and a default request regenerates them.
+    ann = generate_scenes(tmp_path / "w", 2, image_size=640, object_sizes=(10, 190), mark_period_cap=4)
+    data = json.loads(ann.read_text())
+    assert data["info"]["object_sizes"] == [10.0, 190.0] and data["info"]["mark_period_cap"] == 4
+    assert all(max(a["bbox"][2:]) <= 1.2 * 190 for a in data["annotations"])
+    generate_scenes(tmp_path / "w", 2, image_size=640)
+    assert "object_sizes" not in json.loads(ann.read_text())["info"]
+    with pytest.raises(ValueError, match="object_sizes"):
+        generate_scenes(tmp_path / "x", 1, object_sizes=(50, 20))
+    with pytest.raises(ValueError, match="mark_period_cap"):
+        generate_scenes(tmp_path / "x", 1, mark_period_cap=0)

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Speed and resolution trade-off benchmarks; writes benchmark.json, benchmark.md and PNG plots.
 
-    tools/benchmark.py --output DIR [--quick] [--device cpu|cuda] [--only models,crops,pipeline,tradeoff,memory,video]
+    tools/benchmark.py --output DIR [--quick] [--device cpu|cuda]
+        [--only models,crops,pipeline,tradeoff,memory,deploy,video,routing]
 
-The full run takes about 15 minutes on 2 CPU cores, --quick about 3. Ratios (against torchvision, the
+The full run takes about 15 minutes on 2 CPU cores before the deploy, video and routing sections (routing:
+an estimated 10 more at full width), --quick about 3. Ratios (against torchvision, the
 per-box crop loop, a dense matmul, the detector) come from interleaved timings in the same run; absolute
 figures depend on the machine and its load. See docs/benchmarks.md.
 """
@@ -33,8 +35,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tradeoff-width", type=float, default=0.0, help="override the trade-off model width")
     p.add_argument("--tradeoff-train-scenes", type=int, default=0,
                    help="override the number of synthetic training scenes of the trade-off")
+    p.add_argument("--tradeoff-test-scenes", type=int, default=0,
+                   help="override the number of synthetic test scenes of the trade-off")
     p.add_argument("--tradeoff-datasets", default="", metavar="LIST",
-                   help="override the trade-off datasets: synthetic,coco128 or one of them")
+                   help="override the trade-off datasets: synthetic,synthetic_wide,coco128 or some of them")
+    p.add_argument("--tradeoff-models", default="", metavar="LIST",
+                   help="trade-off rows to train (default all): comma-separated names, e.g. v3_79,'routed (auto)'")
     p.add_argument("--tradeoff-recipe", choices=("cpu", "paper"), default="",
                    help="trade-off solver settings: cpu (default; configs/cpu's overrides for short runs) or paper")
     p.add_argument("--work-dir", metavar="DIR", help="cache for generated data (default OUTPUT/work)")
@@ -58,6 +64,14 @@ def main(argv=None) -> int:
         return 2
     from crop_classifier.benchmark.tradeoff import DATASETS
 
+    from crop_classifier.benchmark.tradeoff import MODELS
+
+    args.tradeoff_models = tuple(m.strip() for m in args.tradeoff_models.split(",") if m.strip())
+    bad = [m for m in args.tradeoff_models if m not in {x[0] for x in MODELS}]
+    if bad:
+        print(f"error: --tradeoff-models: unknown row(s) {bad}; valid: {', '.join(x[0] for x in MODELS)}",
+              file=sys.stderr)
+        return 2
     args.tradeoff_datasets = tuple(d.strip() for d in args.tradeoff_datasets.split(",") if d.strip())
     bad = [d for d in args.tradeoff_datasets if d not in DATASETS]
     if bad:
@@ -80,7 +94,8 @@ def _run(args, only) -> int:
 
     overrides = {}
     tradeoff = (("epochs", args.tradeoff_epochs), ("width", args.tradeoff_width), ("recipe", args.tradeoff_recipe),
-                ("synthetic_train", args.tradeoff_train_scenes), ("datasets", args.tradeoff_datasets))
+                ("synthetic_train", args.tradeoff_train_scenes), ("synthetic_test", args.tradeoff_test_scenes),
+                ("datasets", args.tradeoff_datasets), ("models", args.tradeoff_models))
     if any(v for _, v in tradeoff):
         overrides["tradeoff"] = {k: v for k, v in tradeoff if v}
     preset = "tiny" if args.tiny else "quick" if args.quick else "full"

@@ -13,6 +13,7 @@ PLOTS = {
     "throughput": "throughput_vs_batch.png",
     "crops": "crop_speedup_vs_boxes.png",
     "tradeoff": "accuracy_vs_gmacs.png",
+    "tradeoff_size": "accuracy_vs_size.png",
     "pipeline": "pipeline_share.png",
 }
 
@@ -104,6 +105,36 @@ def plot_tradeoff(tradeoff: Dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_tradeoff_size(tradeoff: Dict, path: Path) -> Path:
+    """Top-1 per native object size bucket, one line per row (error bars: one standard error), per dataset."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in tradeoff["rows"] if r.get("buckets")]
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    labels = list(tradeoff.get("size_buckets") or [k for k in rows[0]["buckets"] if k != "all"])
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        ds_rows = [r for r in rows if r["dataset"] == ds]
+        for k, r in enumerate(ds_rows):
+            pts = [(i + 0.04 * (k - len(ds_rows) / 2), r["buckets"][b]) for i, b in enumerate(labels)
+                   if r["buckets"][b]["top1"] is not None]
+            routed = r["arch"] == "auto"
+            ax.errorbar([x for x, _ in pts], [100 * v["top1"] for _, v in pts], yerr=[100 * v["se"] for _, v in pts],
+                        marker="o", ms=4, capsize=2, lw=2.2 if routed else 1.2, ls="-" if routed else "--",
+                        label=f"{r['name']} ({100 * r['top1']:.1f} %)")
+        counts = ds_rows[0]["buckets"] if ds_rows else {}
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels([f"{b}\n(n={counts[b]['n']})" if b in counts else b for b in labels], fontsize=8)
+        if tradeoff.get("majority_top1", {}).get(ds) is not None:
+            ax.axhline(100 * tradeoff["majority_top1"][ds], color="gray", ls=":", lw=1)
+        ax.set_xlabel("native object size: box's longer side (px)")
+        ax.set_ylabel("top-1 on held-out crops (%)")
+        ax.set_title(f"{ds} (width {tradeoff['width']}, {tradeoff['epochs']} epochs)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def plot_pipeline(pipeline: Dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -130,9 +161,12 @@ def write_plots(results: Dict, out_dir: Path) -> Dict[str, str]:
     matplotlib.use("Agg")
     made = {}
     jobs = (("throughput", "models", plot_throughput), ("crops", "crops", plot_crops),
-            ("tradeoff", "tradeoff", plot_tradeoff), ("pipeline", "pipeline", plot_pipeline))
+            ("tradeoff", "tradeoff", plot_tradeoff), ("tradeoff_size", "tradeoff", plot_tradeoff_size),
+            ("pipeline", "pipeline", plot_pipeline))
     for kind, key, fn in jobs:
         section = results.get(key)
+        if kind == "tradeoff_size" and _ok(section) and not any(r.get("buckets") for r in section.get("rows", [])):
+            continue
         if _ok(section) and section.get("rows"):
             fn(section, out_dir / PLOTS[kind])
             made[kind] = PLOTS[kind]
@@ -154,11 +188,14 @@ def _targets_md(targets: List[Dict]) -> str:
         v = t["value"]
         if v is None:
             return "-"
+        if t["unit"] == "points":
+            return f"{v:+.1f} points"
         return f"{100 * v:.0f} %" if t["unit"] == "fraction" else (f"{v:.1f} MB" if t["unit"] == "MB" else f"x{v:.2f}")
 
     def thr(t):
         v = t["threshold"]
         s = f"{100 * v:.0f} %" if t["unit"] == "fraction" else (f"{v:.0f} MB" if t["unit"] == "MB" else f"x{v:g}")
+        s = f"{v:+g} points" if t["unit"] == "points" else s
         return f"{t['comparison']} {s}"
 
     return _table(["target", "measured", "required", "status", "detail"],
@@ -215,9 +252,51 @@ def _tradeoff_md(t: Dict) -> str:
     rows = [[r["dataset"], r["name"], r["arch"], r["input"], f"{r['gmacs']:.3f}", f"{100 * r['top1']:.1f}",
              f"{100 * r['top5']:.1f}", r["train_crops"], r["test_crops"], f"{r['train_s']:.0f}"] for r in t["rows"]]
     maj = "; ".join(f"{k}: {100 * v:.1f} %" for k, v in (t.get("majority_top1") or {}).items())
-    return (f"{t['recipe']}\n\nMajority-class top-1 (for scale): {maj}.\n\n"
-            + _table(["dataset", "model", "arch", "input", "GMACs", "top-1 %", "top-5 %", "train crops",
-                      "test crops", "train s"], rows))
+    out = (f"{t['recipe']}\n\nMajority-class top-1 (for scale): {maj}.\n\n"
+           + _table(["dataset", "model", "arch", "input", "GMACs", "top-1 %", "top-5 %", "train crops",
+                     "test crops", "train s"], rows))
+    bucketed = [r for r in t["rows"] if r.get("buckets")]
+    if bucketed:
+        out += "\n\n" + tradeoff_buckets_md(t)
+    return out
+
+
+def _pm(v: Dict) -> str:
+    return "-" if v["top1"] is None else f"{100 * v['top1']:.1f} ± {100 * v['se']:.1f}"
+
+
+def tradeoff_buckets_md(t: Dict) -> str:
+    """Per dataset: top-1 (%) ± one standard error per native object size bucket, crop counts, and the
+    routed row against the best fixed row (issue 17's goal)."""
+    labels = list(t.get("size_buckets") or []) + ["all"]
+    parts = ["Top-1 (%) ± one standard error by native object size (the box's longer side, px, without context):"]
+    for ds in dict.fromkeys(r["dataset"] for r in t["rows"] if r.get("buckets")):
+        rows = [r for r in t["rows"] if r["dataset"] == ds and r.get("buckets")]
+        n = rows[0]["buckets"]
+        parts.append(f"**{ds}** (test crops per bucket: " + ", ".join(f"{b} {n[b]['n']}" for b in labels) + ")\n\n"
+                     + _table(["model", "input", "GMACs"] + labels,
+                              [[r["name"], r["input"], f"{r['gmacs']:.3f}"] + [_pm(r["buckets"][b]) for b in labels]
+                               for r in rows]))
+        goal = (t.get("routing_goal") or {}).get(ds)
+        if goal:
+            diffs = "; ".join(f"{b}: {v['diff_points']:+.1f} vs {v['best_row']} (± {v['se_points']:.1f})"
+                              for b, v in goal["buckets"].items())
+            parts.append(f"Routed minus the best fixed row, points (± standard error of the difference): {diffs}. "
+                         f"Goal (>= 0 in every bucket, >= +2 overall): **{'met' if goal['met'] else 'missed'}**.")
+    return "\n\n".join(parts)
+
+
+def routing_md(r: Dict) -> str:
+    shares = ", ".join(f"{a} {100 * v:.1f} %" for a, v in r["route_shares"].items())
+    rows = [[x["width"], x["model"], f"{x['gmacs_per_crop']:.3f}", f"{x['crops_per_s']:.1f}",
+             f"{1e3 * x['median_s']:.0f}", f"x{x['ratio_vs_v3_79']:.2f}"] for x in r["rows"]]
+    return (f"{r['num_crops']} crops, native sides from {r['sides_source']} (median {r['sides']['median']:.0f} px, "
+            f"{100 * r['sides']['under_32']:.0f} % under 32 px, {100 * r['sides']['over_150']:.0f} % over 150 px); "
+            f"routes {r['routes']} by side x (1 + 2 x {r['context']}); route shares: {shares}. {r['device']}, "
+            f"{r['threads']} threads, batch {r['batch']} (the routed classifier batches per route), "
+            f"{r['num_classes']} classes, {r['rounds']} interleaved rounds, medians; ratio = median per-round speed "
+            "vs v3_79.\n\n"
+            + _table(["width", "model", "GMACs/crop", "crops/s", "ms per pass", "vs v3_79"], rows))
 
 
 def _memory_md(mem: Dict) -> str:
@@ -248,7 +327,8 @@ def render_markdown(results: Dict, plots: Optional[Dict[str, str]] = None) -> st
                 ("pipeline", "Pipeline", _pipeline_md, "pipeline"), ("tradeoff", "Resolution trade-off", _tradeoff_md,
                                                                      "tradeoff"),
                  ("memory", "Memory", _memory_md, None), ("deploy", "Deploy: runtimes side by side", _deploy_md, None),
-                 ("video", "Video tracking", video_md, None))
+                 ("video", "Video tracking", video_md, None),
+                ("routing", "Size-adaptive routing: cost", routing_md, None))
     for key, title, fn, plot in sections:
         if key not in results:
             continue
@@ -260,6 +340,8 @@ def render_markdown(results: Dict, plots: Optional[Dict[str, str]] = None) -> st
         out += [fn(section), ""]
         if plot in plots:
             out += [f"![{title}]({plots[plot]})", ""]
+        if key == "tradeoff" and "tradeoff_size" in plots:
+            out += [f"![accuracy vs object size]({plots['tradeoff_size']})", ""]
         out += [f"Section time: {section.get('section_seconds', 0):.0f} s.", ""]
     return "\n".join(out)
 

@@ -26,11 +26,12 @@ from .memory import run_memory
 from .models import run_models
 from .pipeline import run_pipeline
 from .report import write_report
+from .routing import run_routing
 from .tradeoff import run_tradeoff
 from .video import run_video
 from .targets import evaluate_targets
 
-SECTIONS = ("models", "crops", "pipeline", "tradeoff", "memory", "deploy", "video")
+SECTIONS = ("models", "crops", "pipeline", "tradeoff", "memory", "deploy", "video", "routing")
 
 PRESETS: Dict[str, Dict[str, dict]] = {
     "full": {
@@ -45,6 +46,7 @@ PRESETS: Dict[str, Dict[str, dict]] = {
         "memory": dict(num_images=1000, warmup=50, sample_every=50),
         "deploy": dict(arch="v3_79", width=1.0, num_classes=80, batch=32, rounds=7, calib_batches=4),
         "video": dict(num_videos=4, num_frames=150, num_objects=10),
+        "routing": dict(widths=(1.0, 0.125), num_crops=256, batch=32, rounds=5),
     },
     "quick": {
         "models": dict(width=1.0, batches=(1, 8, 32), eager_batches=(8,), rounds={1: 2, 8: 2, 32: 1},
@@ -56,6 +58,7 @@ PRESETS: Dict[str, Dict[str, dict]] = {
         "memory": dict(num_images=300, warmup=20, sample_every=50, max_boxes=8),
         "deploy": dict(arch="v3_79", width=1.0, num_classes=80, batch=32, rounds=3, calib_batches=2),
         "video": dict(num_videos=2, num_frames=60, num_objects=10),
+        "routing": dict(widths=(1.0, 0.125), num_crops=96, batch=32, rounds=2),
     },
     # tools/gpu_check.sh on a GPU machine (no Detectron2: models and crops only): fp32/bf16/fp16 autocast,
     # torch.compile with --compile, batches 1-256; a few minutes on one recent GPU.
@@ -75,6 +78,7 @@ PRESETS: Dict[str, Dict[str, dict]] = {
         "memory": dict(num_images=20, warmup=2, sample_every=5, max_boxes=3),
         "deploy": dict(arch="v3_79", width=0.0625, num_classes=5, batch=2, rounds=1, warmup=0, calib_batches=1),
         "video": dict(num_videos=1, num_frames=3, num_objects=4),
+        "routing": dict(widths=(0.0625,), num_crops=12, batch=4, rounds=1, num_classes=5),
     },
 }
 
@@ -85,7 +89,7 @@ def _run_section(name: str, settings: dict, device: str, compile: bool, work_dir
     if name == "tradeoff":
         return run_tradeoff(device=device, work_dir=work_dir / "tradeoff_data", log=log, **settings)
     runners = {"crops": run_crops, "pipeline": run_pipeline, "memory": run_memory, "deploy": run_deploy,
-               "video": run_video}
+               "video": run_video, "routing": run_routing}
     if name not in runners:
         raise ValueError(f"unknown benchmark section {name!r}; valid: {', '.join(SECTIONS)}")
     return runners[name](device=device, log=log, **settings)

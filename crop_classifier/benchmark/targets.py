@@ -82,10 +82,37 @@ def _memory_targets(mem: Dict[str, object]) -> List[Dict[str, object]]:
                     unit="MB", detail=f"slope {mem['slope_mb_per_1000_images']:.1f} MB per 1000 images")]
 
 
+def _tradeoff_targets(t: Dict[str, object]) -> List[Dict[str, object]]:
+    """Issue 17: the routed row >= the best fixed row in every size bucket, and >= 2 points above it overall."""
+    out = []
+    for ds, goal in (t.get("routing_goal") or {}).items():
+        if not goal:
+            continue
+        detail = "; ".join(f"{b}: {v['diff_points']:+.1f} vs {v['best_row']}" for b, v in goal["buckets"].items())
+        if goal["worst_bucket_diff_points"] is not None:
+            out.append(_target(f"routed top-1 - best fixed row, worst size bucket ({ds}, points)",
+                               goal["worst_bucket_diff_points"], 0.0, detail=detail, unit="points"))
+        if goal["overall_diff_points"] is not None:
+            out.append(_target(f"routed top-1 - best fixed row, overall ({ds}, points)", goal["overall_diff_points"],
+                               2.0, detail=detail, unit="points"))
+    return out
+
+
+def _routing_targets(r: Dict[str, object]) -> List[Dict[str, object]]:
+    """Issue 17: the routed classifier's crops/s at a realistic mix >= 0.9x v3_79's (full width)."""
+    rows = [x for x in r.get("rows", []) if x["model"] == "routed (auto)"]
+    if not rows:
+        return []
+    x = max(rows, key=lambda x: x["width"])
+    return [_target(f"routed crops/s / v3_79 crops/s, realistic box sizes, width {x['width']:g}", x["ratio_vs_v3_79"],
+                    0.9, detail="route shares " + ", ".join(f"{a} {100 * v:.0f} %" for a, v in r["route_shares"].items()))]
+
+
 def evaluate_targets(results: Dict[str, object]) -> List[Dict[str, object]]:
     out: List[Dict[str, object]] = []
     for key, fn in (("models", _models_targets), ("crops", _crops_targets), ("pipeline", _pipeline_targets),
-                    ("memory", _memory_targets), ("video", video_targets)):
+                    ("memory", _memory_targets), ("video", video_targets), ("tradeoff", _tradeoff_targets),
+                    ("routing", _routing_targets)):
         section = results.get(key)
         if isinstance(section, dict) and "error" not in section:
             out.extend(fn(section))

@@ -7,7 +7,20 @@ width, and evaluated on held-out crops (top-1/top-5):
 * ``v3_299 upsampled``: v3_299 fed the *same* 79 px crops bilinearly upsampled to 299 (the usual way to
   put a small object through a 299 px network: the cost of 299, the information of 79);
 * ``v3_299 stem @79``: the unmodified 299 stem fed 79 px crops directly (Section 9's "just shrink it"
-  network, with its much lower cost).
+  network, with its much lower cost);
+* ``routed (auto)``: one shared weight set behind the three stems (``create_classifier("auto")``), each
+  training crop fed at the input size its native side routes to (``models.routing.Routes``; redrawn per
+  epoch with ``ROUTE_JITTER`` of them at a neighbouring route: ``engine.data.RoutedTensorCropDataset`` and
+  ``data.sampler.RoutedBatchSampler``), each test crop evaluated at its route (``RoutedClassifier``). Same
+  data, epochs, batch, width and recipe; its sampler drops ``routes - 1`` batches per epoch (one per route
+  boundary), so it takes 2 fewer steps per epoch than the fixed rows. Its GMACs are the test crops' mix.
+
+Datasets: ``synthetic`` (the default scenes: objects of 16-160 px on 512 px images), ``synthetic_wide``
+(``WIDE_SCENES``: objects of 10-320 px on 1280 px images, their mark period capped at 4 px so that large
+objects carry detail a 79 px crop cannot hold; see ``data/synthetic.py``) and ``coco128``. Every row reports
+top-1 per native object size bucket (``SIZE_BUCKETS``: the box's longer side in pixels of the image, without
+the context margin) with the crop count and standard error of each, and the routed row is compared with the
+best fixed row per bucket and overall (``routing_goal``).
 
 Training runs through the engine's loop (``crop_classifier.engine.Trainer`` given ``TrainingParts``:
 RMSProp and linear LR scaling, the staircase schedule, label-smoothed loss, gradient clipping, AMP on GPU,
@@ -24,11 +37,12 @@ metrics go to ``WORK_DIR/runs/DATASET/MODEL``. Before evaluation the BN statisti
 from __future__ import annotations
 
 import itertools
+import math
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -42,23 +56,34 @@ from crop_classifier.crops import DEFAULT_CONTEXT, extract_crops
 from crop_classifier.data.images import read_rgb
 from crop_classifier.data.synthetic import generate_scenes
 from crop_classifier.engine import Trainer, TrainingParts
-from crop_classifier.engine.data import TensorCropDataset
-from crop_classifier.engine.evaluation import compute_metrics
-from crop_classifier.models import build_classifier, model_meta
+from crop_classifier.engine.data import RoutedTensorCropDataset, TensorCropDataset
+from crop_classifier.engine.evaluation import SIZE_BUCKETS as EVAL_SIZE_BUCKETS, compute_metrics
+from crop_classifier.models import build_classifier, create_classifier, model_meta
 from crop_classifier.models.inference import build_inference_classifier
+from crop_classifier.models.routing import ROUTED_ARCH, Routes, native_sides
 
 from .models import count_gmacs
 
 COCO128 = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco128"
-DATASETS = ("synthetic", "coco128")
+DATASETS = ("synthetic", "synthetic_wide", "coco128")
+#: The wide-range scenes (``generate_scenes`` arguments): 10-320 px objects need 1280 px images (objects are
+#: at most 0.3 of the image); the 4 px mark period makes the marks of objects above 60 px finer than their size.
+WIDE_SCENES = dict(image_size=1280, object_sizes=(10.0, 320.0), mark_period_cap=4.0)
+#: Native object size buckets (the box's longer side, px, without context): (low, high, label), the
+#: evaluation's (``engine.evaluation.SIZE_BUCKETS``, what ``tools/evaluate.py`` reports).
+SIZE_BUCKETS: Tuple[Tuple[float, float, str], ...] = tuple(
+    (float(lo), float(hi), name) for name, lo, hi in EVAL_SIZE_BUCKETS)
+ROUTED_NAME = "routed (auto)"
+ROUTE_JITTER = 0.2
 
-# (name, architecture, crop size, size the crop is upsampled to before the network or None)
-MODELS: Tuple[Tuple[str, str, int, Optional[int]], ...] = (
+# (name, architecture, crop size (None: every route's), size the crop is upsampled to before the network or None)
+MODELS: Tuple[Tuple[str, str, Optional[int], Optional[int]], ...] = (
     ("v3_79", "v3_79", 79, None),
     ("v3_151", "v3_151", 151, None),
     ("v3_299", "v3_299", 299, None),
     ("v3_299 upsampled", "v3_299", 79, 299),
     ("v3_299 stem @79", "v3_299", 79, None),
+    (ROUTED_NAME, ROUTED_ARCH, None, None),
 )
 
 
@@ -95,10 +120,12 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 
 def extract_all(records, sizes: Sequence[int], label_of: Dict[int, int], *, context: float,
-                max_crops: int = 0) -> Tuple[Dict[int, torch.Tensor], torch.Tensor]:
-    """uint8 crops ``{size: [N, 3, S, S]}`` of every box whose category is in ``label_of``, and labels ``[N]``."""
+                max_crops: int = 0) -> Tuple[Dict[int, torch.Tensor], torch.Tensor, np.ndarray]:
+    """uint8 crops ``{size: [N, 3, S, S]}`` of every box whose category is in ``label_of``, labels ``[N]`` and
+    the boxes ``[N, 4]`` (XYXY, px of their image)."""
     crops: Dict[int, List[torch.Tensor]] = {s: [] for s in sizes}
     labels: List[int] = []
+    kept: List[np.ndarray] = []
     for path, boxes, cats in records:
         keep = np.array([c in label_of for c in cats], dtype=bool)
         if max_crops:
@@ -110,18 +137,22 @@ def extract_all(records, sizes: Sequence[int], label_of: Dict[int, int], *, cont
         for s in sizes:
             crops[s].append(extract_crops(image, b, s, context=context).mul_(255).round_().to(torch.uint8))
         labels.extend(label_of[c] for c in cats[keep])
+        kept.append(boxes[keep])
         if max_crops and len(labels) >= max_crops:
             break
-    return {s: torch.cat(v) for s, v in crops.items()}, torch.tensor(labels, dtype=torch.long)
+    boxes_all = np.concatenate(kept).reshape(-1, 4) if kept else np.zeros((0, 4), np.float32)
+    return {s: torch.cat(v) for s, v in crops.items()}, torch.tensor(labels, dtype=torch.long), boxes_all
 
 
 def _dataset(name: str, work_dir: Path, *, synthetic_train: int, synthetic_test: int, image_size: int,
              coco_test_fraction: float, seed: int = 0):
     """(train records, test records, class names) of one dataset."""
-    if name == "synthetic":
-        tr_dir, te_dir = work_dir / f"synthetic_train_{synthetic_train}", work_dir / f"synthetic_test_{synthetic_test}"
-        tr_ann = generate_scenes(tr_dir, synthetic_train, seed=seed + 1, image_size=image_size, split_name="train")
-        te_ann = generate_scenes(te_dir, synthetic_test, seed=seed + 2, image_size=image_size, split_name="test")
+    if name in ("synthetic", "synthetic_wide"):
+        wide = name == "synthetic_wide"
+        scenes = dict(WIDE_SCENES) if wide else {"image_size": image_size}
+        tr_dir, te_dir = work_dir / f"{name}_train_{synthetic_train}", work_dir / f"{name}_test_{synthetic_test}"
+        tr_ann = generate_scenes(tr_dir, synthetic_train, seed=seed + 1, split_name="train", **scenes)
+        te_ann = generate_scenes(te_dir, synthetic_test, seed=seed + 2, split_name="test", **scenes)
         train, cats = _coco_records(Path(tr_ann), tr_dir)
         test, _ = _coco_records(Path(te_ann), te_dir)
         return train, test, cats
@@ -182,18 +213,62 @@ def _trainer_cfg(settings: TrainSettings, batch_size: int, meta: Dict[str, objec
     cfg.MODEL.ARCH, cfg.MODEL.WIDTH, cfg.MODEL.AUX_LOGITS = meta["arch"], meta["width"], False
     cfg.DATALOADER.NUM_WORKERS = 0  # the crops are in memory: workers would only copy them
     cfg.SEED, cfg.OUTPUT_DIR = settings.seed, str(output_dir)
+    if "ROUTE_JITTER" in cfg.INPUT:  # the routed row's training routes (the engine reads the jitter here)
+        cfg.INPUT.ROUTE_JITTER = ROUTE_JITTER
     return cfg
 
 
-def train_and_evaluate(model: nn.Module, meta: Dict[str, object], train: Tuple[torch.Tensor, torch.Tensor],
-                       test: Tuple[torch.Tensor, torch.Tensor], settings: TrainSettings,
+@dataclass
+class HeldOut:
+    """Held-out crops: ``x`` uint8 ``[N, 3, S, S]``, or ``{size: crops}`` with ``sizes`` (``[N]``, each crop's
+    input size: its route's) for a routed classifier; labels ``y``; ``object_sides`` (``[N]``, px: the box's
+    longer side without context) for top-1 per size bucket."""
+
+    x: Union[torch.Tensor, Dict[int, torch.Tensor]]
+    y: torch.Tensor
+    object_sides: Optional[np.ndarray] = None
+    sizes: Optional[np.ndarray] = None
+
+
+def _probs(classifier, held: HeldOut, batch: int = 64) -> torch.Tensor:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([classifier(x[i:i + batch].float().div_(255)).cpu() for i in range(0, len(x), batch)])
+
+    if held.sizes is None:
+        return run(held.x)
+    probs = torch.zeros(len(held.y), len(classifier.class_names))
+    for size in np.unique(held.sizes):
+        idx = torch.from_numpy(np.flatnonzero(held.sizes == size))
+        probs[idx] = run(held.x[int(size)][idx])
+    return probs
+
+
+def bucket_top1(correct: np.ndarray, object_sides: np.ndarray) -> Dict[str, Dict[str, Optional[float]]]:
+    """``{bucket label: {"top1", "n", "se"}}`` over ``SIZE_BUCKETS`` and ``"all"``; ``se`` is the binomial
+    standard error sqrt(p (1 - p) / n); an empty bucket has ``top1``/``se`` None."""
+    correct, sides = np.asarray(correct, dtype=bool), np.asarray(object_sides, dtype=np.float64)
+    out: Dict[str, Dict[str, Optional[float]]] = {}
+    for lo, hi, label in SIZE_BUCKETS + ((0.0, float("inf"), "all"),):
+        c = correct[(sides >= lo) & (sides < hi)]
+        p = float(c.mean()) if len(c) else None
+        out[label] = {"top1": p, "n": int(len(c)), "se": None if p is None else math.sqrt(p * (1 - p) / len(c))}
+    return out
+
+
+def train_and_evaluate(model: nn.Module, meta: Dict[str, object], train, test, settings: TrainSettings,
                        output_dir: Path) -> Dict[str, object]:
     """Trains ``model`` through the engine's ``Trainer`` on uint8 crops ``train = (x, y)`` (flips, the
-    training normalisation), recomputes its BN statistics, then top-1/top-5 of its inference form on
-    ``test``. ``output_dir`` gets the run's config and metrics (emptied first)."""
+    training normalisation) or a prebuilt dataset (``RoutedTensorCropDataset`` for a routed model, whose meta
+    lists its routes), recomputes its BN statistics, then top-1/top-5 of its inference form on ``test``
+    (``(x, y)`` or ``HeldOut``; per size bucket when it has ``object_sides``). ``output_dir`` gets the run's
+    config and metrics (emptied first)."""
     shutil.rmtree(output_dir, ignore_errors=True)  # the metrics file is appended to
-    cfg = _trainer_cfg(settings, min(settings.batch_size, len(train[1])), meta, output_dir)
-    parts = TrainingParts(model, meta, TensorCropDataset(*train), device=torch.device(settings.device))
+    dataset = TensorCropDataset(*train) if isinstance(train, tuple) else train
+    routed = meta.get("routes") is not None
+    # A routed sampler needs a full batch per route boundary besides the ones it keeps (tiny sets only).
+    batch = min(settings.batch_size, len(dataset) // (len(meta["routes"]["archs"]) if routed else 1))
+    cfg = _trainer_cfg(settings, max(1, batch), meta, output_dir)
+    parts = TrainingParts(model, meta, dataset, device=torch.device(settings.device))
     trainer = Trainer(cfg, progress=False, parts=parts)
     try:
         epochs = [trainer.train_one_epoch(e) for e in range(settings.epochs)]
@@ -201,19 +276,111 @@ def train_and_evaluate(model: nn.Module, meta: Dict[str, object], train: Tuple[t
         trainer.metrics.close()
     # After a few hundred steps the BN running averages still carry their initial values (0.9^10 is 0.35),
     # so a short run is evaluated with the statistics of its final weights instead; long runs are unaffected.
+    # A routed model's are those of its training mix of routes (one BN set serves every route).
     update_bn(itertools.islice(trainer.train_loader, CALIBRATION_BATCHES), trainer.module, device=trainer.device)
     classifier = build_inference_classifier(trainer.module, meta, device=trainer.device)
-    test_x, test_y = test
-    probs = torch.cat([classifier(test_x[i:i + 64].float().div_(255)).cpu() for i in range(0, len(test_y), 64)])
-    metrics = compute_metrics(probs, test_y, meta["class_names"])
-    return {"top1": metrics["top1"], "top5": metrics["top5"], "top5_k": metrics["top5_k"],
-            "mean_class_accuracy": metrics["mean_class_accuracy"], "train_s": sum(e["time_s"] for e in epochs),
-            "steps": settings.epochs * trainer.iters_per_epoch, "final_loss": epochs[-1]["loss"],
-            "lr": epochs[-1]["lr"], "batch_size": cfg.SOLVER.IMS_PER_BATCH}
+    held = test if isinstance(test, HeldOut) else HeldOut(*test)
+    probs = _probs(classifier, held)
+    metrics = compute_metrics(probs, held.y, meta["class_names"])
+    out = {"top1": metrics["top1"], "top5": metrics["top5"], "top5_k": metrics["top5_k"],
+           "mean_class_accuracy": metrics["mean_class_accuracy"], "train_s": sum(e["time_s"] for e in epochs),
+           "steps": settings.epochs * trainer.iters_per_epoch, "final_loss": epochs[-1]["loss"],
+           "lr": epochs[-1]["lr"], "batch_size": cfg.SOLVER.IMS_PER_BATCH}
+    if held.object_sides is not None:
+        out["buckets"] = bucket_top1((probs.argmax(1) == held.y).numpy(), held.object_sides)
+    return out
 
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+def routing_goal(rows: List[Dict[str, object]]) -> Dict[str, object]:
+    """The issue's goal on one dataset's rows: the routed row >= the best fixed row in every bucket (each
+    bucket's best) and >= 2 points above the best fixed row overall. Differences in points."""
+    routed = next((r for r in rows if r["arch"] == ROUTED_ARCH and "buckets" in r), None)
+    fixed = [r for r in rows if r["arch"] != ROUTED_ARCH and "buckets" in r]
+    if routed is None or not fixed:
+        return {}
+    out: Dict[str, object] = {"buckets": {}}
+    for _, _, label in SIZE_BUCKETS + ((0, 0, "all"),):
+        if routed["buckets"][label]["top1"] is None:
+            continue
+        best = max(fixed, key=lambda r: r["buckets"][label]["top1"])
+        b = best["buckets"][label]
+        out["buckets"][label] = {"routed": routed["buckets"][label]["top1"], "best": b["top1"], "best_row": best["name"],
+                                 "diff_points": 100 * (routed["buckets"][label]["top1"] - b["top1"]),
+                                 "n": b["n"], "se_points": 100 * math.hypot(b["se"], routed["buckets"][label]["se"])}
+    diffs = [v["diff_points"] for k, v in out["buckets"].items() if k != "all"]
+    overall = out["buckets"].get("all", {}).get("diff_points")
+    out["worst_bucket_diff_points"] = min(diffs) if diffs else None
+    out["overall_diff_points"] = overall
+    out["met"] = bool(diffs) and min(diffs) >= 0 and overall is not None and overall >= 2.0
+    return out
+
+
+def _row_model(arch: str, crop: Optional[int], up: Optional[int], num_classes: int, width: float,
+               class_names: List[str]):
+    """(trained module, module whose cost is counted, checkpoint meta) of one trade-off row."""
+    if arch == ROUTED_ARCH:
+        routes = Routes(jitter=ROUTE_JITTER)
+        net = create_classifier(ROUTED_ARCH, num_classes, width=width, aux_logits=False, routes=routes.archs)
+        return net, net, model_meta(net, ROUTED_ARCH, class_names, routes=routes, context=DEFAULT_CONTEXT,
+                                    mode="square")
+    net = build_classifier(arch, num_classes, width=width, aux_logits=False)
+    model = Upsampled(net, up) if up else net
+    meta = model_meta(net, arch, class_names, context=DEFAULT_CONTEXT, mode="square")
+    meta.update(input_size=crop, **({"upsampled_to": up} if up else {}))
+    return model, net, meta
+
+
+@dataclass
+class _Split:
+    crops: Dict[int, torch.Tensor]
+    y: torch.Tensor
+    boxes: np.ndarray
+
+    @property
+    def object_sides(self) -> np.ndarray:
+        return native_sides(self.boxes, 0.0)
+
+    @property
+    def route_sides(self) -> np.ndarray:
+        return native_sides(self.boxes, DEFAULT_CONTEXT)
+
+
+def _run_row(spec, train: _Split, test: _Split, class_names: List[str], width: float, settings: TrainSettings,
+             run_dir: Path) -> Dict[str, object]:
+    name, arch, crop, up = spec
+    torch.manual_seed(settings.seed)  # the same initial weights for every model of one architecture
+    model, net, meta = _row_model(arch, crop, up, len(class_names), width, class_names)
+    if arch == ROUTED_ARCH:
+        routes = Routes.from_meta(meta)
+        sizes = routes.sizes_for(test.route_sides)
+        gmacs = float(np.mean([count_gmacs(net.route(int(s)).eval(), int(s)) for s in sizes])) if len(sizes) else 0.0
+        train_data = RoutedTensorCropDataset({s: train.crops[s] for s in routes.input_sizes}, train.y,
+                                             train.route_sides)
+        held = HeldOut(test.crops, test.y, test.object_sides, sizes)
+        shares = {a: float(np.mean(sizes == s)) for a, s in zip(routes.archs, routes.input_sizes)}
+        extra = {"crop": None, "input": "routed " + "/".join(map(str, routes.input_sizes)), "test_route_shares": shares,
+                 "routes": routes.describe()}
+    else:
+        gmacs = count_gmacs(model.eval(), crop)
+        train_data = (train.crops[crop], train.y)
+        held = HeldOut(test.crops[crop], test.y, test.object_sides)
+        extra = {"crop": crop, "input": f"{crop}" + (f"→{up}" if up else "")}
+    r = train_and_evaluate(model, meta, train_data, held, settings, run_dir)
+    return {"name": name, "arch": arch, **extra, "width": width, "gmacs": gmacs,
+            "params": sum(p.numel() for p in net.parameters()), "train_crops": len(train.y),
+            "test_crops": len(test.y), **r}
+
+
+def _pct(p: Optional[float]) -> str:
+    return "-" if p is None else f"{100 * p:.1f}"
+
+
+def _bucket_counts(object_sides: np.ndarray) -> Dict[str, int]:
+    return {label: int(((object_sides >= lo) & (object_sides < hi)).sum()) for lo, hi, label in SIZE_BUCKETS}
 
 
 def run_tradeoff(
@@ -235,11 +402,15 @@ def run_tradeoff(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> Dict[str, object]:
+    unknown = [m for m in models if m not in {x[0] for x in MODELS}]
+    if unknown:
+        raise ValueError(f"unknown trade-off model(s) {unknown}; valid: {', '.join(m[0] for m in MODELS)}")
     specs = [m for m in MODELS if m[0] in models]
     settings = TrainSettings(epochs, batch_size, seed=seed, base_lr=base_lr, device=device, recipe=recipe)
     rows: List[Dict[str, object]] = []
     majority: Dict[str, float] = {}
     data_info: Dict[str, Dict[str, object]] = {}
+    goals: Dict[str, Dict[str, object]] = {}
     for ds in datasets:
         train_rec, test_rec, cats = _dataset(ds, Path(work_dir), synthetic_train=synthetic_train,
                                              synthetic_test=synthetic_test, image_size=image_size,
@@ -248,43 +419,47 @@ def run_tradeoff(
         present = sorted({int(c) for _, _, cs in train_rec for c in cs})
         label_of = {c: i for i, c in enumerate(present)}
         class_names = [cats[c] for c in present]
-        sizes = sorted({s for _, _, s, _ in specs})
+        sizes = sorted({s for _, _, s, _ in specs if s} | (set(Routes().input_sizes) if any(
+            m[1] == ROUTED_ARCH for m in specs) else set()))
         t0 = time.perf_counter()
-        train_x, train_y = extract_all(train_rec, sizes, label_of, context=DEFAULT_CONTEXT, max_crops=max_train_crops)
-        test_x, test_y = extract_all(test_rec, sizes, label_of, context=DEFAULT_CONTEXT)
-        counts = torch.bincount(train_y, minlength=len(class_names))
-        majority[ds] = float((test_y == counts.argmax()).float().mean())
+        train = _Split(*extract_all(train_rec, sizes, label_of, context=DEFAULT_CONTEXT, max_crops=max_train_crops))
+        test = _Split(*extract_all(test_rec, sizes, label_of, context=DEFAULT_CONTEXT))
+        counts = torch.bincount(train.y, minlength=len(class_names))
+        majority[ds] = float((test.y == counts.argmax()).float().mean())
         data_info[ds] = {"classes": len(class_names), "train_images": len(train_rec), "test_images": len(test_rec),
-                         "train_crops": len(train_y), "test_crops": len(test_y),
-                         "extract_s": time.perf_counter() - t0}
-        log(f"  tradeoff {ds}: {len(class_names)} classes, {len(train_y)} train / {len(test_y)} test crops "
-            f"(majority class {100 * majority[ds]:.1f} %)")
-        for name, arch, crop, up in specs:
-            torch.manual_seed(seed)  # the same initial weights for every model of one architecture
-            net = build_classifier(arch, len(class_names), width=width, aux_logits=False)
-            model = Upsampled(net, up) if up else net
-            meta = model_meta(net, arch, class_names, context=DEFAULT_CONTEXT, mode="square")
-            meta.update(input_size=crop, **({"upsampled_to": up} if up else {}))
-            gmacs = count_gmacs(model.eval(), crop)
-            r = train_and_evaluate(model, meta, (train_x[crop], train_y), (test_x[crop], test_y), settings,
-                                   Path(work_dir) / "runs" / ds / _slug(name))
-            rows.append({"dataset": ds, "name": name, "arch": arch, "crop": crop,
-                         "input": f"{crop}" + (f"→{up}" if up else ""), "width": width, "gmacs": gmacs,
-                         "params": sum(p.numel() for p in net.parameters()),
-                         "train_crops": len(train_y), "test_crops": len(test_y), **r})
-            log(f"    {name:18s} {gmacs:.3f} GMACs: top-1 {100 * r['top1']:.1f} %, top-5 {100 * r['top5']:.1f} % "
-                f"({r['steps']} steps, {r['train_s']:.0f} s, final loss {r['final_loss']:.2f})")
-    cfg = _recipe_cfg(batch_size, epochs, base_lr, recipe)
-    amp = f", AMP ({cfg.SOLVER.AMP_DTYPE})" if torch.device(device).type == "cuda" and cfg.SOLVER.AMP else ""
-    text = (f"Width {width}, {epochs} epochs, batch {batch_size}, recipe '{recipe}': RMSProp (decay "
-            f"{cfg.SOLVER.RMSPROP_DECAY}, eps {cfg.SOLVER.RMSPROP_EPS}, momentum {cfg.SOLVER.MOMENTUM}), lr "
-            f"{cfg.SOLVER.BASE_LR} x batch/{cfg.SOLVER.REFERENCE_BATCH_SIZE} decayed x{cfg.SOLVER.LR_DECAY} every "
+                         "train_crops": len(train.y), "test_crops": len(test.y),
+                         "train_buckets": _bucket_counts(train.object_sides),
+                         "test_buckets": _bucket_counts(test.object_sides), "extract_s": time.perf_counter() - t0}
+        log(f"  tradeoff {ds}: {len(class_names)} classes, {len(train.y)} train / {len(test.y)} test crops "
+            f"(majority class {100 * majority[ds]:.1f} %; test crops per size bucket {data_info[ds]['test_buckets']})")
+        ds_rows = []
+        for spec in specs:
+            row = {"dataset": ds, **_run_row(spec, train, test, class_names, width, settings,
+                                             Path(work_dir) / "runs" / ds / _slug(spec[0]))}
+            ds_rows.append(row)
+            b = row["buckets"]
+            by_size = ", ".join(f"{k} {_pct(v['top1'])}" for k, v in b.items() if k != "all")
+            log(f"    {spec[0]:18s} {row['gmacs']:.3f} GMACs: top-1 {100 * row['top1']:.1f} %, top-5 "
+                f"{100 * row['top5']:.1f} %; by size {by_size} ({row['steps']} steps, {row['train_s']:.0f} s, "
+                f"final loss {row['final_loss']:.2f})")
+        rows.extend(ds_rows)
+        goals[ds] = routing_goal(ds_rows)
+    return {"device": device, "width": width, "epochs": epochs, "batch_size": batch_size,
+            "recipe": _recipe_text(settings, width), "recipe_name": recipe, "datasets": data_info,
+            "majority_top1": majority, "size_buckets": [b[2] for b in SIZE_BUCKETS], "routing_goal": goals,
+            "rows": rows}
+
+
+def _recipe_text(settings: TrainSettings, width: float) -> str:
+    cfg = _recipe_cfg(settings.batch_size, settings.epochs, settings.base_lr, settings.recipe)
+    amp = f", AMP ({cfg.SOLVER.AMP_DTYPE})" if torch.device(settings.device).type == "cuda" and cfg.SOLVER.AMP else ""
+    return (f"Width {width}, {settings.epochs} epochs, batch {settings.batch_size}, recipe '{settings.recipe}': "
+            f"RMSProp (decay {cfg.SOLVER.RMSPROP_DECAY}, eps {cfg.SOLVER.RMSPROP_EPS}, momentum {cfg.SOLVER.MOMENTUM}), "
+            f"lr {cfg.SOLVER.BASE_LR} x batch/{cfg.SOLVER.REFERENCE_BATCH_SIZE} decayed x{cfg.SOLVER.LR_DECAY} every "
             f"{cfg.SOLVER.LR_DECAY_EPOCHS} epochs after {cfg.SOLVER.WARMUP_EPOCHS} warm-up epochs, label smoothing "
             f"{cfg.SOLVER.LABEL_SMOOTHING}, gradient clipping {cfg.SOLVER.CLIP_GRAD_NORM}, "
             f"no auxiliary head, horizontal flips{amp}; trained by the engine's Trainer; crops of ground-truth "
-            f"boxes with context {DEFAULT_CONTEXT}; from scratch (random init, seed {seed}); BN statistics "
-            f"recomputed (torch.optim.swa_utils.update_bn) on up to {CALIBRATION_BATCHES} training batches before "
-            "evaluation, which runs the inference form (BN folded).")
-    return {"device": device, "width": width, "epochs": epochs, "batch_size": batch_size, "recipe": text,
-            "recipe_name": recipe,
-            "datasets": data_info, "majority_top1": majority, "rows": rows}
+            f"boxes with context {DEFAULT_CONTEXT}; from scratch (random init, seed {settings.seed}); the routed row "
+            f"({ROUTED_NAME}) feeds each training crop at its route's size (route jitter {ROUTE_JITTER}) and each test "
+            f"crop at its route; BN statistics recomputed (torch.optim.swa_utils.update_bn) on up to "
+            f"{CALIBRATION_BATCHES} training batches before evaluation, which runs the inference form (BN folded).")

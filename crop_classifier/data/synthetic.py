@@ -14,6 +14,15 @@ does not. The coarse shape stays
 visible at every size: a detector can be trained on the coarse classes (``supercategory``) or
 the fine ones (``name``).
 
+Wide-range scenes (``object_sizes``, ``mark_period_cap``; the resolution trade-off's ``synthetic_wide``):
+objects of e.g. 10-320 px on 1024 px images. With the default period (1/15 of the object) every object
+is the same picture at another scale, so a 250 px object shrunk to a 79 px crop keeps a readable mark
+and a larger input could never help. ``mark_period_cap`` (px) makes the period ``min(size / 15, cap)``:
+objects above ``15 * cap`` px carry marks finer than their size, in absolute pixels, like the text and
+texture of real objects. A 4 px cap leaves every object up to 60 px unchanged; a 250 px object's marks then
+have a period of 4 px, about 1 px once its crop is shrunk to 79 px (unreadable), 2 px at 151 and 4 px at 299.
+The defaults (16-160 px, no cap) render exactly the scenes they always did.
+
 Layout written by ``generate_scenes(out_dir, ...)``::
 
     out_dir/annotations.json      COCO instances (bbox, polygon segmentation, area, iscrowd=0)
@@ -30,7 +39,7 @@ import math
 import re
 import zlib
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -46,6 +55,7 @@ __all__ = [
     "SYNTHETIC_CLASSES",
     "draw_object",
     "generate_scenes",
+    "mark_period",
     "render_scene",
 ]
 
@@ -149,14 +159,23 @@ def _paint_mark(img: np.ndarray, cx: float, cy: float, m: float, p: float, mark:
     img[y0:y1, x0:x1] = (patch * (1 - alpha) + np.array(ink, np.float32) * alpha + 0.5).astype(np.uint8)
 
 
+def mark_period(size: float, cap: Optional[float] = None) -> float:
+    """The mark's texture period (px) of an object of ``size`` px: ``MARK_PERIOD`` of its size, at most
+    ``cap`` px when given (large objects then carry detail finer than their size)."""
+    period = MARK_PERIOD * size
+    return period if cap is None else min(period, float(cap))
+
+
 def draw_object(img: np.ndarray, cx: float, cy: float, size: float, shape: str, mark: str, *,
-                angle: float = 0.0, fill=(200, 60, 60), ink=(20, 20, 20), phase=(0.0, 0.0)) -> np.ndarray:
+                angle: float = 0.0, fill=(200, 60, 60), ink=(20, 20, 20), phase=(0.0, 0.0),
+                period_cap: Optional[float] = None) -> np.ndarray:
     """Draws one object of about ``size`` px centred at ``(cx, cy)`` into ``img`` (HxWx3 uint8).
 
     The mark is a disk of ``MARK_RADIUS`` times the object's half size, half covered in ink in
-    every class, so the classes differ only in fine structure (period ``MARK_PERIOD`` of the size);
-    ``phase`` (two fractions of a period) shifts the texture under the disk.
-    Returns the object's outline polygon ``[K, 2]`` (its bounding box is the object's box).
+    every class, so the classes differ only in fine structure (period ``MARK_PERIOD`` of the size,
+    at most ``period_cap`` px: ``mark_period``); ``phase`` (two fractions of a period) shifts the
+    texture under the disk. Returns the object's outline polygon ``[K, 2]`` (its bounding box is the
+    object's box).
     """
     if mark not in MARKS:
         raise ValueError(f"unknown mark {mark!r}; valid: {MARKS}")
@@ -167,7 +186,7 @@ def draw_object(img: np.ndarray, cx: float, cy: float, size: float, shape: str, 
         _disk(img, cx, cy, r, fill)
     else:
         _fill_poly(img, poly, fill)
-    _paint_mark(img, cx, cy, MARK_RADIUS * r, MARK_PERIOD * size, mark, angle, ink, phase)
+    _paint_mark(img, cx, cy, MARK_RADIUS * r, mark_period(size, period_cap), mark, angle, ink, phase)
     return poly
 
 
@@ -221,14 +240,29 @@ def _place(rng: np.random.Generator, size: int, obj: float, boxes: List[np.ndarr
     return None
 
 
-def render_scene(rng: np.random.Generator, image_size: int = 512) -> Tuple[np.ndarray, List[Dict[str, object]]]:
-    """One scene: a BGR uint8 image and its objects (``bbox`` XYWH, ``polygon``, ``area``, ``category``)."""
+def _check_sizes(object_sizes: Sequence[float], mark_period_cap: Optional[float]) -> Tuple[float, float]:
+    lo, hi = (float(v) for v in object_sizes)
+    if not (math.isfinite(lo) and math.isfinite(hi) and 4 <= lo <= hi):
+        raise ValueError(f"object_sizes must be (min, max) px with 4 <= min <= max, got {tuple(object_sizes)}")
+    if mark_period_cap is not None and not (math.isfinite(mark_period_cap) and mark_period_cap >= 1):
+        raise ValueError(f"mark_period_cap must be a period in px >= 1 (or None), got {mark_period_cap!r}")
+    return lo, hi
+
+
+def render_scene(rng: np.random.Generator, image_size: int = 512, *,
+                 object_sizes: Tuple[float, float] = (MIN_OBJECT, MAX_OBJECT),
+                 mark_period_cap: Optional[float] = None) -> Tuple[np.ndarray, List[Dict[str, object]]]:
+    """One scene: a BGR uint8 image and its objects (``bbox`` XYWH, ``polygon``, ``area``, ``category``).
+
+    Object sizes are log-uniform in ``object_sizes`` (px; at most 0.3 of the image); ``mark_period_cap``:
+    see ``mark_period`` and the module doc (None: the period scales with the object, as by default)."""
+    min_obj, max_obj = _check_sizes(object_sizes, mark_period_cap)
     img = _background(rng, image_size)
-    max_obj = min(MAX_OBJECT, image_size * 0.3)
+    max_obj = min(max_obj, image_size * 0.3)
     objects: List[Dict[str, object]] = []
     taken: List[np.ndarray] = []
     for _ in range(int(rng.integers(3, 16))):
-        size = float(np.exp(rng.uniform(math.log(MIN_OBJECT), math.log(max_obj))))
+        size = float(np.exp(rng.uniform(math.log(min_obj), math.log(max_obj))))
         cls = int(rng.integers(len(SYNTHETIC_CLASSES)))
         shape, mark = SYNTHETIC_CLASSES[cls].split("_")
         angle = float(rng.uniform(0, 2 * math.pi))
@@ -243,7 +277,8 @@ def render_scene(rng: np.random.Generator, image_size: int = 512) -> Tuple[np.nd
             continue
         (cx, cy), reserved = spot
         taken.append(reserved)
-        poly = draw_object(img, cx, cy, size, shape, mark, angle=angle, fill=fill, ink=ink, phase=phase)
+        poly = draw_object(img, cx, cy, size, shape, mark, angle=angle, fill=fill, ink=ink, phase=phase,
+                           period_cap=mark_period_cap)
         x1, y1 = np.maximum(poly.min(0), 0)
         x2, y2 = np.minimum(poly.max(0), image_size)
         objects.append({
@@ -271,14 +306,19 @@ def _existing(ann: Path, params: Dict[str, object]) -> bool:
     info = data.get("info", {}) if isinstance(data, dict) else {}
     if info.get("generator") != GENERATOR:
         raise FileExistsError(f"{ann} exists and was not written by {GENERATOR}; refusing to overwrite it")
-    if {k: info.get(k) for k in params} != params:
+    keys = set(params) | {"object_sizes", "mark_period_cap"}  # absent = the defaults
+    if {k: info.get(k) for k in keys} != {k: params.get(k) for k in keys}:
         return False
     return all((ann.parent / im["file_name"]).is_file() for im in data.get("images", []))
 
 
 def generate_scenes(out_dir: Union[str, Path], num_images: int, *, seed: int = 0, image_size: int = 512,
-                    split_name: str = "train") -> Path:
+                    split_name: str = "train", object_sizes: Tuple[float, float] = (MIN_OBJECT, MAX_OBJECT),
+                    mark_period_cap: Optional[float] = None) -> Path:
     """Writes ``num_images`` scenes and their COCO JSON into ``out_dir``; returns the JSON's path.
+
+    ``object_sizes`` and ``mark_period_cap``: see ``render_scene``; other values than the defaults are
+    recorded in the JSON's ``info`` (the defaults' JSON is unchanged).
 
     Does nothing when ``out_dir`` already holds exactly these scenes (same count, seed, size,
     split and renderer version); regenerates a folder of other synthetic scenes; refuses to
@@ -291,14 +331,18 @@ def generate_scenes(out_dir: Union[str, Path], num_images: int, *, seed: int = 0
         raise ValueError(f"image_size must be >= 64, got {image_size}")
     out = Path(out_dir)
     ann = out / ANNOTATION_FILE
+    sizes = _check_sizes(object_sizes, mark_period_cap)
     params = {"version": VERSION, "seed": int(seed), "num_images": int(num_images), "image_size": int(image_size),
               "split": str(split_name)}
+    if sizes != (MIN_OBJECT, MAX_OBJECT) or mark_period_cap is not None:
+        params.update(object_sizes=list(sizes), mark_period_cap=mark_period_cap)
     if ann.is_file() and _existing(ann, params):
         return ann
     (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for i in range(int(num_images)):
-        img, objects = render_scene(_scene_rng(seed, split_name, i), int(image_size))
+        img, objects = render_scene(_scene_rng(seed, split_name, i), int(image_size), object_sizes=sizes,
+                                    mark_period_cap=mark_period_cap)
         name = f"{IMAGE_DIR}/{i + 1:06d}.jpg"
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:

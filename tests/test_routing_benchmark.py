@@ -1,0 +1,85 @@
+"""Issue 17's measurements: per-size-bucket top-1, the routed row's evaluation at each crop's route, the goal
+verdict, the realistic box-size mix and the cost section (tiny settings: structure, never speed)."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from crop_classifier.benchmark.routing import LOGNORMAL_MEDIAN, realistic_sides
+from crop_classifier.benchmark.tradeoff import HeldOut, _probs, bucket_top1, routing_goal
+from tool_loader import load_tool
+
+
+def test_bucket_top1_counts_and_standard_errors():
+    sides = np.array([10, 31.9, 32, 95, 96, 199, 200, 500])
+    correct = np.array([1, 0, 1, 1, 0, 0, 1, 1], bool)
+    b = bucket_top1(correct, sides)
+    assert [b[k]["n"] for k in ("<32", "32-96", "96-200", ">200", "all")] == [2, 2, 2, 2, 8]
+    assert [b[k]["top1"] for k in ("<32", "32-96", "96-200", ">200")] == [0.5, 1.0, 0.0, 1.0]
+    assert b["<32"]["se"] == pytest.approx(math.sqrt(0.25 / 2)) and b["all"]["top1"] == 5 / 8
+    empty = bucket_top1(correct[:2], sides[:2])
+    assert empty[">200"] == {"top1": None, "n": 0, "se": None}
+
+
+def _row(name, arch, accs, n=100):
+    buckets = {k: {"top1": a, "n": n, "se": math.sqrt(a * (1 - a) / n)} for k, a in zip(
+        ("<32", "32-96", "96-200", ">200", "all"), accs)}
+    return {"name": name, "arch": arch, "buckets": buckets}
+
+
+def test_routing_goal_compares_with_each_buckets_best_fixed_row():
+    rows = [_row("v3_79", "v3_79", (0.3, 0.6, 0.5, 0.4, 0.45)),
+            _row("v3_299", "v3_299", (0.1, 0.5, 0.7, 0.8, 0.52)),
+            _row("routed (auto)", "auto", (0.3, 0.62, 0.69, 0.85, 0.6))]
+    g = routing_goal(rows)
+    assert g["buckets"]["96-200"]["best_row"] == "v3_299" and g["buckets"]["<32"]["best_row"] == "v3_79"
+    assert g["worst_bucket_diff_points"] == pytest.approx(-1.0) and g["overall_diff_points"] == pytest.approx(8.0)
+    assert g["met"] is False  # one point short in 96-200
+    rows[2]["buckets"]["96-200"]["top1"] = 0.7
+    assert routing_goal(rows)["met"] is True
+    assert routing_goal(rows[:2]) == {}  # no routed row: nothing to judge
+
+
+class _BySize(torch.nn.Module):
+    """A fake classifier: class = 0 for 79 px inputs, 1 for 151, 2 for 299 (so routing errors show)."""
+    class_names = ["a", "b", "c"]
+
+    def forward(self, x):
+        k = {79: 0, 151: 1, 299: 2}[x.shape[-1]]
+        return torch.nn.functional.one_hot(torch.full((len(x),), k), 3).float()
+
+
+def test_routed_evaluation_feeds_each_crop_at_its_route():
+    sizes = np.array([79, 299, 151, 79, 299])
+    x = {s: torch.zeros(5, 3, s, s, dtype=torch.uint8) for s in (79, 151, 299)}
+    probs = _probs(_BySize(), HeldOut(x, torch.zeros(5, dtype=torch.long), None, sizes), batch=2)
+    assert probs.argmax(1).tolist() == [0, 2, 1, 0, 2]
+
+
+def test_realistic_mix_falls_back_to_cocos_log_normal(tmp_path):
+    sides, source = realistic_sides(20000, np.random.default_rng(0), tmp_path / "absent.json")
+    assert "log-normal" in source
+    assert np.median(sides) == pytest.approx(LOGNORMAL_MEDIAN, rel=0.05)
+    assert np.mean(sides > 150) == pytest.approx(1 / 6, abs=0.015)
+
+
+def test_tiny_routing_section(tmp_path):
+    rc = load_tool("benchmark").main(["--output", str(tmp_path), "--tiny", "--threads", "1", "--only", "routing"])
+    assert rc == 0
+    res = json.loads((tmp_path / "benchmark.json").read_text())
+    r = res["routing"]
+    assert sum(r["route_shares"].values()) == pytest.approx(1.0) and set(r["route_shares"]) == {"v3_79", "v3_151",
+                                                                                                 "v3_299"}
+    by = {x["model"]: x for x in r["rows"]}
+    assert set(by) == {"v3_79", "v3_151", "v3_299", "routed (auto)"}
+    assert by["v3_79"]["ratio_vs_v3_79"] == 1.0
+    for x in r["rows"]:
+        assert x["crops_per_s"] == pytest.approx(r["num_crops"] / x["median_s"])
+    # The routed cost per crop is the mix of its routes' (between the cheapest and dearest stem).
+    g = [by[a]["gmacs_per_crop"] for a in ("v3_79", "v3_151", "v3_299")]
+    assert min(g) <= by["routed (auto)"]["gmacs_per_crop"] <= max(g)
+    t = [x for x in res["targets"] if x["target"].startswith("routed crops/s")]
+    assert len(t) == 1 and t[0]["value"] == by["routed (auto)"]["ratio_vs_v3_79"]
+    assert "## Size-adaptive routing: cost" in (tmp_path / "benchmark.md").read_text()
