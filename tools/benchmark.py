@@ -33,6 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--tradeoff-epochs", type=int, default=0, help="override the trade-off training epochs")
     p.add_argument("--tradeoff-width", type=float, default=0.0, help="override the trade-off model width")
+    p.add_argument("--tradeoff-batch", type=int, default=0, help="override the trade-off training batch size")
     p.add_argument("--tradeoff-train-scenes", type=int, default=0,
                    help="override the number of synthetic training scenes of the trade-off")
     p.add_argument("--tradeoff-test-scenes", type=int, default=0,
@@ -77,6 +78,9 @@ def main(argv=None) -> int:
     if bad:
         print(f"error: --tradeoff-datasets: unknown dataset(s) {bad}; valid: {', '.join(DATASETS)}", file=sys.stderr)
         return 2
+    if args.tradeoff_batch < 0:
+        print(f"error: --tradeoff-batch must be positive, got {args.tradeoff_batch}", file=sys.stderr)
+        return 2
     if args.threads < 0:
         print(f"error: --threads must be >= 0, got {args.threads}", file=sys.stderr)
         return 2
@@ -94,6 +98,7 @@ def _run(args, only) -> int:
 
     overrides = {}
     tradeoff = (("epochs", args.tradeoff_epochs), ("width", args.tradeoff_width), ("recipe", args.tradeoff_recipe),
+                ("batch_size", args.tradeoff_batch),
                 ("synthetic_train", args.tradeoff_train_scenes), ("synthetic_test", args.tradeoff_test_scenes),
                 ("datasets", args.tradeoff_datasets), ("models", args.tradeoff_models))
     if any(v for _, v in tradeoff):
