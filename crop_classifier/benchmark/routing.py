@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from crop_classifier.coco_io import load_coco
 from crop_classifier.crops import DEFAULT_CONTEXT
 from crop_classifier.models import build_classifier, create_classifier, model_meta
 from crop_classifier.models.inception_v3 import STEMS
@@ -40,7 +41,6 @@ def coco_box_sides(ann_file: Path) -> Optional[np.ndarray]:
     """Longer sides (px) of the non-crowd boxes of a COCO file, or None when the file is absent."""
     if not Path(ann_file).is_file():
         return None
-    from crop_classifier.coco_io import load_coco
 
     coco = load_coco(ann_file)
     sides = [np.maximum(a.xywh[:, 2], a.xywh[:, 3]) for a in
