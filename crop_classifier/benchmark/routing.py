@@ -41,7 +41,6 @@ def coco_box_sides(ann_file: Path) -> Optional[np.ndarray]:
     """Longer sides (px) of the non-crowd boxes of a COCO file, or None when the file is absent."""
     if not Path(ann_file).is_file():
         return None
-
     coco = load_coco(ann_file)
     sides = [np.maximum(a.xywh[:, 2], a.xywh[:, 3]) for a in
              (coco.annotations(im["id"], include_crowd=False) for im in coco.images) if len(a)]
