@@ -34,7 +34,7 @@ from ..data import CropDataset
 from ..engine.data import load_datasets
 from ..errors import CheckpointError, UsageError
 from ..models.inception_v3 import STEMS
-from ..models.inference import InferenceClassifier, _route_meta, build_inference_classifier
+from ..models.inference import InferenceClassifier, route_meta, build_inference_classifier
 from ..models.routing import Routes
 from ..models.registry import create_classifier
 from ..models.weights import classifier_from_checkpoint, load_checkpoint
@@ -189,7 +189,7 @@ def route_views(model: nn.Module, meta: ClassifierMeta) -> List[Tuple[nn.Module,
     routes = Routes.from_meta(meta.extra) or Routes(tuple(a for s in model.stems for a, spec in STEMS.items()
                                                           if spec == s))
     return [(model.route(STEMS[a].input_size),
-             replace(_route_meta(meta, a), extra={**_route_meta(meta, a).extra, ROUTE_SET_KEY: routes.to_meta()}))
+             replace(route_meta(meta, a), extra={**route_meta(meta, a).extra, ROUTE_SET_KEY: routes.to_meta()}))
             for a in routes.archs]
 
 

@@ -163,7 +163,7 @@ class RoutedClassifier(nn.Module):
         return self.route(x.shape[-1])(x)
 
 
-def _route_meta(meta: ClassifierMeta, arch: str) -> ClassifierMeta:
+def route_meta(meta: ClassifierMeta, arch: str) -> ClassifierMeta:
     """One route's meta: that stem's name and input size, the routed meta's classes and crop context/mode."""
     extra = {k: v for k, v in meta.extra.items() if k != "routes"}
     return dataclasses.replace(meta, arch=arch, crop=dataclasses.replace(meta.crop, size=STEMS[arch].input_size),
@@ -236,7 +236,7 @@ def _build_routed(model: nn.Module, meta: ClassifierMeta, routes: Optional[Route
     base = optimize_for_inference(model.route(routes.input_sizes[0]), fuse=fold_bn, channels_last=channels_last)
     base = base.to(device)
     meta = routed_meta(meta, routes)
-    forms = [InferenceClassifier(base.with_stem(STEMS[a]) if i else base, _route_meta(meta, a), precision=precision,
+    forms = [InferenceClassifier(base.with_stem(STEMS[a]) if i else base, route_meta(meta, a), precision=precision,
                                  channels_last=channels_last).to(device) for i, a in enumerate(routes.archs)]
     return RoutedClassifier(forms, routes, meta)
 
