@@ -83,3 +83,42 @@ def test_tiny_routing_section(tmp_path):
     t = [x for x in res["targets"] if x["target"].startswith("routed crops/s")]
     assert len(t) == 1 and t[0]["value"] == by["routed (auto)"]["ratio_vs_v3_79"]
     assert "## Size-adaptive routing: cost" in (tmp_path / "benchmark.md").read_text()
+
+
+@pytest.mark.parametrize("classes", [3, 5])
+def test_every_tradeoff_row_starts_from_the_shared_checkpoint(tmp_path, classes):
+    from crop_classifier.benchmark.tradeoff import MODELS, _row_model
+    from crop_classifier.models import build_classifier, model_meta, save_checkpoint
+
+    torch.manual_seed(1)
+    src = build_classifier("v3_79", 3, width=0.0625, aux_logits=False)
+    ckpt = save_checkpoint(tmp_path / "init.pth", src, model_meta(src, "v3_79", ["a", "b", "c"]))
+    names = [str(i) for i in range(classes)]
+    want = src.state_dict()
+    for _, arch, crop, up in MODELS:
+        _, net, _ = _row_model(arch, crop, up, classes, 0.0625, names, init=str(ckpt))
+        got = net.state_dict()
+        assert set(got) == set(want), arch
+        for k, v in got.items():
+            if k.startswith("fc.") and classes != 3:  # another class count: the head is the row's own
+                assert v.shape[0] == classes
+            else:
+                assert torch.equal(v, want[k]), (arch, k)
+        # Without init a row starts from its own random weights.
+        _, fresh, _ = _row_model(arch, crop, up, classes, 0.0625, names)
+        assert not torch.equal(fresh.state_dict()["Conv2d_1a_3x3.conv.weight"], want["Conv2d_1a_3x3.conv.weight"])
+
+
+def test_tradeoff_init_must_fit_the_width_and_exist(tmp_path, capsys):
+    from crop_classifier.benchmark.tradeoff import _row_model
+    from crop_classifier.models import CheckpointError, build_classifier, model_meta, save_checkpoint
+
+    src = build_classifier("v3_79", 2, width=0.125, aux_logits=False)
+    ckpt = save_checkpoint(tmp_path / "w0125.pth", src, model_meta(src, "v3_79", ["a", "b"]))
+    with pytest.raises(CheckpointError, match="width"):
+        _row_model("v3_151", 151, None, 2, 0.0625, ["a", "b"], init=str(ckpt))
+    rc = load_tool("benchmark").main(["--output", str(tmp_path / "out"), "--tiny", "--only", "tradeoff",
+                                      "--tradeoff-init", str(tmp_path / "absent.pth")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--tradeoff-init" in err[0] and "absent.pth" in err[0]

@@ -44,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="trade-off rows to train (default all): comma-separated names, e.g. v3_79,'routed (auto)'")
     p.add_argument("--tradeoff-recipe", choices=("cpu", "paper"), default="",
                    help="trade-off solver settings: cpu (default; configs/cpu's overrides for short runs) or paper")
+    p.add_argument("--tradeoff-init", default="", metavar="CKPT",
+                   help="start every trade-off row from this checkpoint (one of ours of the trade-off's width, or an "
+                        "ImageNet Inception-v3 file at width 1) instead of from scratch")
     p.add_argument("--work-dir", metavar="DIR", help="cache for generated data (default OUTPUT/work)")
     return p.parse_args(argv)
 
@@ -81,6 +84,9 @@ def main(argv=None) -> int:
     if args.tradeoff_batch < 0:
         print(f"error: --tradeoff-batch must be positive, got {args.tradeoff_batch}", file=sys.stderr)
         return 2
+    if args.tradeoff_init and args.tradeoff_init != "imagenet" and not os.path.isfile(args.tradeoff_init):
+        print(f"error: --tradeoff-init: no such file: {args.tradeoff_init}", file=sys.stderr)
+        return 2
     if args.threads < 0:
         print(f"error: --threads must be >= 0, got {args.threads}", file=sys.stderr)
         return 2
@@ -100,7 +106,7 @@ def _run(args, only) -> int:
     tradeoff = (("epochs", args.tradeoff_epochs), ("width", args.tradeoff_width), ("recipe", args.tradeoff_recipe),
                 ("batch_size", args.tradeoff_batch),
                 ("synthetic_train", args.tradeoff_train_scenes), ("synthetic_test", args.tradeoff_test_scenes),
-                ("datasets", args.tradeoff_datasets), ("models", args.tradeoff_models))
+                ("datasets", args.tradeoff_datasets), ("models", args.tradeoff_models), ("init", args.tradeoff_init))
     if any(v for _, v in tradeoff):
         overrides["tradeoff"] = {k: v for k, v in tradeoff if v}
     preset = "tiny" if args.tiny else "quick" if args.quick else "full"

@@ -1,7 +1,9 @@
 """The paper's Table 2 redone for detector crops: accuracy vs cost of the three stems, plus two baselines.
 
-Every model is trained from scratch with the same recipe, data, epochs and batch size, at one stated
-width, and evaluated on held-out crops (top-1/top-5):
+Every model is trained with the same recipe, data, epochs and batch size, at one stated width, from scratch
+or (``init``) from one shared checkpoint whose weights load into every row (the stems share every parameter,
+so ImageNet or any crop classifier of that width starts each row alike; a head of another class count is
+re-initialised), and evaluated on held-out crops (top-1/top-5):
 
 * ``v3_79``, ``v3_151``, ``v3_299``: the Section 9 stems, each fed crops at its own input size;
 * ``v3_299 upsampled``: v3_299 fed the *same* 79 px crops bilinearly upsampled to 299 (the usual way to
@@ -61,6 +63,7 @@ from crop_classifier.engine.evaluation import SIZE_BUCKETS as EVAL_SIZE_BUCKETS,
 from crop_classifier.models import build_classifier, create_classifier, model_meta
 from crop_classifier.models.inference import build_inference_classifier
 from crop_classifier.models.routing import ROUTED_ARCH, Routes, native_sides
+from crop_classifier.models.weights import load_pretrained
 
 from .models import count_gmacs
 
@@ -206,6 +209,7 @@ class TrainSettings:
     base_lr: Optional[float] = None
     device: str = "cpu"
     recipe: str = "cpu"
+    init: Optional[str] = None  # checkpoint every row starts from (None: from scratch)
 
 
 def _trainer_cfg(settings: TrainSettings, batch_size: int, meta: Dict[str, object], output_dir: Path):
@@ -320,14 +324,19 @@ def routing_goal(rows: List[Dict[str, object]]) -> Dict[str, object]:
 
 
 def _row_model(arch: str, crop: Optional[int], up: Optional[int], num_classes: int, width: float,
-               class_names: List[str]):
-    """(trained module, module whose cost is counted, checkpoint meta) of one trade-off row."""
+               class_names: List[str], init: Optional[str] = None):
+    """(trained module, module whose cost is counted, checkpoint meta) of one trade-off row; its weights are
+    ``init``'s when given (a head of another class count stays as initialised)."""
     if arch == ROUTED_ARCH:
         routes = Routes(jitter=ROUTE_JITTER)
         net = create_classifier(ROUTED_ARCH, num_classes, width=width, aux_logits=False, routes=routes.archs)
+        if init:
+            load_pretrained(net, init, arch=arch, any_stem=True)
         return net, net, model_meta(net, ROUTED_ARCH, class_names, routes=routes, context=DEFAULT_CONTEXT,
                                     mode="square")
     net = build_classifier(arch, num_classes, width=width, aux_logits=False)
+    if init:
+        load_pretrained(net, init, arch=arch, any_stem=True)
     model = Upsampled(net, up) if up else net
     meta = model_meta(net, arch, class_names, context=DEFAULT_CONTEXT, mode="square")
     meta.update(input_size=crop, **({"upsampled_to": up} if up else {}))
@@ -353,7 +362,7 @@ def _run_row(spec, train: _Split, test: _Split, class_names: List[str], width: f
              run_dir: Path) -> Dict[str, object]:
     name, arch, crop, up = spec
     torch.manual_seed(settings.seed)  # the same initial weights for every model of one architecture
-    model, net, meta = _row_model(arch, crop, up, len(class_names), width, class_names)
+    model, net, meta = _row_model(arch, crop, up, len(class_names), width, class_names, init=settings.init)
     if arch == ROUTED_ARCH:
         routes = Routes.from_meta(meta)
         sizes = routes.sizes_for(test.route_sides)
@@ -393,6 +402,7 @@ def run_tradeoff(
     batch_size: int = 32,
     base_lr: Optional[float] = None,
     recipe: str = "cpu",
+    init: Optional[str] = None,
     synthetic_train: int = 120,
     synthetic_test: int = 40,
     image_size: int = 512,
@@ -406,7 +416,8 @@ def run_tradeoff(
     if unknown:
         raise ValueError(f"unknown trade-off model(s) {unknown}; valid: {', '.join(m[0] for m in MODELS)}")
     specs = [m for m in MODELS if m[0] in models]
-    settings = TrainSettings(epochs, batch_size, seed=seed, base_lr=base_lr, device=device, recipe=recipe)
+    settings = TrainSettings(epochs, batch_size, seed=seed, base_lr=base_lr, device=device, recipe=recipe,
+                             init=str(init) if init else None)
     rows: List[Dict[str, object]] = []
     majority: Dict[str, float] = {}
     data_info: Dict[str, Dict[str, object]] = {}
@@ -445,7 +456,7 @@ def run_tradeoff(
         rows.extend(ds_rows)
         goals[ds] = routing_goal(ds_rows)
     return {"device": device, "width": width, "epochs": epochs, "batch_size": batch_size,
-            "recipe": _recipe_text(settings, width), "recipe_name": recipe, "datasets": data_info,
+            "recipe": _recipe_text(settings, width), "recipe_name": recipe, "init": settings.init, "datasets": data_info,
             "majority_top1": majority, "size_buckets": [b[2] for b in SIZE_BUCKETS], "routing_goal": goals,
             "rows": rows}
 
@@ -453,13 +464,15 @@ def run_tradeoff(
 def _recipe_text(settings: TrainSettings, width: float) -> str:
     cfg = _recipe_cfg(settings.batch_size, settings.epochs, settings.base_lr, settings.recipe)
     amp = f", AMP ({cfg.SOLVER.AMP_DTYPE})" if torch.device(settings.device).type == "cuda" and cfg.SOLVER.AMP else ""
+    start = (f"every row starting from the weights of {settings.init} (seed {settings.seed} for a re-initialised head)"
+             if settings.init else f"from scratch (random init, seed {settings.seed})")
     return (f"Width {width}, {settings.epochs} epochs, batch {settings.batch_size}, recipe '{settings.recipe}': "
             f"RMSProp (decay {cfg.SOLVER.RMSPROP_DECAY}, eps {cfg.SOLVER.RMSPROP_EPS}, momentum {cfg.SOLVER.MOMENTUM}), "
             f"lr {cfg.SOLVER.BASE_LR} x batch/{cfg.SOLVER.REFERENCE_BATCH_SIZE} decayed x{cfg.SOLVER.LR_DECAY} every "
             f"{cfg.SOLVER.LR_DECAY_EPOCHS} epochs after {cfg.SOLVER.WARMUP_EPOCHS} warm-up epochs, label smoothing "
             f"{cfg.SOLVER.LABEL_SMOOTHING}, gradient clipping {cfg.SOLVER.CLIP_GRAD_NORM}, "
             f"no auxiliary head, horizontal flips{amp}; trained by the engine's Trainer; crops of ground-truth "
-            f"boxes with context {DEFAULT_CONTEXT}; from scratch (random init, seed {settings.seed}); the routed row "
+            f"boxes with context {DEFAULT_CONTEXT}; {start}; the routed row "
             f"({ROUTED_NAME}) feeds each training crop at its route's size (route jitter {ROUTE_JITTER}) and each test "
             f"crop at its route; BN statistics recomputed (torch.optim.swa_utils.update_bn) on up to "
             f"{CALIBRATION_BATCHES} training batches before evaluation, which runs the inference form (BN folded).")

@@ -232,15 +232,18 @@ def load_imagenet_weights(model: nn.Module, source: Union[PathLike, Mapping[str,
     model.transform_input = transform_input
 
 
-def load_pretrained(model: nn.Module, weights: PathLike, *, arch: str) -> None:
-    """``build_classifier(weights=...)``: "imagenet", an ImageNet file, or one of our checkpoints."""
+def load_pretrained(model: nn.Module, weights: PathLike, *, arch: str, any_stem: bool = False) -> None:
+    """``build_classifier(weights=...)``: "imagenet", an ImageNet file, or one of our checkpoints.
+
+    ``any_stem``: initialisation rather than loading a trained model, so a checkpoint of another stem (same
+    width) is taken too, as ImageNet weights are: the stems share every parameter."""
     if str(weights) != "imagenet":
         obj, st_meta = _read_file(weights)
         meta = st_meta or (obj.get("meta") if isinstance(obj.get("meta"), Mapping) else None)
         if meta is not None:  # our own checkpoint: it must describe this very model
             # The routed model shares every weight with each stem, so either side may be ``auto``.
             routed = ROUTED_ARCH in (arch, meta.get("arch"))
-            ckpt = load_checkpoint(weights, {"width": model.width, "arch": None if routed else arch})
+            ckpt = load_checkpoint(weights, {"width": model.width, "arch": None if routed or any_stem else arch})
             if ckpt["meta"]["arch"] not in ALL_ARCHITECTURES:
                 raise CheckpointError(f"{weights}: checkpoint arch {ckpt['meta']['arch']!r} is none of "
                                       f"{', '.join(ALL_ARCHITECTURES)} (building {arch})")
