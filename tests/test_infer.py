@@ -79,6 +79,8 @@ def test_gt_first_stage_with_eval_and_a_corrupt_image(tmp_path, images, classifi
     ev = json.loads((out / "eval.json").read_text())
     assert ev["detector_only"]["AP"] == pytest.approx(1.0)  # ground-truth boxes are a perfect detector
     assert ev["detector_only"]["images"] == 3
+    # Every box is an object's: a perfect background class has nothing to remove.
+    assert ev["background_ceiling"]["removed"] == 0 and ev["background_ceiling"]["AP"] == ev["two_stage"]["AP"]
     assert ev["crop_top1_boxes"] == len(gt) and 0.0 <= ev["crop_top1"] <= 1.0
     assert sorted(f.name for f in (out / "vis").iterdir()) == sorted(IMAGES)
 

@@ -204,6 +204,10 @@ def main(argv=None) -> int:
     if det_m and two_m:
         log(f"    at score >= {det_m['score']:g}: false positives {det_m['fp']} -> {two_m['fp']}, "
             f"true positives {det_m['tp']} -> {two_m['tp']}")
+    ceil = ev.get("background_ceiling")
+    if ceil:
+        log(f"    a perfect background class (the {ceil['removed']} boxes on no object removed) would reach "
+            f"{ceil['AP']:.4f} ({ceil['AP'] - two_ap:+.4f})")
     log(f"pictures: {infer_dir / 'vis'}   total time {time.time() - t0:.0f} s")
     if args.export:
         export(Path(args.export), det_w, cls_w, ev, argv)

@@ -16,6 +16,8 @@ logger = logging.getLogger(__name__)
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 #: The score from which true/false positives are counted (``matches``).
 MATCH_SCORE = 0.05  # Detectron2's default SCORE_THRESH_TEST: what a first stage outputs
+#: ``background_ceiling``: a box overlapping no ground-truth object at this IoU is "not an object".
+BACKGROUND_IOU = 0.5
 
 
 def assign_category_ids(names: Sequence[str], reference: Optional[Sequence[Mapping[str, Any]]] = None) -> Dict[str, int]:
@@ -125,3 +127,25 @@ def coco_box_map(gt, results: Sequence[dict], img_ids: Sequence[int]) -> Dict[st
             per_cat[gt.cats[cid]["name"]] = round(float(np.mean(p)), 5)
     summary["per_category_AP"] = per_cat
     return summary
+
+
+def background_ceiling(gt, results: Sequence[dict], img_ids: Sequence[int], iou: float = BACKGROUND_IOU) -> Dict[str, Any]:
+    """What a perfect background class could reach: the AP of ``results`` once every box that overlaps no
+    ground-truth object of any class at IoU >= ``iou`` is removed (and nothing else changes), with how many
+    were removed. Its distance to the results' own AP bounds what rejecting "not an object" can add; the
+    rest of the gap to 1 is wrong classes, localisation and misses."""
+    from pycocotools import mask as mask_utils
+
+    by_image: Dict[int, List[dict]] = {}
+    for r in results:
+        by_image.setdefault(int(r["image_id"]), []).append(r)
+    kept: List[dict] = []
+    for image_id, rs in by_image.items():
+        anns = [a for a in gt.loadAnns(gt.getAnnIds(imgIds=[image_id], iscrowd=None)) if not a.get("iscrowd", 0)]
+        if not anns:
+            continue
+        ious = mask_utils.iou([r["bbox"] for r in rs], [a["bbox"] for a in anns], [0] * len(anns))
+        kept.extend(r for r, best in zip(rs, np.asarray(ious).max(axis=1)) if best >= iou)
+    ceiling = coco_box_map(gt, kept, img_ids)
+    return {"iou": iou, "removed": len(results) - len(kept),
+            **{k: ceiling[k] for k in ("AP", "AP50", "APs", "APm", "APl")}}

@@ -19,7 +19,7 @@ from ..second_stage import SecondStage
 from ..structures import ImageRecord
 from ..video import RunOptions, SourceOptions, TrackOptions, run_tracking
 from ..utils.io import atomic_save_json, atomic_write_bytes
-from .coco_results import assign_category_ids, coco_box_map, detector_results, fused_results
+from .coco_results import assign_category_ids, background_ceiling, coco_box_map, detector_results, fused_results
 from .inputs import BadInput, expand_inputs, iter_records
 from .visualize import draw, vis_file_name, vis_names
 from . import resume as resume_mod
@@ -439,10 +439,13 @@ def _crop_top1(records, second: SecondStage, gt_boxes: GroundTruthBoxes) -> Dict
 
 def evaluate(gt, tally: _Tally, ann_path: str) -> Dict[str, Any]:
     img_ids = sorted(set(tally.eval_img_ids))
+    two_stage = [r for r in tally.results if r["image_id"] in set(img_ids)]
     res = {
         "annotations": ann_path,
         "detector_only": coco_box_map(gt, [r for r in tally.det_results if r["image_id"] in set(img_ids)], img_ids),
-        "two_stage": coco_box_map(gt, [r for r in tally.results if r["image_id"] in set(img_ids)], img_ids),
+        "two_stage": coco_box_map(gt, two_stage, img_ids),
+        # The two-stage AP with every box on no object removed: what a perfect background class could add.
+        "background_ceiling": background_ceiling(gt, two_stage, img_ids) if two_stage else None,
         "crop_top1": round(tally.top1_hits / tally.top1_total, 5) if tally.top1_total else None,
         "crop_top1_boxes": tally.top1_total,
     }
@@ -453,9 +456,14 @@ def _match_lines(ev: Dict[str, Any]) -> List[str]:
     det, two = ev["detector_only"].get("matches"), ev["two_stage"].get("matches")
     if not det or not two:
         return []
-    return [f"  at score >= {det['score']:g} (IoU 0.5): detector {det['tp']} true / {det['fp']} false positives, "
-            f"two-stage {two['tp']} / {two['fp']}: {det['fp'] - two['fp']} false positives removed, "
-            f"{det['tp'] - two['tp']} true positives lost (net)"]
+    lines = [f"  at score >= {det['score']:g} (IoU 0.5): detector {det['tp']} true / {det['fp']} false positives, "
+             f"two-stage {two['tp']} / {two['fp']}: {det['fp'] - two['fp']} false positives removed, "
+             f"{det['tp'] - two['tp']} true positives lost (net)"]
+    ceil = ev.get("background_ceiling")
+    if ceil:
+        lines.append(f"  a perfect background class (every box on no object removed: {ceil['removed']}) would reach "
+                     f"AP {ceil['AP']:.4f} ({ceil['AP'] - ev['two_stage']['AP']:+.4f})")
+    return lines
 
 
 def format_summary(s: Dict[str, Any]) -> str:
