@@ -43,7 +43,7 @@ from torchvision.ops import box_convert
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["AnnotationBoxes", "CocoFile", "check_bbox", "check_categories", "clear_cache", "coco_bbox", "coco_id", "load_coco",
-           "need", "read_json", "summarize_errors", "xywh_to_xyxy"]
+           "need", "read_json", "split_held_out", "summarize_errors", "xywh_to_xyxy"]
 
 
 # ----------------------------------------------------------------------------------------- field rules
@@ -319,6 +319,24 @@ def load_coco(path: PathLike) -> CocoFile:
 def clear_cache() -> None:
     with _LOCK:
         _CACHE.clear()
+
+
+def split_held_out(dataset: dict, every: int) -> Tuple[dict, dict]:
+    """(train, test) COCO dicts of whole images: among the images with a non-crowd box of at least 1 x 1 px,
+    sorted by id, every ``every``-th is held out (the resolution trade-off's split); the others, and images
+    without such a box, are training images. Everything but ``images`` and ``annotations`` is copied."""
+    boxed = {int(a["image_id"]) for a in need(dataset, "annotations", "COCO file")
+             if not a.get("iscrowd", 0) and len(a.get("bbox", ())) == 4 and min(a["bbox"][2:]) >= 1}
+    with_box = sorted(int(im["id"]) for im in need(dataset, "images", "COCO file") if int(im["id"]) in boxed)
+    test_ids = {i for k, i in enumerate(with_box) if k % every == every - 1}
+
+    def part(held: bool) -> dict:
+        out = {k: v for k, v in dataset.items() if k not in ("images", "annotations")}
+        out["images"] = [im for im in dataset["images"] if (int(im["id"]) in test_ids) == held]
+        out["annotations"] = [a for a in dataset["annotations"] if (int(a["image_id"]) in test_ids) == held]
+        return out
+
+    return part(False), part(True)
 
 
 def coco_bbox(xyxy: Sequence[float]) -> List[float]:
