@@ -20,15 +20,9 @@ $(STAMP): requirements-lock.txt setup.cfg setup.py
 	PIP_CONSTRAINT= PIP_CONFIG_FILE=/dev/null $(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-# The tests that load ONNX Runtime/OpenVINO run in a process of their own: after them, in one process with the
-# rest of the suite, torch's full-width convolutions (tests/test_models.py) segfaulted (2026-12-04; the suite
-# without them, and each part alone, pass). Until that is understood, they stay apart.
-RUNTIME_TESTS = tests/test_deploy.py tests/test_deploy_benchmark.py tests/test_infer_backends.py tests/test_routed_inference.py
-
 test: setup
 	# In the project's own venv a missing Detectron2 is a failure, not a skip.
-	CROP_CLASSIFIER_REQUIRE_D2=1 $(PY) -m pytest -q $(addprefix --ignore=,$(RUNTIME_TESTS)) $(PYTEST_ARGS)
-	CROP_CLASSIFIER_REQUIRE_D2=1 $(PY) -m pytest -q $(RUNTIME_TESTS) $(PYTEST_ARGS)
+	CROP_CLASSIFIER_REQUIRE_D2=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Core only (no Detectron2) on a current torch/Python, e.g. `make test-core CORE_PYTHON=python3.12`.
 CORE_PYTHON ?= python3.12

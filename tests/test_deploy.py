@@ -324,3 +324,43 @@ def test_cuda_torchscript_and_torch_backends_match_cpu(ckpt, reference, crops, t
         clf = load_classifier(ckpt, "torch", device="cuda", precision=precision)
         tol = 1e-3 if precision == "fp32" else 0.15
         assert (clf.logits(crops).cpu() - reference[1]).abs().max() <= tol, precision
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sigaltstack and /proc/self/maps: Linux")
+def test_openvino_classifiers_leave_a_valid_signal_stack(onnx_file, tmp_path):
+    """OpenVINO's CPU plugin swaps the thread's alternate signal stack per Core and restores the previous one
+    when the Core goes: two Cores released in creation order left it pointing at freed memory, and the next
+    Python signal handler (torch's DataLoader SIGCHLD one, on any child's exit) segfaulted the test suite."""
+    pytest.importorskip("openvino")
+    import ctypes
+    import gc
+    import signal
+    import subprocess
+
+    class StackT(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    def alt_stack_mapped() -> bool:
+        st = StackT()
+        assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(st)) == 0
+        if not st.ss_sp or st.ss_flags & 2:  # SS_DISABLE: no alternate stack, nothing dangling
+            return True
+        for line in open("/proc/self/maps"):
+            lo, hi = (int(v, 16) for v in line.split()[0].split("-"))
+            if lo <= st.ss_sp < hi:
+                return True
+        return False
+
+    first, second = OpenVinoClassifier(onnx_file), OpenVinoClassifier(onnx_file)
+    x = torch.rand(2, 3, first.input_size, first.input_size)
+    first(x), second(x)
+    del first
+    gc.collect()
+    del second
+    gc.collect()
+    assert alt_stack_mapped()
+    previous = signal.signal(signal.SIGCHLD, lambda *_: None)  # a Python handler runs on that stack
+    try:
+        assert subprocess.run([sys.executable, "-c", "pass"]).returncode == 0
+    finally:
+        signal.signal(signal.SIGCHLD, previous)

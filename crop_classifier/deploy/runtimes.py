@@ -9,6 +9,7 @@ small convolutions parallelise poorly inside one op, so parallel streams can win
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +178,24 @@ class OnnxRuntimeClassifier(RuntimeClassifier):
         return self.session.run(["logits"], {INPUT_NAME: x})[0]
 
 
+_OV_CORE: Any = None
+_OV_CORE_LOCK = threading.Lock()
+
+
+def openvino_core(ov) -> Any:
+    """The process's one ``ov.Core``. OpenVINO's CPU plugin installs its own alternate signal stack on the
+    thread that compiles and restores the previous one when its Core goes; two Cores released in creation
+    order (not LIFO) leave the thread's alternate stack pointing at freed memory, and the next signal handled
+    on it (a Python handler, e.g. the SIGCHLD one torch's DataLoader installs, when any child process exits)
+    segfaults the process. One Core for the whole process keeps that stack valid (and is what OpenVINO
+    recommends anyway)."""
+    global _OV_CORE
+    with _OV_CORE_LOCK:
+        if _OV_CORE is None:
+            _OV_CORE = ov.Core()
+        return _OV_CORE
+
+
 class OpenVinoClassifier(RuntimeClassifier):
     """An exported ``.onnx`` on OpenVINO's CPU plugin, fp32 (``INFERENCE_PRECISION_HINT f32``: on CPUs with
     bf16 OpenVINO would otherwise run bf16 silently)."""
@@ -187,7 +206,7 @@ class OpenVinoClassifier(RuntimeClassifier):
         ov = import_runtime("openvino")
         options = (options or RuntimeOptions()).check()
         meta = read_onnx_meta(path)  # OpenVINO drops ONNX metadata_props: read them with onnx
-        core = ov.Core()
+        core = openvino_core(ov)
         try:
             model = core.read_model(str(path))
         except Exception as e:
