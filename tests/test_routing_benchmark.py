@@ -122,3 +122,39 @@ def test_tradeoff_init_must_fit_the_width_and_exist(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--tradeoff-init" in err[0] and "absent.pth" in err[0]
+
+
+def test_tradeoff_with_a_background_class(tmp_path):
+    """The trade-off keeps working with a background class: negatives in training and test, object-only buckets."""
+    from crop_classifier.benchmark.tradeoff import NEGATIVE_MAX_IOU, _dataset, extract_all, run_tradeoff
+    from torchvision.ops import box_iou
+
+    train, _, cats = _dataset("synthetic", tmp_path / "d", synthetic_train=2, synthetic_test=1, image_size=256,
+                              coco_test_fraction=0.25, seed=0)
+    label_of = {c: i for i, c in enumerate(sorted(cats))}
+    crops, y, boxes = extract_all(train, [35], label_of, context=0.1, negatives=0.5, negative_label=99, seed=3)
+    n_obj = sum(len(b) for _, b, _ in train)
+    assert len(y) == len(boxes) == len(crops[35]) and int((y == 99).sum()) == int(0.5 * n_obj)
+    for rec in train:  # one image at a time: its negatives overlap none of its objects
+        _, yy, bb = extract_all([rec], [35], label_of, context=0.1, negatives=1.0, negative_label=99, seed=3)
+        neg = torch.from_numpy(bb[(yy == 99).numpy()]).double()
+        assert len(neg) == len(rec[1])
+        assert box_iou(neg, torch.from_numpy(rec[1]).double()).max() < NEGATIVE_MAX_IOU
+    again = extract_all(train, [35], label_of, context=0.1, negatives=0.5, negative_label=99, seed=3)
+    assert np.array_equal(again[2], boxes)  # seeded
+
+    res = run_tradeoff(work_dir=tmp_path / "w", datasets=("synthetic",), width=0.0625, epochs=1, batch_size=8,
+                       synthetic_train=2, synthetic_test=1, image_size=256, models=("v3_79", "routed (auto)"),
+                       background=0.5, log=lambda _: None)
+    info = res["datasets"]["synthetic"]
+    assert res["background"] == 0.5 and info["background_crops"]["test"] > 0
+    for r in res["rows"]:
+        assert r["background"]["crops"] == info["background_crops"]["test"]
+        assert r["test_crops"] == sum(info["test_buckets"].values()) + r["background"]["crops"]
+        assert r["buckets"]["all"]["n"] == sum(info["test_buckets"].values())  # buckets: objects only
+        for key in ("recall", "objects_called_background"):
+            assert 0.0 <= r["background"][key] <= 1.0
+    assert info["classes"] == len({int(c) for _, _, cs in train for c in cs}) + 1  # the objects' + background
+    from crop_classifier.benchmark.report import _tradeoff_md
+
+    assert "background recall %" in _tradeoff_md(res)

@@ -47,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tradeoff-init", default="", metavar="CKPT",
                    help="start every trade-off row from this checkpoint (one of ours of the trade-off's width, or an "
                         "ImageNet Inception-v3 file at width 1) instead of from scratch")
+    p.add_argument("--tradeoff-background", type=float, default=0.0, metavar="RATIO",
+                   help="give every trade-off row a background class: RATIO random background boxes per object in "
+                        "the training and test crops (default 0: none)")
     p.add_argument("--work-dir", metavar="DIR", help="cache for generated data (default OUTPUT/work)")
     return p.parse_args(argv)
 
@@ -84,6 +87,9 @@ def main(argv=None) -> int:
     if args.tradeoff_batch < 0:
         print(f"error: --tradeoff-batch must be positive, got {args.tradeoff_batch}", file=sys.stderr)
         return 2
+    if args.tradeoff_background < 0:
+        print(f"error: --tradeoff-background must be >= 0, got {args.tradeoff_background}", file=sys.stderr)
+        return 2
     if args.tradeoff_init and args.tradeoff_init != "imagenet" and not os.path.isfile(args.tradeoff_init):
         print(f"error: --tradeoff-init: no such file: {args.tradeoff_init}", file=sys.stderr)
         return 2
@@ -106,7 +112,8 @@ def _run(args, only) -> int:
     tradeoff = (("epochs", args.tradeoff_epochs), ("width", args.tradeoff_width), ("recipe", args.tradeoff_recipe),
                 ("batch_size", args.tradeoff_batch),
                 ("synthetic_train", args.tradeoff_train_scenes), ("synthetic_test", args.tradeoff_test_scenes),
-                ("datasets", args.tradeoff_datasets), ("models", args.tradeoff_models), ("init", args.tradeoff_init))
+                ("datasets", args.tradeoff_datasets), ("models", args.tradeoff_models), ("init", args.tradeoff_init),
+                ("background", args.tradeoff_background))
     if any(v for _, v in tradeoff):
         overrides["tradeoff"] = {k: v for k, v in tradeoff if v}
     preset = "tiny" if args.tiny else "quick" if args.quick else "full"

@@ -255,10 +255,23 @@ def _tradeoff_md(t: Dict) -> str:
     out = (f"{t['recipe']}\n\nMajority-class top-1 (for scale): {maj}.\n\n"
            + _table(["dataset", "model", "arch", "input", "GMACs", "top-1 %", "top-5 %", "train crops",
                      "test crops", "train s"], rows))
+    with_bg = [r for r in t["rows"] if r.get("background")]
+    if with_bg:
+        out += (f"\n\nWith a background class ({t.get('background')} random background boxes per object in training and "
+                "test; top-1 above counts them, the size buckets below do not):\n\n"
+                + _table(["dataset", "model", "top-1 objects %", "background crops", "background recall %",
+                          "objects called background %"],
+                         [[r["dataset"], r["name"], _pct(r["top1_objects"]), r["background"]["crops"],
+                           _pct(r["background"]["recall"]), _pct(r["background"]["objects_called_background"])]
+                          for r in with_bg]))
     bucketed = [r for r in t["rows"] if r.get("buckets")]
     if bucketed:
         out += "\n\n" + tradeoff_buckets_md(t)
     return out
+
+
+def _pct(p) -> str:
+    return "-" if p is None else f"{100 * p:.1f}"
 
 
 def _pm(v: Dict) -> str:

@@ -56,6 +56,7 @@ from crop_classifier.coco_io import load_coco
 from crop_classifier.config import get_cfg
 from crop_classifier.crops import DEFAULT_CONTEXT, extract_crops
 from crop_classifier.data.images import read_rgb
+from crop_classifier.data.negatives import random_negative_boxes
 from crop_classifier.data.synthetic import generate_scenes
 from crop_classifier.engine import Trainer, TrainingParts
 from crop_classifier.engine.data import RoutedTensorCropDataset, TensorCropDataset
@@ -64,6 +65,7 @@ from crop_classifier.models import build_classifier, create_classifier, model_me
 from crop_classifier.models.inference import build_inference_classifier
 from crop_classifier.models.routing import ROUTED_ARCH, Routes, native_sides
 from crop_classifier.models.weights import load_pretrained
+from crop_classifier.structures import BACKGROUND_CLASS
 
 from .models import count_gmacs
 
@@ -78,6 +80,9 @@ SIZE_BUCKETS: Tuple[Tuple[float, float, str], ...] = tuple(
     (float(lo), float(hi), name) for name, lo, hi in EVAL_SIZE_BUCKETS)
 ROUTED_NAME = "routed (auto)"
 ROUTE_JITTER = 0.2
+#: With a background class: a random background box overlaps every object less than this (the training's
+#: INPUT.BACKGROUND_MAX_IOU default).
+NEGATIVE_MAX_IOU = 0.3
 
 # (name, architecture, crop size (None: every route's), size the crop is upsampled to before the network or None)
 MODELS: Tuple[Tuple[str, str, Optional[int], Optional[int]], ...] = (
@@ -123,24 +128,33 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 
 def extract_all(records, sizes: Sequence[int], label_of: Dict[int, int], *, context: float,
-                max_crops: int = 0) -> Tuple[Dict[int, torch.Tensor], torch.Tensor, np.ndarray]:
+                max_crops: int = 0, negatives: float = 0.0, negative_label: int = -1,
+                seed: int = 0) -> Tuple[Dict[int, torch.Tensor], torch.Tensor, np.ndarray]:
     """uint8 crops ``{size: [N, 3, S, S]}`` of every box whose category is in ``label_of``, labels ``[N]`` and
-    the boxes ``[N, 4]`` (XYXY, px of their image)."""
+    the boxes ``[N, 4]`` (XYXY, px of their image). ``negatives``: about that many background boxes per object
+    as well (``data.negatives.random_negative_boxes``: IoU < ``NEGATIVE_MAX_IOU`` with every box of the image,
+    at its objects' scales; seeded per image), labelled ``negative_label``."""
     crops: Dict[int, List[torch.Tensor]] = {s: [] for s in sizes}
     labels: List[int] = []
     kept: List[np.ndarray] = []
-    for path, boxes, cats in records:
+    carry = 0.0
+    for i, (path, boxes, cats) in enumerate(records):
         keep = np.array([c in label_of for c in cats], dtype=bool)
         if max_crops:
             keep &= np.cumsum(keep) <= max_crops - len(labels)
         if not keep.any():
             continue
         image = torch.from_numpy(_read_rgb(path)).permute(2, 0, 1)
-        b = torch.from_numpy(boxes[keep])
+        carry += negatives * int(keep.sum())
+        n_neg = int(carry)
+        carry -= n_neg
+        neg = random_negative_boxes(image.shape[1:], boxes, n_neg, NEGATIVE_MAX_IOU, np.random.default_rng([seed, i]))
+        both = np.concatenate([boxes[keep], neg]).astype(np.float32)
+        b = torch.from_numpy(both)
         for s in sizes:
             crops[s].append(extract_crops(image, b, s, context=context).mul_(255).round_().to(torch.uint8))
-        labels.extend(label_of[c] for c in cats[keep])
-        kept.append(boxes[keep])
+        labels.extend([label_of[c] for c in cats[keep]] + [negative_label] * n_neg)
+        kept.append(both)
         if max_crops and len(labels) >= max_crops:
             break
     boxes_all = np.concatenate(kept).reshape(-1, 4) if kept else np.zeros((0, 4), np.float32)
@@ -290,8 +304,18 @@ def train_and_evaluate(model: nn.Module, meta: Dict[str, object], train, test, s
            "mean_class_accuracy": metrics["mean_class_accuracy"], "train_s": sum(e["time_s"] for e in epochs),
            "steps": settings.epochs * trainer.iters_per_epoch, "final_loss": epochs[-1]["loss"],
            "lr": epochs[-1]["lr"], "batch_size": cfg.SOLVER.IMS_PER_BATCH}
+    pred = probs.argmax(1)
+    objects = np.ones(len(held.y), dtype=bool)
+    if meta.get("background_class"):  # the last class: per-bucket figures are the objects', as without it
+        bg = len(meta["class_names"]) - 1
+        objects = (held.y != bg).numpy()
+        out["top1_objects"] = float((pred == held.y).numpy()[objects].mean()) if objects.any() else None
+        out["background"] = {
+            "crops": int((~objects).sum()),
+            "recall": float((pred[~objects] == bg).float().mean()) if (~objects).any() else None,
+            "objects_called_background": float((pred[objects] == bg).float().mean()) if objects.any() else None}
     if held.object_sides is not None:
-        out["buckets"] = bucket_top1((probs.argmax(1) == held.y).numpy(), held.object_sides)
+        out["buckets"] = bucket_top1((pred == held.y).numpy()[objects], held.object_sides[objects])
     return out
 
 
@@ -332,15 +356,21 @@ def _row_model(arch: str, crop: Optional[int], up: Optional[int], num_classes: i
         net = create_classifier(ROUTED_ARCH, num_classes, width=width, aux_logits=False, routes=routes.archs)
         if init:
             load_pretrained(net, init, arch=arch, any_stem=True)
-        return net, net, model_meta(net, ROUTED_ARCH, class_names, routes=routes, context=DEFAULT_CONTEXT,
-                                    mode="square")
+        meta = model_meta(net, ROUTED_ARCH, class_names, routes=routes, context=DEFAULT_CONTEXT, mode="square")
+        return net, net, _with_background(meta)
     net = build_classifier(arch, num_classes, width=width, aux_logits=False)
     if init:
         load_pretrained(net, init, arch=arch, any_stem=True)
     model = Upsampled(net, up) if up else net
     meta = model_meta(net, arch, class_names, context=DEFAULT_CONTEXT, mode="square")
     meta.update(input_size=crop, **({"upsampled_to": up} if up else {}))
-    return model, net, meta
+    return model, net, _with_background(meta)
+
+
+def _with_background(meta: Dict[str, object]) -> Dict[str, object]:
+    if list(meta["class_names"])[-1:] == [BACKGROUND_CLASS]:  # as the trainer records MODEL.BACKGROUND_CLASS
+        meta["background_class"] = BACKGROUND_CLASS
+    return meta
 
 
 @dataclass
@@ -403,6 +433,7 @@ def run_tradeoff(
     base_lr: Optional[float] = None,
     recipe: str = "cpu",
     init: Optional[str] = None,
+    background: float = 0.0,
     synthetic_train: int = 120,
     synthetic_test: int = 40,
     image_size: int = 512,
@@ -429,18 +460,25 @@ def run_tradeoff(
         # Classes: those with a training box (a test-only class could never be predicted).
         present = sorted({int(c) for _, _, cs in train_rec for c in cs})
         label_of = {c: i for i, c in enumerate(present)}
-        class_names = [cats[c] for c in present]
+        # With a background class (the last class): ``background`` random background boxes per object, in
+        # training and test crops; the per-bucket figures stay the objects'.
+        class_names = [cats[c] for c in present] + ([BACKGROUND_CLASS] if background else [])
+        neg = {"negatives": background, "negative_label": len(present)}
         sizes = sorted({s for _, _, s, _ in specs if s} | (set(Routes().input_sizes) if any(
             m[1] == ROUTED_ARCH for m in specs) else set()))
         t0 = time.perf_counter()
-        train = _Split(*extract_all(train_rec, sizes, label_of, context=DEFAULT_CONTEXT, max_crops=max_train_crops))
-        test = _Split(*extract_all(test_rec, sizes, label_of, context=DEFAULT_CONTEXT))
+        train = _Split(*extract_all(train_rec, sizes, label_of, context=DEFAULT_CONTEXT, max_crops=max_train_crops,
+                                    seed=seed, **neg))
+        test = _Split(*extract_all(test_rec, sizes, label_of, context=DEFAULT_CONTEXT, seed=seed + 1, **neg))
         counts = torch.bincount(train.y, minlength=len(class_names))
         majority[ds] = float((test.y == counts.argmax()).float().mean())
         data_info[ds] = {"classes": len(class_names), "train_images": len(train_rec), "test_images": len(test_rec),
                          "train_crops": len(train.y), "test_crops": len(test.y),
-                         "train_buckets": _bucket_counts(train.object_sides),
-                         "test_buckets": _bucket_counts(test.object_sides), "extract_s": time.perf_counter() - t0}
+                         "train_buckets": _bucket_counts(train.object_sides[(train.y != len(present)).numpy()]),
+                         "test_buckets": _bucket_counts(test.object_sides[(test.y != len(present)).numpy()]),
+                         "background_crops": {"train": int((train.y == len(present)).sum()),
+                                              "test": int((test.y == len(present)).sum())},
+                         "extract_s": time.perf_counter() - t0}
         log(f"  tradeoff {ds}: {len(class_names)} classes, {len(train.y)} train / {len(test.y)} test crops "
             f"(majority class {100 * majority[ds]:.1f} %; test crops per size bucket {data_info[ds]['test_buckets']})")
         ds_rows = []
@@ -456,7 +494,7 @@ def run_tradeoff(
         rows.extend(ds_rows)
         goals[ds] = routing_goal(ds_rows)
     return {"device": device, "width": width, "epochs": epochs, "batch_size": batch_size,
-            "recipe": _recipe_text(settings, width), "recipe_name": recipe, "init": settings.init, "datasets": data_info,
+            "recipe": _recipe_text(settings, width), "recipe_name": recipe, "init": settings.init, "background": background, "datasets": data_info,
             "majority_top1": majority, "size_buckets": [b[2] for b in SIZE_BUCKETS], "routing_goal": goals,
             "rows": rows}
 
