@@ -281,3 +281,24 @@ def test_d2_arch_auto_route_thresholds_and_routed_weights(files):
         build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.WEIGHTS", str(files["stems"][1]),
                              "MODEL.CROP_CLASSIFIER.WIDTH", None,
                              "MODEL.CROP_CLASSIFIER.ROUTE_THRESHOLDS", [100.0, 200.0]))
+
+
+def test_tracking_loop_counts_crops_per_route(files):
+    """Video: a routed second stage in the tracking loop reports the crops each route took (as infer's summary)."""
+    from crop_classifier.video.loop import TrackingLoop, TrackOptions
+    from crop_classifier.video.sources import Frame
+    from crop_classifier.structures import ImageDetections
+
+    class Fixed:  # a first stage returning the three boxes of SIDES, one of each route, every frame
+        def detect(self, records):
+            boxes = np.array([[10.0, 10, 10 + s, 10 + s] for s in SIDES], dtype=np.float32)
+            return [ImageDetections(boxes, np.zeros(3, np.int64), np.full(3, 0.9, np.float32)) for _ in records]
+
+    stage = SecondStage(load_inference_classifier(files["routed"]), CLASSES, class_map="*=*")
+    loop = TrackingLoop(Fixed(), stage, TrackOptions(every_frame=True))
+    image = np.random.default_rng(0).integers(0, 255, (520, 560, 3), dtype=np.uint8)
+    for t in range(3):
+        loop.step(Frame(t, image, t / 25))
+    counters = loop.counters()
+    assert counters["route_crops"] == {"v3_79": 3, "v3_151": 3, "v3_299": 3}
+    assert sum(counters["route_crops"].values()) == counters["classifier_calls"] == 9

@@ -134,6 +134,8 @@ def _run_tracked(opts: InferOptions, args) -> int:
     t = s["totals"]
     print(f"frames: {t['frames']}  boxes: {t['boxes']}  tracks: {t['tracks']}  classifier calls: "
           f"{t['classifier_calls']} ({t['classifier_calls_per_frame']:.2f} per frame)  {t['frames_per_s']:.2f} frames/s")
+    if t.get("route_crops"):
+        print("routed: " + ", ".join(f"{a} {n} crops" for a, n in t["route_crops"].items()))
     print(f"outputs: {args.output}/results.json, tracks.json, summary.json" + (", vis/" if args.vis_limit else ""))
     for f in s["failed"]:
         print(f"warning: {f['input']}: {f['reason']}", file=sys.stderr)

@@ -63,6 +63,8 @@ class TrackingLoop:
         # detail up to its own size, so more native pixels count up to there.
         routes = getattr(second_stage, "routes", None)
         self.input_size = int(max(routes.input_sizes) if routes is not None else second_stage.crop.size)
+        self.routes = routes
+        self.route_crops: Dict[str, int] = {a: 0 for a in routes.archs} if routes is not None else {}
         self.context = float(second_stage.crop.context)
         self.fusion = str(second_stage.fusion)
         self.background_drop = float(getattr(getattr(second_stage, "options", None), "background_drop", 0.5))
@@ -96,6 +98,10 @@ class TrackingLoop:
             frame_probs[due] = probs
             self.classifier_calls += int(due.sum())
             self.classify_batches += 1
+            if self.routes is not None:  # a routed classifier: crops per route, as tools/infer.py's summary has
+                sizes = self.second.crop_sizes(boxes[due]).tolist()
+                for arch, size in zip(self.routes.archs, self.routes.input_sizes):
+                    self.route_crops[arch] += sizes.count(int(size))
         voted = torch.zeros(n, K)
         has_vote = torch.zeros(n, dtype=torch.bool)
         for i in range(n):
@@ -154,7 +160,8 @@ class TrackingLoop:
         return {"frames": self.frames, "boxes": self.boxes_seen, "tracks": len(self.tracks),
                 "classifier_calls": self.classifier_calls, "classify_batches": self.classify_batches,
                 "classifier_calls_per_frame": self.classifier_calls / max(self.frames, 1),
-                "classifier_calls_per_box": self.classifier_calls / max(self.boxes_seen, 1)}
+                "classifier_calls_per_box": self.classifier_calls / max(self.boxes_seen, 1),
+                **({"route_crops": dict(self.route_crops)} if self.routes is not None else {})}
 
 
 def _num(x: float) -> Optional[float]:

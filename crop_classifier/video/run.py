@@ -204,6 +204,9 @@ def _run_source(spec: str, name: str, first_stage, second_stage, o: RunOptions, 
         entry["source"] = source.stats.to_dict()
         for k in ("frames", "boxes", "tracks", "classifier_calls"):
             summary["totals"][k] += entry[k]
+        for arch, n in entry.get("route_crops", {}).items():  # a routed classifier: crops per route
+            routes = summary["totals"].setdefault("route_crops", {})
+            routes[arch] = routes.get(arch, 0) + n
 
 
 def run_tracking(sources: Union[str, Sequence[str]], first_stage: Any, second_stage: Any,
