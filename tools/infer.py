@@ -29,7 +29,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from crop_classifier.errors import CheckpointError, WeightsUnavailableError  # noqa: E402
-from crop_classifier.inference import InferenceRun, InferOptions, UsageError, format_summary, run  # noqa: E402
+from crop_classifier.inference import (InferenceRun, InferOptions, UsageError, format_summary, route_line,  # noqa: E402
+                                       run)
 from crop_classifier.inference.inputs import INPUT_HELP  # noqa: E402
 from crop_classifier.deploy.loader import ALL_PRECISIONS, BACKENDS  # noqa: E402
 from crop_classifier.models.routing import parse_thresholds  # noqa: E402
@@ -135,7 +136,7 @@ def _run_tracked(opts: InferOptions, args) -> int:
     print(f"frames: {t['frames']}  boxes: {t['boxes']}  tracks: {t['tracks']}  classifier calls: "
           f"{t['classifier_calls']} ({t['classifier_calls_per_frame']:.2f} per frame)  {t['frames_per_s']:.2f} frames/s")
     if t.get("route_crops"):
-        print("routed: " + ", ".join(f"{a} {n} crops" for a, n in t["route_crops"].items()))
+        print(route_line(t["route_crops"]))
     print(f"outputs: {args.output}/results.json, tracks.json, summary.json" + (", vis/" if args.vis_limit else ""))
     for f in s["failed"]:
         print(f"warning: {f['input']}: {f['reason']}", file=sys.stderr)

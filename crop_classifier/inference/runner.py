@@ -5,7 +5,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -438,11 +438,12 @@ def _crop_top1(records, second: SecondStage, gt_boxes: GroundTruthBoxes) -> Dict
 
 
 def evaluate(gt, tally: _Tally, ann_path: str) -> Dict[str, Any]:
-    img_ids = sorted(set(tally.eval_img_ids))
-    two_stage = [r for r in tally.results if r["image_id"] in set(img_ids)]
+    ids = set(tally.eval_img_ids)
+    img_ids = sorted(ids)
+    two_stage = [r for r in tally.results if r["image_id"] in ids]
     res = {
         "annotations": ann_path,
-        "detector_only": coco_box_map(gt, [r for r in tally.det_results if r["image_id"] in set(img_ids)], img_ids),
+        "detector_only": coco_box_map(gt, [r for r in tally.det_results if r["image_id"] in ids], img_ids),
         "two_stage": coco_box_map(gt, two_stage, img_ids),
         # The two-stage AP with every box on no object removed: what a perfect background class could add.
         "background_ceiling": background_ceiling(gt, two_stage, img_ids) if two_stage else None,
@@ -466,6 +467,12 @@ def _match_lines(ev: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def route_line(crops: Mapping[str, int], thresholds: Sequence[float] = ()) -> str:
+    """A routed classifier's crops per route, as the image and video summaries print them."""
+    line = "routed: " + ", ".join(f"{a} {n} crops" for a, n in crops.items())
+    return line + (f" (thresholds {', '.join(f'{t:g}' for t in thresholds)} px)" if thresholds else "")
+
+
 def format_summary(s: Dict[str, Any]) -> str:
     lines = [
         f"images: {s['images']}  boxes: {s['boxes']}  crops classified: {s['crops']}  "
@@ -474,9 +481,7 @@ def format_summary(s: Dict[str, Any]) -> str:
         f"classifier {s.get('classifier_runtime')}",
     ]
     if s.get("routes"):
-        r = s["routes"]
-        lines.append("routed: " + ", ".join(f"{a} {n} crops" for a, n in r["crops"].items())
-                     + f" (thresholds {', '.join(f'{t:g}' for t in r['thresholds'])} px)")
+        lines.append(route_line(s["routes"]["crops"], s["routes"]["thresholds"]))
     if s.get("images_resumed"):
         lines.insert(1, f"resumed: {s['images_resumed']} image(s) taken from an earlier run's parts, "
                         f"{s['images_processed']} processed now (the speed counts these only)")
