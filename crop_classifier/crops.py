@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torchvision.ops import roi_align
 
+from .structures import CROP_MODES, DEFAULT_CONTEXT, context_extent
+
 __all__ = [
     "BACKENDS",
     "CROP_MODES",
@@ -53,11 +55,8 @@ __all__ = [
     "valid_boxes_mask",
 ]
 
-#: Context margin (fraction of the box side added on each side) used when a caller does not
-#: choose one. A provisional value: the engine/benchmark measure accuracy against context and
-#: record the chosen value in each checkpoint's ``meta["crop"]``; inference must use that.
-DEFAULT_CONTEXT = 0.1
-CROP_MODES = ("square", "letterbox")
+# The crop defaults live with ``structures.CropSpec`` (one home); a checkpoint's ``meta["crop"]`` records the
+# values it was trained with and inference uses those.
 BACKENDS = ("auto", "cv2", "roi_align")
 #: Boxes per roi_align call / per float conversion; bounds the temporary memory.
 DEFAULT_CHUNK_SIZE = 256
@@ -135,8 +134,8 @@ def crop_boxes(
     b = np.where(valid[:, None], b, np.array([0.0, 0.0, 1.0, 1.0]))
     h, w = float(image_size[0]), float(image_size[1])
     cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
-    bw = np.maximum((b[:, 2] - b[:, 0]) * (1 + 2 * context), 1.0)
-    bh = np.maximum((b[:, 3] - b[:, 1]) * (1 + 2 * context), 1.0)
+    bw = np.maximum(context_extent(b[:, 2] - b[:, 0], context), 1.0)
+    bh = np.maximum(context_extent(b[:, 3] - b[:, 1], context), 1.0)
     content = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
     if mode == "letterbox":
         bw = bh = np.maximum(bw, bh)

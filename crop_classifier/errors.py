@@ -17,6 +17,19 @@ class UsageError(CropClassifierError, ValueError):
     """A command-line or configuration problem the user must fix (tools exit with code 2)."""
 
 
+class ParameterError(UsageError):
+    """A library parameter with a bad value: ``param`` names it (``min_box_size``), ``detail`` says why. Front
+    ends rewrite it in their own words (``--min-box-size``, ``MODEL.CROP_CLASSIFIER.MIN_BOX_SIZE``)."""
+
+    def __init__(self, param: str, detail: str):
+        super().__init__(f"{param}: {detail}")
+        self.param = param
+        self.detail = detail
+
+    def __reduce__(self):
+        return type(self), (self.param, self.detail)
+
+
 class ConfigError(UsageError):
     """A config file or key that cannot be used (unknown key, bad value, ``_BASE_`` cycle, bad YAML)."""
 

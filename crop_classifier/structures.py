@@ -24,8 +24,16 @@ IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 CROP_MODES = ("square", "letterbox")
-DEFAULT_CONTEXT = 0.0
+#: The context margin (fraction of the box side added on each side) of a spec that names none: the training
+#: default (``config.py``'s ``CROP.CONTEXT``), so a checkpoint meta without ``crop`` crops as training did.
+DEFAULT_CONTEXT = 0.1
 DEFAULT_CROP_MODE = "square"
+
+
+def context_extent(length: Any, context: float) -> Any:
+    """The original-image extent a crop covers along one axis: a box side ``length`` (px; float or array)
+    widened by ``context`` of it on both sides (before the 1 px floor ``crops.crop_boxes`` applies)."""
+    return length * (1 + 2 * float(context))
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,15 @@ class ClassifierMeta:
         }
 
 
+def frame_name(source: str, index: int) -> str:
+    """The name of a video's frame: ``"path/clip.mp4#000012"`` (its key, the base name, is ``clip.mp4#000012``).
+
+    The one naming rule, with and without ``--track``: a detections file names a video frame
+    ``clip.mp4#000012`` and an image (a folder sequence's frame too) by its file name ``000012.jpg``; a live
+    source (camera, stream URL) by its name the same way (``camera0#000012``)."""
+    return f"{source}#{int(index):06d}"
+
+
 @dataclass
 class ImageRecord:
     """An input image as the first stages see it: where it came from (file or video frame) and its pixels."""
@@ -182,15 +199,22 @@ class FusedDetections:
     cls_scores: Tensor  # [N] classifier probability behind the decision (NaN where not classified)
     classified: Tensor  # [N] bool: the box went through the classifier
     index: Tensor  # [N] position of each box in the first stage's input (for fields the stage does not know)
+    # The input boxes the second stage removed, by reason (nms, background, filter): counts, not boxes.
+    dropped: Dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
+    def _map(self, fn) -> "FusedDetections":
+        return FusedDetections(**{f.name: fn(getattr(self, f.name)) for f in fields(self) if f.name != "dropped"},
+                               dropped=dict(self.dropped))
+
     def select(self, keep: Tensor) -> "FusedDetections":
-        return FusedDetections(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
+        """The boxes at ``keep`` (a bool mask or positions); ``dropped`` is carried over unchanged."""
+        return self._map(lambda t: t[keep])
 
     def to(self, device: Any) -> "FusedDetections":
-        return FusedDetections(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return self._map(lambda t: t.to(device))
 
     @property
     def num_classified(self) -> int:
@@ -199,5 +223,5 @@ class FusedDetections:
 
 __all__ = [
     "BACKGROUND_CLASS", "object_class_names", "IMAGENET_MEAN", "IMAGENET_STD", "CROP_MODES", "CropSpec", "ClassifierMeta", "ImageRecord", "ImageDetections",
-    "FusedDetections",
+    "FusedDetections", "frame_name", "DEFAULT_CONTEXT", "DEFAULT_CROP_MODE", "context_extent",
 ]

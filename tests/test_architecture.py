@@ -12,14 +12,14 @@ LAYERS = {
     "config": 1, "models": 1, "crops": 1, "coco_io": 1,
     "data": 2,
     "detectors": 3,
-    "second_stage": 4, "pipeline": 4,
+    "second_stage": 4,
     "engine": 5,
     "deploy": 6,
     "video": 7,
     "inference": 8,
     "benchmark": 9,
     "d2": 10,  # the Detectron2 plugin: nothing in the core imports it
-    "__init__": 0,
+    "__init__": 0, "detections": 0,
 }
 
 

@@ -173,7 +173,7 @@ def test_stage_with_a_background_classifier(fusion):
     img, boxes, _ = colour_image()
     stage = _rgb_stage(fusion=fusion)
     assert stage.output_class_names == ["red", "green", "thing", "other"]
-    r = stage([img], [boxes], [torch.zeros(3, dtype=torch.long)], [torch.tensor([0.9, 0.8, 0.7])])[0]
+    r = stage.run([img], [boxes], [torch.zeros(3, dtype=torch.long)], [torch.tensor([0.9, 0.8, 0.7])]).detections[0]
     assert r.cls_probs.shape[1] == 3
     by_src = {int(i): k for k, i in enumerate(r.index)}
     if fusion == "rescore":
@@ -271,17 +271,17 @@ def test_gated_boxes_get_the_calibrated_score_and_no_longer_outrank_classified_o
     big = torch.tensor([[0.0, 0, 100, 100]])  # over the max-size gate: not classified
     all_boxes = torch.cat([boxes, big])
     args = ([img], [all_boxes], [torch.tensor([0, 0, 0, 1])], [torch.tensor([0.6, 0.6, 0.6, 0.9])])
-    r = _calibrated_stage(max_size=60)(*args)[0]
+    r = _calibrated_stage(max_box_size=60).run(*args).detections[0]
     by_src = {int(i): k for k, i in enumerate(r.index)}
     assert not r.classified[by_src[3]]  # the unmapped class: never calibrated
     assert abs(float(r.scores[by_src[3]]) - 0.9) < 1e-6
-    gated = _calibrated_stage(max_size=60)([img], [all_boxes], [torch.zeros(4, dtype=torch.long)],
-                                           [torch.tensor([0.6, 0.6, 0.6, 0.9])])[0]
+    gated = _calibrated_stage(max_box_size=60).run([img], [all_boxes], [torch.zeros(4, dtype=torch.long)],
+                                               [torch.tensor([0.6, 0.6, 0.6, 0.9])]).detections[0]
     g = {int(i): k for k, i in enumerate(gated.index)}
     assert not gated.classified[g[3]] and gated.classified[g[0]]
     # thing -> {red, green, blue}: factor (0.5 + 0.8 + 0.2) / 3 = 0.5; the detector's own score is kept
     assert abs(float(gated.scores[g[3]]) - 0.45) < 1e-6 and abs(float(gated.det_scores[g[3]]) - 0.9) < 1e-6
     assert float(gated.scores[g[0]]) > 0.5 and int(gated.index[0]) != 3  # a classified box now ranks first
-    plain = _calibrated_stage(max_size=60, calibrate_gates=False)([img], [all_boxes], [torch.zeros(4, dtype=torch.long)],
-                                                                  [torch.tensor([0.6, 0.6, 0.6, 0.9])])[0]
+    plain = _calibrated_stage(max_box_size=60, calibrate_gates=False).run(
+        [img], [all_boxes], [torch.zeros(4, dtype=torch.long)], [torch.tensor([0.6, 0.6, 0.6, 0.9])]).detections[0]
     assert int(plain.index[0]) == 3 and abs(float(plain.scores[0]) - 0.9) < 1e-6  # uncalibrated, it outranks all

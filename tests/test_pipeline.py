@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from crop_classifier.models import build_classifier
-from crop_classifier.pipeline import ClassMap, SecondStage, fuse, parse_class_map
+from crop_classifier.second_stage import ClassMap, SecondStage, fuse, parse_class_map
 from classifier_helpers import inference_form
 
 COLOURS = ["red", "green", "blue"]
@@ -122,7 +122,7 @@ def _colour_stage(**kw):
 def test_second_stage_classifies_each_crop_from_its_own_box():
     img, boxes, colour = colour_image()
     stage = _colour_stage()
-    r = stage([img], [boxes], [torch.zeros(3, dtype=torch.long)], [torch.tensor([0.9, 0.8, 0.7])])[0]
+    r = stage.run([img], [boxes], [torch.zeros(3, dtype=torch.long)], [torch.tensor([0.9, 0.8, 0.7])]).detections[0]
     assert len(r) == 3
     order = r.index.tolist()
     assert [stage.output_class_names[c] for c in r.classes] == [COLOURS[colour[i]] for i in order]
@@ -141,8 +141,8 @@ def test_chunking_does_not_change_results():
             [torch.rand(3), torch.rand(2)])
     meta = {"arch": "v3_79", "class_names": COLOURS, "input_size": 79}
     kw = dict(class_map={"thing": ["*"]})
-    one = SecondStage.from_model(clf, meta, ["thing", "other"], max_crops_per_forward=1, **kw)(*args)
-    big = SecondStage.from_model(clf, meta, ["thing", "other"], max_crops_per_forward=64, **kw)(*args)
+    one = SecondStage.from_model(clf, meta, ["thing", "other"], crops_per_forward=1, **kw).run(*args).detections
+    big = SecondStage.from_model(clf, meta, ["thing", "other"], crops_per_forward=64, **kw).run(*args).detections
     for a, b in zip(one, big):
         assert torch.equal(a.index, b.index)
         assert torch.allclose(a.cls_probs, b.cls_probs, atol=1e-5)
@@ -154,8 +154,8 @@ def test_size_gates_and_class_selection_pass_boxes_through_untouched():
     big = torch.tensor([[0.0, 0, 100, 100]])
     all_boxes = torch.cat([boxes, big])
     classes = torch.tensor([0, 0, 1, 0])  # third box is an unmapped detector class
-    stage = _colour_stage(min_size=15, max_size=60)
-    r = stage([img], [all_boxes], [classes], [torch.tensor([0.9, 0.8, 0.7, 0.6])])[0]
+    stage = _colour_stage(min_box_size=15, max_box_size=60)
+    r = stage.run([img], [all_boxes], [classes], [torch.tensor([0.9, 0.8, 0.7, 0.6])]).detections[0]
     by_src = {int(i): k for k, i in enumerate(r.index)}
     assert r.classified[by_src[0]] and r.classified[by_src[1]]
     assert not r.classified[by_src[2]] and not r.classified[by_src[3]]  # unmapped class; box over max_size
@@ -164,7 +164,7 @@ def test_size_gates_and_class_selection_pass_boxes_through_untouched():
     assert abs(float(r.scores[by_src[3]]) - 0.6) < 1e-6 and math.isnan(float(r.cls_scores[by_src[3]]))
     assert float(r.cls_probs[by_src[3]].abs().sum()) == 0
     # every box too small: nothing is classified
-    tiny = _colour_stage(min_size=50)([img], [boxes], [torch.zeros(3, dtype=torch.long)], [torch.ones(3)])[0]
+    tiny = _colour_stage(min_box_size=50).run([img], [boxes], [torch.zeros(3, dtype=torch.long)], [torch.ones(3)]).detections[0]
     assert not tiny.classified.any()
     with pytest.raises(ValueError, match="not detector classes"):
         _colour_stage(reclassify=["nope"])
@@ -175,10 +175,10 @@ def test_size_gates_and_class_selection_pass_boxes_through_untouched():
 def test_zero_detections_and_empty_batches():
     img, _, _ = colour_image()
     stage = _colour_stage()
-    r = stage([img, img], [torch.zeros(0, 4)] * 2, [torch.zeros(0, dtype=torch.long)] * 2, [torch.zeros(0)] * 2)
+    r = stage.run([img, img], [torch.zeros(0, 4)] * 2, [torch.zeros(0, dtype=torch.long)] * 2, [torch.zeros(0)] * 2).detections
     assert [len(x) for x in r] == [0, 0]
     assert r[0].cls_probs.shape == (0, 3)
-    assert stage([], [], [], []) == []
+    assert stage.run([], [], [], []).detections == []
 
 
 def test_replace_merges_duplicate_hypotheses_with_nms():
@@ -187,9 +187,9 @@ def test_replace_merges_duplicate_hypotheses_with_nms():
     # (e.g. two of its fine classes): after replace both are "red", and NMS keeps one.
     b = torch.cat([boxes[:1], boxes[:1] + 1])
     stage = _colour_stage()
-    r = stage([img], [b], [torch.zeros(2, dtype=torch.long)], [torch.tensor([0.9, 0.5])])[0]
+    r = stage.run([img], [b], [torch.zeros(2, dtype=torch.long)], [torch.tensor([0.9, 0.5])]).detections[0]
     assert len(r) == 1 and r.index.tolist() == [0]
-    r = _colour_stage(nms_thresh=0)([img], [b], [torch.zeros(2, dtype=torch.long)], [torch.tensor([0.9, 0.5])])[0]
+    r = _colour_stage(nms_thresh=0).run([img], [b], [torch.zeros(2, dtype=torch.long)], [torch.tensor([0.9, 0.5])]).detections[0]
     assert len(r) == 2
 
 
@@ -197,24 +197,26 @@ def test_bad_input_is_a_clear_error():
     img, boxes, _ = colour_image()
     stage = _colour_stage()
     with pytest.raises(ValueError, match="outside the 2 detector classes"):
-        stage([img], [boxes], [torch.tensor([0, 1, 5])], [torch.ones(3)])
+        stage.run([img], [boxes], [torch.tensor([0, 1, 5])], [torch.ones(3)])
     with pytest.raises(ValueError, match=r"boxes must be \[N, 4\]"):
-        stage([img], [boxes[:, :3]], [torch.zeros(3, dtype=torch.long)], [torch.ones(3)])
+        stage.run([img], [boxes[:, :3]], [torch.zeros(3, dtype=torch.long)], [torch.ones(3)])
     with pytest.raises(ValueError, match="image 0"):
-        stage([img[:1]], [boxes], [torch.zeros(3, dtype=torch.long)], [torch.ones(3)])
+        stage.run([img[:1]], [boxes], [torch.zeros(3, dtype=torch.long)], [torch.ones(3)])
 
 
-def test_from_checkpoint_takes_classes_crop_and_size_from_meta(tmp_path):
+def test_loaded_checkpoint_gives_classes_crop_and_size_from_meta(tmp_path):
+    from crop_classifier import load_classifier
     from crop_classifier.models import model_meta, save_checkpoint
 
     torch.manual_seed(0)
     clf = build_classifier("v3_79", 3, width=0.0625, aux_logits=False)
     path = save_checkpoint(tmp_path / "c.pth", clf, model_meta(clf, "v3_79", COLOURS, context=0.25, mode="letterbox"))
-    stage = SecondStage.from_checkpoint(path, ["thing"], arch="v3_79", class_map={"thing": ["*"]})
+    stage = SecondStage(load_classifier(path, "torch", device="cpu", expected_meta={"arch": "v3_79"}), ["thing"],
+                        class_map={"thing": ["*"]})
     assert stage.classifier_classes == COLOURS and stage.crop.size == 79
     assert stage.crop.context == 0.25 and stage.crop.mode == "letterbox"
     assert not any(p.requires_grad for p in stage.classifier.parameters())
     from crop_classifier.models import CheckpointError
 
     with pytest.raises(CheckpointError, match="v3_151"):
-        SecondStage.from_checkpoint(path, ["thing"], arch="v3_151")
+        load_classifier(path, "torch", device="cpu", expected_meta={"arch": "v3_151"})

@@ -12,7 +12,7 @@ import torch
 
 from crop_classifier.data.synthetic_video import MovingScene, MovingSceneOptions, write_video
 from crop_classifier.errors import UsageError
-from crop_classifier.pipeline import ClassMap
+from crop_classifier.second_stage import ClassMap, FusionRule, fuse_image
 from crop_classifier.crops import valid_boxes_mask
 from crop_classifier.structures import CropSpec, ImageDetections
 from crop_classifier.video import (Frame, FrameSource, ReinferOptions, RunOptions, SourceOptions, TrackingLoop,
@@ -29,9 +29,12 @@ class StubSecondStage:
     """The second stage's shape (class_map, fusion, crop, eligible, classify) with scripted probabilities:
     a box whose short side is under 30 px gets ``small_p``, a larger one ``large_p``."""
 
+    routes = None
+
     def __init__(self, small_p=(0.9, 0.1), large_p=(0.2, 0.8), fusion="replace", input_size=50, context=0.0):
         self.class_map = ClassMap(CLASSES, CLASSES, "*=*")
         self.fusion, self.crop = fusion, CropSpec(input_size, context)
+        self.rule = FusionRule(fusion, nms_thresh=0.0)  # these scripted scenes test voting, not NMS
         self.small_p, self.large_p = torch.tensor(small_p), torch.tensor(large_p)
         self.calls = []
 
@@ -45,6 +48,9 @@ class StubSecondStage:
 
     def eligible(self, boxes, det_classes, image_hw):
         return valid_boxes_mask(boxes, image_hw)
+
+    def fuse(self, boxes, det_classes, det_scores, probs, classified):
+        return fuse_image(boxes, det_classes, det_scores, probs, classified, self.class_map, self.rule)
 
     def classify(self, images, boxes):
         out = []
@@ -348,13 +354,13 @@ def test_moving_scenes_are_deterministic_with_identities_motion_and_occlusion():
 def test_loop_with_the_real_second_stage(scene_video):
     """The pipeline's SecondStage (tiny random classifier) drives the loop: same fusion, calls counted."""
     from crop_classifier.models import build_classifier
-    from crop_classifier.pipeline import SecondStage
+    from crop_classifier.second_stage import SecondStage
 
     scene, _ = scene_video
     torch.manual_seed(0)
     clf = build_classifier("v3_79", 2, width=0.125, aux_logits=False).eval()
     meta = {"arch": "v3_79", "class_names": CLASSES, "input_size": 79}
-    second = SecondStage.from_model(clf, meta, CLASSES, class_map="*=*", fusion="replace", context=0.1, min_size=12)
+    second = SecondStage.from_model(clf, meta, CLASSES, class_map="*=*", fusion="replace", context=0.1, min_box_size=12)
     first = StubFirstStage(lambda t: [[10, 10, 40 + t, 40 + t], [50, 50, 58, 58]])  # the second box is gated
     loop = TrackingLoop(first, second, TrackOptions())
     out = [loop.step(Frame(t, scene.frame(t)[0], t / 25)) for t in range(6)]

@@ -34,12 +34,17 @@ from crop_classifier.inference import (InferenceRun, InferOptions, UsageError, f
 from crop_classifier.inference.inputs import INPUT_HELP  # noqa: E402
 from crop_classifier.deploy.loader import ALL_PRECISIONS, BACKENDS  # noqa: E402
 from crop_classifier.models.routing import parse_thresholds  # noqa: E402
-from crop_classifier.second_stage import FUSION_MODES  # noqa: E402
+from crop_classifier.errors import ParameterError  # noqa: E402
+from crop_classifier.second_stage import add_arguments, flag_error  # noqa: E402
 from crop_classifier.video import VOTE_MODES, ReinferOptions, TrackerOptions, TrackOptions  # noqa: E402
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module doc as written, and every option's default."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--input", nargs="+", required=True, help=INPUT_HELP)
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--detector", default="faster_rcnn",
@@ -58,21 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "comma-separated (a.pth,b.pth,c.pth), run as one routed set")
     p.add_argument("--route-thresholds", metavar="PX,PX", help="--classifier auto: the native box sides (px, "
                    "context margin included) between the routes, e.g. 109,212 (default: the checkpoint's)")
-    p.add_argument("--fusion", default="replace", choices=FUSION_MODES)
-    p.add_argument("--class-map", help='detector class -> classifier classes, e.g. "vehicle=car,bus,truck;animal=*" '
-                   "(default: same names)")
-    p.add_argument("--reclassify", nargs="*", default=[], help="only these detector classes (default: all mapped)")
     p.add_argument("--score-thresh", type=float, help="detector score threshold (Detectron2 / detections file)")
-    p.add_argument("--min-box-size", type=float, default=0.0, help="shorter side under this (px): not re-classified")
-    p.add_argument("--max-box-size", type=float, default=0.0, help="longer side over this (px): not re-classified")
-    p.add_argument("--context", type=float, help="context margin (default: the checkpoint's)")
-    p.add_argument("--crop-mode", choices=("square", "letterbox"), help="default: the checkpoint's")
-    p.add_argument("--nms-thresh", type=float, default=0.5, help="class-wise NMS after replace (0: off)")
-    p.add_argument("--background-drop", type=float, default=0.5,
-                   help="a classifier with a background class: replace drops a box whose best class is the "
-                   "background when its probability is over this (1: never, only down-score)")
     p.add_argument("--batch-size", type=int, default=4, help="images per detector batch")
-    p.add_argument("--crops-per-forward", type=int, default=64, help="crops per classifier forward")
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     p.add_argument("--precision", default="fp32", choices=ALL_PRECISIONS,
                    help="classifier precision: fp32 (default), bf16 (CUDA, or a CPU with AVX-512 BF16/AMX), fp16 "
@@ -94,6 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-shards", type=int, default=0, help="split the inputs into K shards (default: the "
                    "torchrun world size, else 1); the last shard to finish merges the outputs")
     p.add_argument("--shard-id", type=int, default=0, help="this job's shard, 0 .. K-1")
+    add_arguments(p)  # the second stage's knobs: one flag per SecondStageConfig field
     t = p.add_argument_group("video and streams (--track)")
     t.add_argument("--track", action="store_true", help="inputs are videos, image folders in frame order, camera "
                    "indices (0) or stream URLs (rtsp://, http://): track objects and classify each at its best views; "
@@ -170,21 +163,11 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    opts = InferOptions(
-        input=args.input, output=args.output, detector=args.detector, classifier=args.classifier,
-        classifier_weights=args.classifier_weights, detector_config=args.detector_config,
-        detector_weights=args.detector_weights, detector_opts=args.detector_opts, device=args.device,
-        score_thresh=args.score_thresh, fusion=args.fusion, class_map=args.class_map, reclassify=args.reclassify,
-        min_box_size=args.min_box_size, max_box_size=args.max_box_size, context=args.context,
-        crop_mode=args.crop_mode, nms_thresh=args.nms_thresh, background_drop=args.background_drop,
-        batch_size=args.batch_size,
-        crops_per_forward=args.crops_per_forward, categories=args.categories, eval=args.eval,
-        vis_limit=args.vis_limit, vis_score_thresh=args.vis_score_thresh, video_stride=args.video_stride,
-        progress=not args.no_progress, num_shards=args.num_shards, shard_id=args.shard_id,
-        resume=args.resume, precision=args.precision, backend=args.backend, stream_retries=args.stream_retries,
-        cpu_streams=args.cpu_streams, route_thresholds=thresholds,
-        track=None,
-    )
+    try:
+        opts = InferOptions.from_namespace(args, route_thresholds=thresholds, track=None)
+    except ParameterError as e:
+        print(f"error: {flag_error(e)}", file=sys.stderr)
+        return 2
     try:
         opts.track = _track_options(args) if args.track else None
     except UsageError as e:

@@ -1,7 +1,7 @@
 """Does inference leak? Resident memory (psutil RSS) over many images through the second stage.
 
 Each image is a fresh synthetic frame (sizes cycle, so the allocator sees varying shapes) with a varying
-number of boxes, run through ``crop_classifier.pipeline.SecondStage`` (crops from the full image, a small
+number of boxes, run through ``crop_classifier.second_stage.SecondStage`` (crops from the full image, a small
 classifier, fusion). RSS is sampled after a warm-up (allocator pools, oneDNN primitive caches and lazy
 imports fill up first) and the growth from there to the end is the figure; a least-squares slope over all
 samples (MB per 1000 images) separates a steady leak from one-off noise.
@@ -67,7 +67,7 @@ def run_memory(
         classes = torch.from_numpy(rng.integers(0, num_classes, n))
         scores = torch.from_numpy(rng.random(n).astype(np.float32))
         with torch.inference_mode():
-            out = stage([image.to(device)], [boxes.to(device)], [classes.to(device)], [scores.to(device)])
+            out = stage.run([image.to(device)], [boxes.to(device)], [classes.to(device)], [scores.to(device)]).detections
         assert len(out) == 1
         boxes_total += n
         done = i + 1 - warmup

@@ -6,6 +6,8 @@ In YAML, leave such a key out or write ``null``.
 """
 from detectron2.config import CfgNode as CN
 
+from ..second_stage.config import d2_defaults
+
 
 def add_crop_classifier_config(cfg: CN) -> CN:
     """Adds ``MODEL.CROP_CLASSIFIER`` to ``cfg`` (in place; also returned). Safe to call twice."""
@@ -30,31 +32,13 @@ def add_crop_classifier_config(cfg: CN) -> CN:
     # The detector's class names, in its class-id order. Empty: thing_classes of DATASETS.TEST[0]
     # (else DATASETS.TRAIN[0]) from the MetadataCatalog.
     _C.DETECTOR_CLASS_NAMES = []
-    # Detector class -> classifier classes, by name: [["vehicle", "car,bus,truck"], ["person", "*"]].
-    # "*" = every classifier class. Without an entry a detector class maps to the classifier class of the
-    # same name; detector classes with neither pass through untouched.
-    _C.CLASS_MAP = []
-    # Detector classes to re-classify (names); empty = every mapped class.
-    _C.RECLASSIFY = []
-    # Context margin around each box (fraction of its size, >= 0) and crop mode ("square" | "letterbox").
-    # None: what the checkpoint was trained with (meta "crop"), so inference crops like training; without
-    # WEIGHTS, context 0 and "square".
-    _C.CONTEXT = None
-    _C.CROP_MODE = None
-    # Size gates in original-image pixels: boxes whose shorter side is under MIN_BOX_SIZE or whose longer
-    # side is over MAX_BOX_SIZE pass through untouched. 0 = no gate.
-    _C.MIN_BOX_SIZE = 0.0
-    _C.MAX_BOX_SIZE = 0.0
-    # "replace" | "rescore" | "filter" (see crop_classifier.second_stage.fusion).
-    _C.FUSION = "replace"
-    # Crops per classifier forward (bounds memory; all crops of a batch are classified in such chunks).
-    _C.MAX_CROPS_PER_FORWARD = 64
-    # Class-wise NMS after "replace" (two detector hypotheses of one object can become the same class).
-    # 0 disables it.
-    _C.NMS_THRESH = 0.5
-    # A classifier with a background class: "replace" drops a box whose best class is the background when
-    # p_background exceeds this (1: never drop, only down-score).
-    _C.BACKGROUND_DROP = 0.5
+    # The second stage's knobs, one key per crop_classifier.second_stage.KNOBS row (the same table as
+    # tools/infer.py's flags): CLASS_MAP ([["vehicle", "car,bus,truck"], ["*", "*"]]), RECLASSIFY, CONTEXT and
+    # CROP_MODE (None: the checkpoint's), MIN_BOX_SIZE / MAX_BOX_SIZE (px, 0 = no gate), CALIBRATE_GATES,
+    # FUSION (replace | rescore | filter), NMS_THRESH, BACKGROUND_DROP, FUSION_FILE (tools/fit_fusion.py's
+    # output; "" = none) and MAX_CROPS_PER_FORWARD. See crop_classifier/second_stage/config.py for each.
+    for key, default in d2_defaults().items():
+        _C[key] = default
     # The classifier's precision: "fp32"; "bf16" (CUDA, or a CPU with AVX-512 BF16/AMX) and "fp16" (CUDA) by
     # autocast; "int8" needs an int8 checkpoint from tools/quantize.py (CPU), which runs int8 whatever this says.
     _C.PRECISION = "fp32"

@@ -3,7 +3,7 @@
 Training trains the detector exactly as ``GeneralizedRCNN`` does (the classifier is frozen and stays in
 eval mode), so ``DefaultTrainer`` works unchanged. Inference runs the detector, crops every kept box from
 the original-resolution image (input key ``"original_image"``; without it, from ``"image"`` with the boxes
-scaled), classifies all crops of the batch in chunks and fuses (``crop_classifier.pipeline``).
+scaled), classifies all crops of the batch in chunks and fuses (``crop_classifier.second_stage``).
 
 Output ``Instances`` (in the output class space, see ``output_class_names``): ``pred_boxes``,
 ``pred_classes``, ``scores`` (fused) and, per box, ``det_classes`` / ``det_scores`` (the detector's own),
@@ -25,14 +25,14 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Instances
 
 from ..detectors.detectron2_model import detector_class_names
-from ..errors import CheckpointError, ConfigError, UsageError
+from ..errors import CheckpointError, ConfigError, ParameterError, UsageError
 from ..models import ALL_ARCHITECTURES, build_classifier, classifier_from_checkpoint, load_checkpoint
 from ..models.inference import build_inference_classifier
 from ..deploy import is_quantized, load_classifier
 from ..deploy.loader import ALL_PRECISIONS
 from ..deploy.routed import only_routed, weights_paths
-from ..second_stage import FUSION_MODES, SecondStage
-from ..structures import CROP_MODES, FusedDetections
+from ..second_stage import SecondStage, SecondStageConfig, d2_error
+from ..structures import FusedDetections
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +48,10 @@ class CropClassifierSettings:
     width: Optional[float]
     class_names: Tuple[str, ...]
     detector_class_names: Tuple[str, ...]
-    context: Optional[float]
-    crop_mode: Optional[str]
     precision: str
     device: str
     route_thresholds: Optional[Tuple[float, ...]]  # None: the checkpoint's
-    stage_options: Dict[str, Any]  # SecondStage's keyword options (class map, fusion, gates, chunking, NMS)
+    stage: SecondStageConfig  # the second stage's knobs (keys of second_stage.KNOBS)
 
     @classmethod
     def from_cfg(cls, cfg) -> "CropClassifierSettings":
@@ -64,11 +62,6 @@ class CropClassifierSettings:
                 isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
                 for t in c.ROUTE_THRESHOLDS), "a list of sizes in px > 0 (empty: the checkpoint's)"),
             ("WIDTH", c.WIDTH is None or (isinstance(c.WIDTH, (int, float)) and c.WIDTH > 0), "a number > 0"),
-            ("CONTEXT", c.CONTEXT is None or (isinstance(c.CONTEXT, (int, float)) and math.isfinite(c.CONTEXT)
-                                              and c.CONTEXT >= 0), "a number >= 0 (unset: the checkpoint's)"),
-            ("CROP_MODE", c.CROP_MODE is None or c.CROP_MODE in CROP_MODES,
-             "one of " + ", ".join(CROP_MODES) + " (unset: the checkpoint's)"),
-            ("FUSION", c.FUSION in FUSION_MODES, "one of " + ", ".join(FUSION_MODES)),
             ("PRECISION", c.PRECISION in ALL_PRECISIONS, "one of " + ", ".join(ALL_PRECISIONS)),
         ):
             if not ok:
@@ -78,18 +71,15 @@ class CropClassifierSettings:
             if missing:
                 raise ConfigError(f"{KEY}WEIGHTS is empty, so the config describes the classifier: set "
                                   + ", ".join(KEY + k for k in missing) + " (or set WEIGHTS, a classifier checkpoint)")
+        try:
+            stage = SecondStageConfig.from_d2(c)
+        except ParameterError as e:
+            raise ConfigError(d2_error(e, KEY)) from None
         return cls(
             weights=str(c.WEIGHTS), arch=c.ARCH, width=None if c.WIDTH is None else float(c.WIDTH),
             class_names=tuple(c.CLASS_NAMES), detector_class_names=tuple(detector_class_names(cfg)),
-            context=None if c.CONTEXT is None else float(c.CONTEXT), crop_mode=c.CROP_MODE,
             precision=str(c.PRECISION), device=str(cfg.MODEL.DEVICE),
-            route_thresholds=tuple(float(t) for t in c.ROUTE_THRESHOLDS) or None,
-            stage_options=dict(
-                class_map=[list(p) for p in c.CLASS_MAP], fusion=c.FUSION, min_size=c.MIN_BOX_SIZE,
-                max_size=c.MAX_BOX_SIZE, reclassify=list(c.RECLASSIFY),
-                max_crops_per_forward=c.MAX_CROPS_PER_FORWARD, nms_thresh=c.NMS_THRESH,
-                background_drop=c.BACKGROUND_DROP,
-            ),
+            route_thresholds=tuple(float(t) for t in c.ROUTE_THRESHOLDS) or None, stage=stage,
         )
 
 
@@ -110,7 +100,6 @@ def check_against_checkpoint(s: CropClassifierSettings, meta: Dict[str, Any]) ->
 def build_second_stage(cfg) -> SecondStage:
     """The second stage a config describes (classifier weights loaded when MODEL.CROP_CLASSIFIER.WEIGHTS is set)."""
     s = CropClassifierSettings.from_cfg(cfg)
-    crop = dict(context=s.context, crop_mode=s.crop_mode)
     try:
         classifier = _load_classifier(s) if s.weights else _random_classifier(s)
         classifier = only_routed(classifier, s.route_thresholds, s.weights or f"{KEY}ARCH {s.arch}")
@@ -118,7 +107,7 @@ def build_second_stage(cfg) -> SecondStage:
         if "--route-thresholds" not in str(e):
             raise
         raise ConfigError(str(e).replace("--route-thresholds", f"{KEY}ROUTE_THRESHOLDS")) from None
-    return SecondStage(classifier, s.detector_class_names, **crop, **s.stage_options)
+    return SecondStage(classifier, s.detector_class_names, s.stage)
 
 
 def _load_classifier(s: CropClassifierSettings):
@@ -221,9 +210,9 @@ class CropClassifierRCNN(GeneralizedRCNN):
             image, scale = self.crop_source(inp, inst.image_size)
             images.append(image)
             boxes.append(inst.pred_boxes.tensor.detach().float() * scale.to(inst.pred_boxes.tensor.device))
-        fused = self.second_stage(
+        fused = self.second_stage.run(
             images, boxes, [i.pred_classes for i in instances], [i.scores for i in instances]
-        )
+        ).detections
         return [self.to_instances(inst, f) for inst, f in zip(instances, fused)]
 
     @staticmethod

@@ -81,6 +81,8 @@ def split_batch(n: int, parts: int, static_batch: Optional[int]) -> List[slice]:
 class RuntimeClassifier:
     """Shared behaviour; subclasses implement ``_logits(np.ndarray [n, 3, S, S]) -> np.ndarray [n, K]``."""
 
+    routes = None  # a single input size (a routed set wraps these: models.inference.RoutedClassifier)
+
     backend = "?"
 
     def __init__(self, path: PathLike, meta: ClassifierMeta, options: RuntimeOptions, static_batch: Optional[int]):

@@ -24,6 +24,8 @@ _LOCK = threading.Lock()  # one streamed call at a time changes torch's thread c
 class StreamedClassifier:
     """``clf`` run as ``streams`` parallel streams of ``threads_per_stream`` threads each (CPU)."""
 
+    routes = None  # a single input size (a routed set wraps these: models.inference.RoutedClassifier)
+
     def __init__(self, clf: Any, streams: int, threads_per_stream: int = 1):
         if isinstance(streams, bool) or int(streams) < 1:
             raise UsageError(f"--streams {streams!r}: must be a positive integer")

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from ..data.images import IMAGE_EXTS, VIDEO_EXTS, ImageReadError, read_rgb
-from ..structures import ImageRecord
+from ..structures import ImageRecord, frame_name
 
 # Files with these extensions are taken from folders and globs without a look inside; any other file there is
 # taken when Pillow recognises its header as an image, and reported as a bad input otherwise.
@@ -135,7 +135,7 @@ def iter_records(files: Sequence[str], bad: List[BadInput], *, video_stride: int
                         break
                     got_any = True
                     if index % video_stride == 0:
-                        yield ImageRecord(f"{path}#{index:06d}", np.ascontiguousarray(frame[:, :, ::-1]),
+                        yield ImageRecord(frame_name(path, index), np.ascontiguousarray(frame[:, :, ::-1]),
                                           extra={"video": path, "frame": index})
                     index += 1
             finally:

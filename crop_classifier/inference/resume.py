@@ -30,11 +30,11 @@ logger = logging.getLogger(__name__)
 
 PARTS_DIR = "parts"
 OPTIONS_FILE = "options.json"
-# Options that decide what an image's results are (not how fast or how they are shown).
+# Options that decide what an image's results are (not how fast or how they are shown); the second stage's
+# knobs come from its config (``SecondStageConfig.changed_flags``: a knob added later at its default changes
+# no fingerprint).
 _RESULT_OPTIONS = ("detector", "classifier", "classifier_weights", "detector_config", "detector_weights",
-                   "detector_opts", "score_thresh", "fusion", "class_map", "reclassify", "min_box_size",
-                   "max_box_size", "context", "crop_mode", "nms_thresh", "categories", "eval", "video_stride",
-                   "precision", "backend")
+                   "detector_opts", "score_thresh", "categories", "eval", "video_stride", "precision", "backend")
 
 
 def parts_dir(out_dir: Path, shard_index: int = 0, shard_count: int = 1) -> Path:
@@ -45,9 +45,8 @@ def parts_dir(out_dir: Path, shard_index: int = 0, shard_count: int = 1) -> Path
 def fingerprint(o: Any) -> Dict[str, Any]:
     fp = {k: getattr(o, k) for k in _RESULT_OPTIONS}
     fp = {k: list(v) if isinstance(v, tuple) else v for k, v in fp.items()}
-    if getattr(o, "background_drop", 0.5) != 0.5:  # only when set: runs from before the option still resume
-        fp["background_drop"] = o.background_drop
-    if getattr(o, "route_thresholds", None):  # only when set, as background_drop
+    fp["second_stage"] = o.stage.changed_flags()
+    if getattr(o, "route_thresholds", None):  # only when set: runs from before the option still resume
         fp["route_thresholds"] = [float(t) for t in o.route_thresholds]
     files = weights_paths(o.classifier_weights) if o.classifier_weights else []  # several: a routed set
     stats = [os.stat(f) for f in files if os.path.isfile(f)]  # a retrained checkpoint at the same path differs

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -15,7 +15,7 @@ from ..coco_io import load_coco
 from ..deploy import RuntimeOptions, describe, load_classifier
 from ..deploy.routed import weights_paths
 from ..errors import CheckpointError, UsageError
-from ..second_stage import SecondStage
+from ..second_stage import SecondStage, SecondStageConfig
 from ..structures import ImageRecord
 from ..video import RunOptions, SourceOptions, TrackOptions, run_tracking
 from ..utils.io import atomic_save_json, atomic_write_bytes
@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class InferOptions:
+    """What ``tools/infer.py`` runs: inputs and outputs, the first stage, the classifier file and how it runs,
+    and the second stage's knobs (``stage``, a ``SecondStageConfig``). Field names are the flags' dests."""
+
     input: Sequence[str]
     output: str
     detector: str = "faster_rcnn"
@@ -40,17 +43,8 @@ class InferOptions:
     detector_opts: Sequence[str] = ()
     device: Optional[str] = None
     score_thresh: Optional[float] = None
-    fusion: str = "replace"
-    class_map: Optional[str] = None
-    reclassify: Sequence[str] = ()
-    min_box_size: float = 0.0
-    max_box_size: float = 0.0
-    context: Optional[float] = None
-    crop_mode: Optional[str] = None
-    nms_thresh: float = 0.5
-    background_drop: float = 0.5  # a classifier with a background class: see second_stage/fusion.py
+    stage: SecondStageConfig = field(default_factory=SecondStageConfig)
     batch_size: int = 4
-    crops_per_forward: int = 64
     categories: Optional[str] = None
     eval: Optional[str] = None
     vis_limit: int = 50
@@ -60,12 +54,22 @@ class InferOptions:
     num_shards: int = 0  # > 0: run shard ``shard_id`` of that many (schedulers); 0: torchrun's world, or one
     shard_id: int = 0
     resume: bool = False  # reuse OUTPUT/parts of an earlier run with the same options (see resume.py)
-    precision: str = "fp32"  # the classifier's: fp32 | bf16 | fp16 | int8 (deploy.load_classifier)
+    precision: Optional[str] = None  # the classifier's: fp32 | bf16 | fp16 | int8; None: the loader's choice
     backend: Optional[str] = None  # torch | onnxruntime | openvino; None: deploy.load_classifier's default
     cpu_streams: int = 1  # CPU: a batch of crops split over this many parallel single-thread streams
     route_thresholds: Optional[Sequence[float]] = None  # a routed classifier's thresholds (px); None: recorded ones
     track: Optional[TrackOptions] = None  # video/streams: track objects, classify at their best views, vote
     stream_retries: int = 3
+
+    @classmethod
+    def from_namespace(cls, args: Any, **overrides: Any) -> "InferOptions":
+        """From ``tools/infer.py``'s parsed flags (dests named as the fields; the second stage's through
+        ``SecondStageConfig.from_namespace``)."""
+        names = {f.name for f in fields(cls)} - {"stage", "progress", "track"}
+        kwargs = {n: getattr(args, n) for n in names if hasattr(args, n)}
+        kwargs.update(stage=SecondStageConfig.from_namespace(args), progress=not getattr(args, "no_progress", False))
+        kwargs.update(overrides)
+        return cls(**kwargs)
 
 
 @dataclass
@@ -85,6 +89,7 @@ class _Tally:
     entry_errors: List[str] = field(default_factory=list)  # malformed detection entries found per image
     records: List[tuple] = field(default_factory=list)  # (image id, fixed by an annotation file), input order
     route_crops: Dict[str, int] = field(default_factory=dict)  # routed classifier: crops per input size ("79")
+    dropped_by: Dict[str, int] = field(default_factory=dict)  # boxes the second stage removed, by reason
 
 
 def _device(name: Optional[str]) -> str:
@@ -130,14 +135,10 @@ def build_stages(o: InferOptions, device: str):
     try:
         # Any file tools/train.py, tools/export.py or tools/quantize.py writes, on the chosen runtime; several
         # files (a comma list) make a routed set (--classifier auto).
-        classifier = load_classifier(o.classifier_weights, o.backend, device=device, precision=o.precision,
+        classifier = load_classifier(o.classifier_weights, o.backend, device=device, precision=o.precision or "fp32",
                                      expected_meta={"arch": o.classifier} if o.classifier else None,
                                      options=_runtime_options(o.cpu_streams), route_thresholds=o.route_thresholds)
-        second = SecondStage(
-            classifier, first.class_names, context=o.context, crop_mode=o.crop_mode, class_map=o.class_map,
-            fusion=o.fusion, min_size=o.min_box_size, max_size=o.max_box_size,
-            reclassify=list(o.reclassify) or None, max_crops_per_forward=o.crops_per_forward, nms_thresh=o.nms_thresh,
-            background_drop=o.background_drop)
+        second = SecondStage(classifier, first.class_names, o.stage)
     except CheckpointError as e:
         raise UsageError(f"--classifier-weights: {e}" + (" (use --classifier to name the checkpoint's architecture)"
                                                         if "arch" in str(e) else "")) from e
@@ -155,8 +156,6 @@ class InferenceRun:
     def __init__(self, o: InferOptions):
         if o.batch_size < 1 or o.video_stride < 1:
             raise UsageError("--batch-size and --video-stride must be >= 1")
-        if not 0 <= o.background_drop <= 1:
-            raise UsageError(f"--background-drop {o.background_drop}: must be in [0, 1] (1: never drop)")
         try:
             self.shard = resolve_shard(o.num_shards, o.shard_id)
         except ValueError as e:
@@ -341,9 +340,10 @@ def write_outputs(run_: InferenceRun, tally: _Tally, bad: List[BadInput], wall: 
     summary: Dict[str, Any] = {
         "detector": o.detector, "classifier": o.classifier, "classifier_weights": str(o.classifier_weights),
         "classifier_runtime": describe(second.classifier),
-        "fusion": second.fusion, "class_map": second.class_map.describe(), "device": run_.device,
+        "fusion": second.fusion, "class_map": second.class_map.describe(), "second_stage": o.stage.flags(),
+        "device": run_.device,
         "images": tally.images, "boxes": tally.boxes, "crops": tally.crops, "boxes_changed": tally.changed,
-        "boxes_dropped": tally.dropped, "seconds": round(wall, 3),
+        "boxes_dropped": tally.dropped, "boxes_dropped_by": dict(tally.dropped_by), "seconds": round(wall, 3),
         "images_per_s": round(tally.images / wall, 3) if wall > 0 else None,
         "crops_per_s": round(tally.crops / tally.t_second, 2) if tally.t_second > 0 else None,
         "detector_seconds": round(tally.t_detect, 3), "second_stage_seconds": round(tally.t_second, 3),
@@ -383,7 +383,7 @@ def _image_part(r: ImageRecord, d, f, n_crops: int, changed: np.ndarray, run_: I
     return {
         "file_name": r.file_name, "records": [[r.image_id, bool(r.extra.get("known_id", False))]],
         "images": 1, "boxes": len(d), "crops": int(n_crops), "changed": int(changed.sum()),
-        "dropped": len(d) - len(f), "t_detect": times["detect"], "t_second": times["second"],
+        "dropped": len(d) - len(f), "dropped_by": dict(f.dropped), "t_detect": times["detect"], "t_second": times["second"],
         "top1_hits": hits, "top1_total": total,
         "det_results": detector_results(r.image_id, r.file_name, d, det_names, run_.det_ids),
         "results": fused_results(r.image_id, r.file_name, f, out_names, run_.out_ids, det_names, run_.det_ids, changed),
@@ -473,10 +473,14 @@ def route_line(crops: Mapping[str, int], thresholds: Sequence[float] = ()) -> st
     return line + (f" (thresholds {', '.join(f'{t:g}' for t in thresholds)} px)" if thresholds else "")
 
 
+def _reasons(by: Optional[Mapping[str, int]]) -> str:
+    return f" ({', '.join(f'{k} {n}' for k, n in sorted(by.items()))})" if by else ""
+
+
 def format_summary(s: Dict[str, Any]) -> str:
     lines = [
         f"images: {s['images']}  boxes: {s['boxes']}  crops classified: {s['crops']}  "
-        f"boxes changed: {s['boxes_changed']}  dropped: {s['boxes_dropped']}",
+        f"boxes changed: {s['boxes_changed']}  dropped: {s['boxes_dropped']}{_reasons(s.get('boxes_dropped_by'))}",
         f"speed: {s['images_per_s']} images/s, {s['crops_per_s']} crops/s (second stage) on {s['device']}; "
         f"classifier {s.get('classifier_runtime')}",
     ]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -65,9 +65,31 @@ def check_precision(precision: str, device: Any) -> str:
     return precision
 
 
+@runtime_checkable
+class Classifier(Protocol):
+    """What every loaded classifier is, whatever runs it (torch, ONNX Runtime, OpenVINO, int8, a routed set):
+    ``meta`` (classes, crop spec, normalisation), ``routes`` (``None``, or a routed classifier's ``Routes``),
+    ``device``, ``__call__(crops) -> probabilities`` and ``logits(crops)``.
+
+    Args (of both calls): crops ``[N, 3, S, S]`` float RGB in [0, 1]. Returns: ``[N, K]`` float32.
+    """
+
+    meta: ClassifierMeta
+    routes: Optional[Routes]
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def __call__(self, crops: Tensor) -> Tensor: ...
+
+    def logits(self, crops: Tensor) -> Tensor: ...
+
+
 class InferenceClassifier(nn.Module):
     """Crops in [0, 1] -> probabilities, in the inference form (see module doc). Build it with
     ``build_inference_classifier``; ``logits(x)`` gives the pre-softmax output (parity tests, export)."""
+
+    routes: Optional[Routes] = None  # a single input size (RoutedClassifier has routes)
 
     def __init__(self, net: nn.Module, meta: ClassifierMeta, *, precision: str = "fp32", channels_last: bool = True):
         super().__init__()

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..structures import context_extent
 from .inception_v3 import STEMS
 
 #: The architecture name of the routed, shared-weight classifier (``--classifier auto``, ``MODEL.ARCH auto``).
@@ -41,7 +42,7 @@ def native_sides(boxes: Any, context: float) -> np.ndarray:
     original-image extent a crop of that box covers (``crops.crop_boxes``'s geometry, before clamping)."""
     b = boxes.detach().cpu().double().numpy() if isinstance(boxes, Tensor) else np.asarray(boxes, np.float64)
     b = b.reshape(-1, 4)
-    wh = np.clip(b[:, 2:] - b[:, :2], 0, None) * (1 + 2 * float(context))
+    wh = context_extent(np.clip(b[:, 2:] - b[:, :2], 0, None), context)
     return np.maximum(wh.max(axis=1), 1.0) if len(b) else np.zeros(0)
 
 

@@ -232,6 +232,13 @@ def load_imagenet_weights(model: nn.Module, source: Union[PathLike, Mapping[str,
     model.transform_input = transform_input
 
 
+def own_checkpoint_meta(weights: PathLike) -> Optional[Dict[str, Any]]:
+    """The ``meta`` of one of our checkpoints, or ``None`` for another weights file (ImageNet state dicts)."""
+    obj, st_meta = _read_file(weights)
+    meta = st_meta or (obj.get("meta") if isinstance(obj.get("meta"), Mapping) else None)
+    return dict(meta) if meta is not None else None
+
+
 def load_pretrained(model: nn.Module, weights: PathLike, *, arch: str, any_stem: bool = False) -> None:
     """``build_classifier(weights=...)``: "imagenet", an ImageNet file, or one of our checkpoints.
 

@@ -18,7 +18,9 @@ included, so ``sum_{k in S} p_k = 1 - p_bg`` when S holds every object class):
 - ``filter``: the background is never in S, so a box whose overall argmax is the background is dropped.
 
 ``replace`` can merge two detector hypotheses of one object into the same class, so it ends with a
-class-wise NMS (``nms_thresh``; Detectron2's test-time default 0.5, ``0`` turns it off). Boxes that were not
+class-wise NMS (``nms_thresh``; Detectron2's test-time default 0.5, ``0`` turns it off) that removes a box only
+where the second stage created the overlap: one of the two boxes changed class. Two boxes the first stage kept
+with their own classes never suppress each other (two zebras side by side stay two). Boxes that were not
 classified (unmapped class, class not selected, size gate, a box that cannot be cropped) keep their
 detector class and score, translated to the output id of the same name; they are never dropped (a box a
 size gate kept from the classifier comes in with its score already calibrated: ``stage.SecondStage.gated_scores``).
@@ -27,11 +29,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, box_iou
 
 from ..structures import FusedDetections
 from .class_map import ClassMap
@@ -111,16 +113,29 @@ def fuse(
     return classes, scores, keep, cls_scores
 
 
-def class_nms(r: FusedDetections, thresh: float) -> FusedDetections:
-    """Class-wise NMS (``0 < thresh < 1``), then sorted by score. ``batched_nms`` offsets boxes by the largest
-    coordinate, so one NaN/inf box would poison every IoU: only finite boxes take part; the others pass."""
+def class_nms(r: FusedDetections, thresh: float, changed: Optional[Tensor] = None) -> FusedDetections:
+    """Class-wise greedy NMS (``0 < thresh < 1``) where a pair may suppress only if one of the two boxes is
+    ``changed`` (``[N]`` bool: its class is not the detector's; ``None``: every box, plain class-wise NMS),
+    then sorted by score. Non-finite boxes take no part (one NaN would poison every IoU); they pass."""
+    order = torch.argsort(r.scores, descending=True, stable=True)
     if not 0 < thresh < 1 or not len(r):
-        return r.select(torch.argsort(r.scores, descending=True))
+        return r.select(order)
+    changed = torch.ones(len(r), dtype=torch.bool, device=r.boxes.device) if changed is None else changed.bool()
     finite = torch.isfinite(r.boxes).all(dim=1)
-    fi = torch.nonzero(finite).flatten()
-    kept = fi[batched_nms(r.boxes[fi], r.scores[fi], r.classes[fi], thresh)]
-    kept = torch.cat([kept, torch.nonzero(~finite).flatten()])
-    return r.select(kept[torch.argsort(r.scores[kept], descending=True, stable=True)])
+    if changed.all():  # plain class-wise NMS: torchvision's kernel
+        fi = torch.nonzero(finite).flatten()
+        kept = torch.cat([fi[batched_nms(r.boxes[fi], r.scores[fi], r.classes[fi], thresh)],
+                          torch.nonzero(~finite).flatten()])
+        return r.select(kept[torch.argsort(r.scores[kept], descending=True, stable=True)])
+    b, cl, ch, fin = r.boxes[order], r.classes[order], changed[order], finite[order]
+    iou = box_iou(torch.nan_to_num(b), torch.nan_to_num(b))
+    # conflict[i, j]: box j (ranked above i) may suppress i
+    conflict = (iou > thresh) & (cl[:, None] == cl[None, :]) & (ch[:, None] | ch[None, :]) \
+        & fin[:, None] & fin[None, :] & torch.ones_like(iou, dtype=torch.bool).tril(-1)
+    keep = torch.ones(len(r), dtype=torch.bool, device=b.device)
+    for i in torch.nonzero(conflict.any(dim=1)).flatten().tolist():
+        keep[i] = not bool((conflict[i] & keep).any())
+    return r.select(order[keep])
 
 
 def fuse_image(
@@ -132,8 +147,8 @@ def fuse_image(
     class_map: ClassMap,
     rule: FusionRule,
 ) -> FusedDetections:
-    """One image's boxes -> its output (fused, ``filter``/background-dropped, NMS after ``replace``, sorted
-    by score)."""
+    """One image's boxes -> its output: fused, ``filter``/background drops, NMS after ``replace`` among boxes
+    whose class changed (see ``class_nms``), sorted by score; ``dropped`` counts the removed boxes by reason."""
     classes, scores, keep, cls_scores = fuse(det_classes, det_scores, probs, classified, class_map, rule.mode,
                                              rule.background_drop)
     r = FusedDetections(
@@ -141,4 +156,13 @@ def fuse_image(
         cls_probs=probs, cls_scores=cls_scores, classified=classified,
         index=torch.arange(boxes.shape[0], device=boxes.device),
     ).select(keep)
-    return class_nms(r, rule.nms_thresh if rule.mode == "replace" else 0.0)
+    n_fused = len(r)
+    if rule.mode == "replace" and rule.nms_thresh > 0:
+        changed = r.classes != class_map.det_to_out.to(r.classes.device)[r.det_classes]
+        r = class_nms(r, rule.nms_thresh, changed)
+    else:
+        r = class_nms(r, 0.0)
+    r.dropped = {"filter" if rule.mode == "filter" else "background": int(boxes.shape[0] - n_fused),
+                 "nms": n_fused - len(r)}
+    r.dropped = {k: v for k, v in r.dropped.items() if v}
+    return r

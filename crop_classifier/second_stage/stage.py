@@ -1,13 +1,18 @@
 """The second stage: crop every selected box from the full-resolution image, classify, fuse.
 
-``SecondStage`` only wires the parts: which boxes go to the classifier (class selection, size gates, boxes
-that can be cropped), crops (``crops.extract_crops`` with the classifier's ``CropSpec``; a routed classifier's
-boxes at their route's size, ``models.routing``), the classifier in
-its inference form (``models.inference.InferenceClassifier`` or any runtime with the same call: crops in
-[0, 1] -> probabilities), and ``fusion.fuse_image`` per image.
+    stage = SecondStage(classifier, detector_classes=names, config=SecondStageConfig(fusion="rescore"))
+    out = stage(image, detections)           # HxWx3 uint8 RGB (or CHW tensor); Detections or sv.Detections
 
-``images``: list of ``[3, H, W]`` RGB tensors (uint8, or float in [0, 1]) at original resolution; per image
-``boxes`` ``[N, 4]`` XYXY pixels of that image, detector ``classes`` ``[N]`` and ``scores`` ``[N]``.
+``SecondStage`` only wires the parts: which boxes go to the classifier (``eligible``: class selection, size
+gates, boxes that can be cropped), crops (``crops.extract_crops`` with the classifier's ``CropSpec``; a routed
+classifier's boxes at their route's size, ``models.routing``), the classifier (anything with the
+``Classifier`` call: crops in [0, 1] -> probabilities; ``crop_classifier.load_classifier`` gives one), and the
+fusion half (``fuse``: gate calibration, the fusion rule, NMS), which still images and the tracking loop both
+call. Its knobs are one ``SecondStageConfig``.
+
+Tensor level (``run``): ``images`` a list of ``[3, H, W]`` RGB tensors (uint8, or float in [0, 1]) at original
+resolution; per image ``boxes`` ``[N, 4]`` XYXY pixels of that image, detector ``classes`` ``[N]`` and
+``scores`` ``[N]``.
 """
 from __future__ import annotations
 
@@ -15,59 +20,25 @@ import logging
 from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..crops import extract_crops, valid_boxes_mask
-from ..models.inference import build_inference_classifier, load_inference_classifier
+from ..detections import Detections, is_supervision
+from ..models.inference import Classifier, build_inference_classifier
 from ..models.routing import Routes, native_sides
 from ..structures import CropSpec, FusedDetections
-from .class_map import ClassMap, MapValue
+from .class_map import ClassMap
+from .config import SecondStageConfig
 from .fusion import FusionRule, fuse_image
 
 logger = logging.getLogger(__name__)
 
-ClassMapSpec = Union[None, str, Mapping[str, MapValue], Sequence[Sequence[str]]]
-
-
-@dataclass
-class SecondStageOptions:
-    """How boxes are selected and fused. ``context``/``crop_mode`` ``None``: the classifier's own (checkpoint)."""
-
-    class_map: ClassMapSpec = None
-    fusion: str = "replace"
-    reclassify: Optional[Sequence[str]] = None  # detector classes to re-classify; None/empty: every mapped one
-    min_size: float = 0.0  # shorter box side under this (px): not classified; 0 = no gate
-    max_size: float = 0.0  # longer box side over this (px): not classified; 0 = no gate
-    max_crops_per_forward: int = 64
-    nms_thresh: float = 0.5  # class-wise NMS after replace; 0 = off
-    # A classifier with a background class: replace drops a box whose best class is the background when
-    # p_background is above this (1 = never drop, only down-score); see fusion.py.
-    background_drop: float = 0.5
-    # Boxes the size gates keep from the classifier get score x the checkpoint's per-class calibration
-    # (meta["score_calibration"]: the mean fused/detector ratio of classified boxes of the class), so a gated box
-    # does not outrank classified ones only because it was not classified. No calibration in the meta: unchanged.
-    calibrate_gates: bool = True
-    context: Optional[float] = None
-    crop_mode: Optional[str] = None
-
-    @property
-    def rule(self) -> FusionRule:
-        return FusionRule(self.fusion, self.nms_thresh, self.background_drop)
-
-    def validate(self) -> "SecondStageOptions":
-        self.rule.validate()
-        if self.max_crops_per_forward < 1:
-            raise ValueError(f"max_crops_per_forward must be >= 1, got {self.max_crops_per_forward}")
-        if self.min_size < 0 or self.max_size < 0 or (self.max_size and self.max_size < self.min_size):
-            raise ValueError(f"box size gates: need 0 <= min_size <= max_size (0 = no limit); got {self.min_size}, "
-                             f"{self.max_size}")
-        return self
-
 
 @dataclass
 class StageOutput:
-    """What one call gives the caller: the fused detections and how many crops each image sent."""
+    """What one ``run`` gives the caller: the fused detections and how many crops each image sent."""
 
     detections: List[FusedDetections]
     num_crops: List[int]
@@ -93,28 +64,49 @@ def _check_inputs(images, boxes, det_classes, det_scores, num_detector_classes: 
                              f"is outside the {D} detector classes")
 
 
+def as_chw(image: Any) -> Tensor:
+    """An HxWx3 uint8 RGB numpy array (or PIL image) or a ``[3, H, W]`` tensor -> ``[3, H, W]`` tensor.
+
+    Raises:
+        ValueError: any other shape, naming the one given.
+    """
+    if isinstance(image, Tensor):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"image: expected a [3, H, W] RGB tensor, got shape {tuple(image.shape)}")
+        return image
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"image: expected an HxWx3 RGB array, got shape {array.shape}")
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+
+
 class SecondStage(nn.Module):
     """Crops -> classifier -> fusion, for any first stage (see module doc).
 
-    ``classifier``: an ``InferenceClassifier`` (``from_model``/``from_checkpoint`` build one) or another runtime
-    with its call and ``meta``; ``detector_classes``: the first stage's class names, in id order.
+    Args:
+        classifier: a ``Classifier`` (``crop_classifier.load_classifier(path)``, or ``from_model``).
+        detector_classes: the first stage's class names, in id order (default: the classifier's own classes,
+            for a detector that shares its class space).
+        config: the knobs (``SecondStageConfig``); ``**flags`` are its keywords, applied over it.
     """
 
-    def __init__(self, classifier: nn.Module, detector_classes: Sequence[str],
-                 options: Optional[SecondStageOptions] = None, **option_kwargs: Any):
+    def __init__(self, classifier: Classifier, detector_classes: Optional[Sequence[str]] = None,
+                 config: Optional[SecondStageConfig] = None, **flags: Any):
         super().__init__()
-        if options is not None and option_kwargs:
-            raise TypeError("pass options or keyword options, not both")
-        self.options = (options or SecondStageOptions(**option_kwargs)).validate()
+        config = config or SecondStageConfig()
+        self.config: SecondStageConfig = config.replace(**flags) if flags else config
+        sel, fus = self.config.selection, self.config.fusion
         self.classifier = classifier
-        self.class_map = ClassMap(detector_classes, classifier.meta.class_names, self.options.class_map,
-                                  background=getattr(classifier.meta, "background_class", None))
-        self.crop: CropSpec = classifier.meta.crop.with_overrides(self.options.context, self.options.crop_mode)
-        self.routes: Optional[Routes] = getattr(classifier, "routes", None)  # a RoutedClassifier's
-        self.register_buffer("reclassify_mask", self.class_map.selection(self.options.reclassify), persistent=False)
-        calibration = dict(getattr(classifier.meta, "extra", {}).get("score_calibration") or {})
-        if not self.options.calibrate_gates:
-            calibration = {}
+        meta = classifier.meta
+        if detector_classes is None:
+            detector_classes = [c for c in meta.class_names if c != meta.background_class]
+        self.class_map = ClassMap(detector_classes, meta.class_names, [list(p) for p in sel.class_map] or None,
+                                  background=meta.background_class)
+        self.crop: CropSpec = meta.crop.with_overrides(self.config.crop.context, self.config.crop.mode)
+        self.routes: Optional[Routes] = classifier.routes
+        self.rule = FusionRule(fus.mode, fus.nms_thresh, fus.background_drop)
+        self.register_buffer("reclassify_mask", self.class_map.selection(sel.reclassify), persistent=False)
+        calibration = dict(meta.extra.get("score_calibration") or {}) if sel.calibrate_gates else {}
         self.register_buffer("gate_factor", self.class_map.set_means(calibration), persistent=False)
         if not bool(self.reclassify_mask.any()):
             logger.warning("no detector class maps to a classifier class: every box passes through untouched "
@@ -123,19 +115,13 @@ class SecondStage(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_model(cls, model: nn.Module, meta: Mapping[str, Any], detector_classes: Sequence[str], *,
-                   device: Any = None, precision: str = "fp32", **options: Any) -> "SecondStage":
-        """A trained ``model`` and its checkpoint meta (classes, input size, normalisation, crop spec)."""
+    def from_model(cls, model: nn.Module, meta: Mapping[str, Any], detector_classes: Optional[Sequence[str]] = None,
+                   *, device: Any = None, precision: str = "fp32", config: Optional[SecondStageConfig] = None,
+                   **flags: Any) -> "SecondStage":
+        """A trained ``model`` (``nn.Module``) and its checkpoint meta (classes, input size, normalisation, crop
+        spec). A file of any kind: ``SecondStage(crop_classifier.load_classifier(path), ...)``."""
         return cls(build_inference_classifier(model, meta, device=device, precision=precision), detector_classes,
-                   **options)
-
-    @classmethod
-    def from_checkpoint(cls, path: Any, detector_classes: Sequence[str], *, arch: Optional[str] = None,
-                        device: Any = "cpu", precision: str = "fp32", **options: Any) -> "SecondStage":
-        """Classes, input size, normalisation and crop spec come from the checkpoint's metadata."""
-        expected = {"arch": arch} if arch else None
-        classifier = load_inference_classifier(path, device=device, expected_meta=expected, precision=precision)
-        return cls(classifier, detector_classes, **options)
+                   config, **flags)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -148,7 +134,8 @@ class SecondStage(nn.Module):
 
     @property
     def fusion(self) -> str:
-        return self.options.fusion
+        """The fusion rule's name (``replace`` | ``rescore`` | ``filter``)."""
+        return self.config.fusion.mode
 
     @property
     def device(self) -> torch.device:
@@ -166,13 +153,13 @@ class SecondStage(nn.Module):
     def size_ok(self, boxes: Tensor) -> Tensor:
         """``[N]`` bool: boxes the size gates let through."""
         ok = torch.ones(boxes.shape[0], dtype=torch.bool, device=boxes.device)
-        o = self.options
-        if o.min_size > 0 or o.max_size > 0:
+        lo, hi = self.config.selection.min_box_size, self.config.selection.max_box_size
+        if lo > 0 or hi > 0:
             short, long = _box_sides(boxes)
-            if o.min_size > 0:
-                ok &= short >= o.min_size
-            if o.max_size > 0:
-                ok &= long <= o.max_size
+            if lo > 0:
+                ok &= short >= lo
+            if hi > 0:
+                ok &= long <= hi
         return ok
 
     def gated_scores(self, boxes: Tensor, det_classes: Tensor, det_scores: Tensor) -> Tensor:
@@ -206,7 +193,7 @@ class SecondStage(nn.Module):
         return out
 
     def _classify_at(self, images: Sequence[Tensor], boxes: Sequence[Tensor], size: int) -> List[Tensor]:
-        chunk, pending, n_pending, probs = self.options.max_crops_per_forward, [], 0, []
+        chunk, pending, n_pending, probs = self.config.batching.crops_per_forward, [], 0, []
 
         def flush() -> None:
             nonlocal pending, n_pending
@@ -227,6 +214,25 @@ class SecondStage(nn.Module):
         flat = torch.cat(probs) if probs else torch.zeros(0, self.class_map.num_probs, device=self.device)
         return list(torch.split(flat, [int(b.shape[0]) for b in boxes]))
 
+    def fuse(self, boxes: Tensor, det_classes: Tensor, det_scores: Tensor, probs: Tensor,
+             classified: Tensor) -> FusedDetections:
+        """The fusion half, for still images and tracks alike: gate calibration, the fusion rule, NMS.
+
+        Args:
+            boxes: ``[N, 4]`` XYXY pixels; det_classes: ``[N]`` detector class ids; det_scores: ``[N]``.
+            probs: ``[N, K]`` classifier probabilities (a track's voted ones; rows where not classified ignored).
+            classified: ``[N]`` bool: the box has probabilities.
+        Returns:
+            The kept boxes sorted by fused score; ``index`` maps each to its row here, ``dropped`` counts the
+            others by reason; ``det_scores`` are the detector's own (whatever the gate calibration gave).
+        """
+        dev = boxes.device
+        c, s = det_classes.long().to(dev), det_scores.to(dev).float()
+        r = fuse_image(boxes.float(), c, self.gated_scores(boxes.float(), c, s), probs.to(dev).float(),
+                       classified.to(dev), self.class_map, self.rule)
+        r.det_scores = s[r.index]
+        return r
+
     def run(self, images: Sequence[Tensor], boxes: Sequence[Tensor], det_classes: Sequence[Tensor],
             det_scores: Sequence[Tensor]) -> StageOutput:
         """Both steps for a batch of images: the fused detections and the crops each image sent."""
@@ -235,23 +241,58 @@ class SecondStage(nn.Module):
         probs_e = self.classify(images, [b[e] for b, e in zip(boxes, eligible)])
         K, out = self.class_map.num_probs, []
         for b, c, s, e, pe in zip(boxes, det_classes, det_scores, eligible, probs_e):
-            dev = b.device
-            probs = torch.zeros(b.shape[0], K, device=dev)
-            probs[e] = pe.to(dev)
-            c, s = c.long().to(dev), s.to(dev).float()
-            r = fuse_image(b, c, self.gated_scores(b.float(), c, s), probs, e.to(dev), self.class_map,
-                           self.options.rule)
-            r.det_scores = s[r.index]  # the detector's own score, whatever the gate calibration gave
-            out.append(r)
+            probs = torch.zeros(b.shape[0], K, device=b.device)
+            probs[e] = pe.to(b.device)
+            out.append(self.fuse(b, c, s, probs, e.to(b.device)))
         return StageOutput(out, [int(e.sum()) for e in eligible])
 
-    def forward(self, images: Sequence[Tensor], boxes: Sequence[Tensor], det_classes: Sequence[Tensor],
-                det_scores: Sequence[Tensor]) -> List[FusedDetections]:
-        return self.run(images, boxes, det_classes, det_scores).detections
+    def forward(self, image: Any, detections: Any) -> Any:
+        """One image (or a list of them) and its first-stage detections -> the kept detections.
+
+        Args:
+            image: an HxWx3 uint8 RGB numpy array or a ``[3, H, W]`` tensor; or a list of them.
+            detections: a ``crop_classifier.Detections`` or an ``sv.Detections`` (``class_id`` indexes
+                ``detector_classes``; ``confidence`` ``None`` reads as 1.0); a list of them for a list of images.
+        Returns:
+            The same type as given, the kept boxes in input order: ``class_id`` in ``output_class_names``,
+            ``confidence`` the fused score, ``tracker_id`` and ``data`` carried over, plus ``data["index"]``
+            (position in the input), ``data["class_name"]``, ``data["detector_class_id"]``,
+            ``data["detector_confidence"]`` and ``data["classifier_confidence"]`` (NaN where not classified).
+        """
+        if isinstance(image, (list, tuple)):
+            if not isinstance(detections, (list, tuple)) or len(detections) != len(image):
+                raise ValueError(f"{len(image)} images need a list of {len(image)} detections")
+            return self._call_many(list(image), list(detections))
+        if isinstance(detections, (list, tuple)):
+            raise ValueError("one image takes one Detections, not a list")
+        return self._call_many([image], [detections])[0]
+
+    def _call_many(self, images: List[Any], detections: List[Any]) -> List[Any]:
+        ours = [Detections.from_supervision(d) if is_supervision(d) else d for d in detections]
+        for i, d in enumerate(ours):
+            if not isinstance(d, Detections):
+                raise TypeError(f"detections {i}: expected crop_classifier.Detections or sv.Detections, got "
+                                f"{type(d).__name__}")
+        firsts = [d.to_image_detections() for d in ours]
+        out = self.run([as_chw(im) for im in images], [torch.from_numpy(f.boxes) for f in firsts],
+                       [torch.from_numpy(f.classes) for f in firsts], [torch.from_numpy(f.scores) for f in firsts])
+        results = [self._as_detections(d, f.to("cpu")) for d, f in zip(ours, out.detections)]
+        return [r.to_supervision() if is_supervision(d) else r for d, r in zip(detections, results)]
+
+    def _as_detections(self, given: Detections, f: FusedDetections) -> Detections:
+        f = f.select(torch.argsort(f.index))  # input order
+        idx = f.index.numpy()
+        names = np.array(self.output_class_names, dtype=object)
+        data = {k: v[idx] for k, v in given.data.items()}
+        data.update(index=idx, class_name=names[f.classes.numpy()].astype(str) if len(f) else np.zeros(0, str),
+                    detector_class_id=f.det_classes.numpy(), detector_confidence=f.det_scores.numpy(),
+                    classifier_confidence=f.cls_scores.numpy())
+        return Detections(f.boxes.numpy(), f.classes.numpy(), f.scores.numpy(),
+                          None if given.tracker_id is None else given.tracker_id[idx], data)
 
     def changed(self, r: FusedDetections) -> Tensor:
         """``[N]`` bool: boxes whose output class differs from the detector's class."""
         return r.classes != self.class_map.det_to_out.to(r.classes.device)[r.det_classes]
 
 
-__all__ = ["SecondStage", "SecondStageOptions", "StageOutput"]
+__all__ = ["SecondStage", "SecondStageConfig", "StageOutput", "as_chw"]

@@ -1,10 +1,10 @@
 """One frame at a time: detect, track, classify the tracks whose view is due (``temporal``), vote, fuse.
 
 ``TrackingLoop(first_stage, second_stage, options).step(frame) -> TrackedFrame``. The second stage is the
-``crop_classifier.second_stage.SecondStage``: the loop uses its ``classify(images, boxes) -> [probs [N, K]]`` for
-the boxes that are due, its ``eligible(boxes, det_classes, image_hw)`` (class selection, size gates, croppable
-boxes), ``class_map``, ``fusion`` and ``crop`` (size and context), and ``second_stage.fusion.fuse`` for the
-fusion rule, so tracked boxes are fused as still images' boxes are.
+``crop_classifier.second_stage.SecondStage``: the loop uses its ``eligible`` (class selection, size gates,
+croppable boxes) and ``classify`` for the boxes that are due, then hands the tracks' voted probabilities to
+its ``fuse`` (gate calibration, the fusion rule, NMS): the call still images go through, so a frame's boxes
+are fused exactly as a still image's are.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..second_stage.fusion import fuse
-from ..structures import FusedDetections, ImageRecord
+from ..structures import FusedDetections, ImageRecord, frame_name
 from .sources import Frame
 from .temporal import ReinferOptions, TrackState, reinfer_reason, resolution_weight
 from .tracking import BoxTracker, TrackerOptions, select_for_tracking
@@ -50,9 +50,10 @@ class TrackedFrame:
 
 class TrackingLoop:
     def __init__(self, first_stage: Any, second_stage: Any, options: TrackOptions = TrackOptions(),
-                 source_name: str = "video"):
+                 source_name: str = "video", source_path: Optional[str] = None):
         self.first, self.second, self.options = first_stage, second_stage, options
-        self.source_name = source_name
+        self.source_name = source_name  # outputs' name of the source (vis/NAME.mp4, the "video" field)
+        self.source_path = source_path  # the video file or stream it reads (frames are named after it)
         self.tracker = BoxTracker(options.tracker)
         self.tracks: Dict[int, TrackState] = {}
         self.classifier_calls = 0  # crops classified
@@ -61,20 +62,20 @@ class TrackingLoop:
         self.frames = 0
         # A view's resolution weight saturates at the input size; a routed classifier's largest route takes
         # detail up to its own size, so more native pixels count up to there.
-        routes = getattr(second_stage, "routes", None)
+        routes = second_stage.routes
         self.input_size = int(max(routes.input_sizes) if routes is not None else second_stage.crop.size)
         self.routes = routes
         self.route_crops: Dict[str, int] = {a: 0 for a in routes.archs} if routes is not None else {}
         self.context = float(second_stage.crop.context)
-        self.fusion = str(second_stage.fusion)
-        self.background_drop = float(getattr(getattr(second_stage, "options", None), "background_drop", 0.5))
         self.class_map = second_stage.class_map
         self.output_names = list(second_stage.output_class_names)
         self.detector_names = list(self.class_map.detector_classes)
 
     def detect(self, frame: Frame):
-        record = ImageRecord(f"{self.source_name}#{frame.index:06d}", frame.image,
-                             extra={"video": self.source_name, "frame": frame.index})
+        # The naming rule still images follow too (structures.frame_name): a folder's frame is its image file,
+        # a video's frame "clip.mp4#000012", so one detections file serves both runs.
+        name = frame.path or frame_name(self.source_path or self.source_name, frame.index)
+        record = ImageRecord(name, frame.image, extra={"video": self.source_name, "frame": frame.index})
         return self.first.detect([record])[0]
 
     def step(self, frame: Frame, dets: Optional[Any] = None) -> TrackedFrame:
@@ -113,23 +114,19 @@ class TrackingLoop:
             if v is not None:
                 voted[i] = torch.from_numpy(v).float()
                 has_vote[i] = True
-        classes, scores, keep_f, cls_scores = fuse(det_classes, det_scores, voted, has_vote, self.class_map,
-                                                   self.fusion, self.background_drop)
-        own_classes, _, _, own_scores = fuse(det_classes, det_scores, frame_probs, due, self.class_map, self.fusion,
-                                             self.background_drop)
-        fused = FusedDetections(boxes=boxes, classes=classes, scores=scores, det_classes=det_classes,
-                                det_scores=det_scores, cls_probs=voted, cls_scores=cls_scores, classified=has_vote,
-                                index=torch.from_numpy(keep))
-        for i in range(n):
-            st = self.tracks[int(ids[i])]
-            st.class_name, st.score = self.output_names[int(classes[i])], float(scores[i])
-            st.det_class_name = self.detector_names[int(det_classes[i])]
+        fused = self.second.fuse(boxes, det_classes, det_scores, voted, has_vote)
+        own_classes, _, _, own_scores = fuse(det_classes, det_scores, frame_probs, due, self.class_map,
+                                             self.second.fusion, self.second.rule.background_drop)
+        at = fused.index  # the kept boxes' rows here (filter and NMS drop some)
+        for i, k in enumerate(at.tolist()):
+            st = self.tracks[int(ids[k])]
+            st.class_name, st.score = self.output_names[int(fused.classes[i])], float(fused.scores[i])
+            st.det_class_name = self.detector_names[int(det_classes[k])]
         self.frames += 1
         self.boxes_seen += n
-        sel = keep_f  # ``filter`` fusion drops the boxes whose track the classifier disagrees with
-        return TrackedFrame(frame.index, frame.timestamp, fused.select(sel), torch.from_numpy(ids)[sel], due[sel],
-                            own_classes[sel], own_scores[sel], frame_probs[sel],
-                            [r for r, k in zip(reasons, sel.tolist()) if k])
+        fused.index = torch.from_numpy(keep).long()[at]  # positions in the first stage's output
+        return TrackedFrame(frame.index, frame.timestamp, fused, torch.from_numpy(ids).long()[at], due[at],
+                            own_classes[at], own_scores[at], frame_probs[at], [reasons[k] for k in at.tolist()])
 
     def _due(self, frame_index: int, ids: np.ndarray, boxes: np.ndarray, eligible: Tensor) -> List[str]:
         reasons = []

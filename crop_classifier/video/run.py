@@ -175,7 +175,7 @@ def _run_source(spec: str, name: str, first_stage, second_stage, o: RunOptions, 
                 summary: Dict[str, Any]) -> None:
     source = FrameSource(spec, o.source)
     source.name = name
-    loop = TrackingLoop(first_stage, second_stage, o.track, source_name=source.name)
+    loop = TrackingLoop(first_stage, second_stage, o.track, source_name=source.name, source_path=spec)
     entry: Dict[str, Any] = {"input": spec, "name": source.name}
     summary["sources"].append(entry)
     bar = None

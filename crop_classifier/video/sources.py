@@ -38,6 +38,7 @@ class Frame:
     index: int  # position in the source (skipped corrupt frames keep their index)
     image: np.ndarray  # HxWx3 uint8 RGB
     timestamp: float  # seconds: the container's position for files, index / fps for sequences, wall clock for live
+    path: Optional[str] = None  # the image file of a folder sequence's frame (its name matches detections files)
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class FrameSource:
                     return
                 continue
             bad_run = 0
-            yield Frame(i, image, i / self.fps)
+            yield Frame(i, image, i / self.fps, path)
         self.stats.ended = "end"
 
     # ------------------------------------------------------------------ OpenCV captures

@@ -23,7 +23,7 @@ Temporal fusion (``vote``): the track's class probabilities ``P`` come from all 
   independent experts: one confident sharp view outvotes several flat ones).
 
 The track's current class and score then come from ``P`` and this frame's detector class and score through
-the second stage's own fusion rule (``crop_classifier.pipeline.fuse``: replace / rescore / filter, same
+the second stage's own fusion rule (``crop_classifier.second_stage.fuse``: replace / rescore / filter, same
 class map), so a tracked box is fused exactly as a still image's box is, with ``P`` as its probabilities.
 """
 from __future__ import annotations
@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import numpy as np
+
+from ..structures import context_extent
 
 __all__ = ["VOTE_MODES", "ReinferOptions", "TrackState", "resolution_weight", "reinfer_reason"]
 
@@ -57,7 +59,7 @@ class ReinferOptions:
 def resolution_weight(box, context: float, input_size: int) -> float:
     """``min(native side incl. context, input size) / input size`` of the square crop of ``box`` (XYXY)."""
     w, h = max(float(box[2]) - float(box[0]), 0.0), max(float(box[3]) - float(box[1]), 0.0)
-    side = max(w, h) * (1 + 2 * float(context))
+    side = context_extent(max(w, h), context)
     return min(side, float(input_size)) / float(input_size)
 
 

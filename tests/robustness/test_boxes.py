@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from crop_classifier.crops import extract_crops, valid_boxes_mask
-from crop_classifier.pipeline import FUSION_MODES, ClassMap, SecondStage, fuse
+from crop_classifier.second_stage import FUSION_MODES, ClassMap, SecondStage, fuse
 from classifier_helpers import inference_form
 
 PROPERTY = settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -206,14 +206,14 @@ def test_second_stage_survives_any_boxes(boxes, mode):
     s = torch.linspace(0.2, 0.9, n)
     img = torch.from_numpy(np.random.default_rng(5).integers(0, 256, (3, H, W), dtype=np.uint8))
     stage = _stage(mode)
-    (r,) = stage([img], [b], [c], [s])
+    (r,) = stage.run([img], [b], [c], [s]).detections
     assert len(r) <= n and len(set(r.index.tolist())) == len(r)
     assert torch.equal(r.boxes, b[r.index]) or torch.allclose(r.boxes, b[r.index], equal_nan=True)
     valid = valid_boxes_mask(b, (H, W))
     assert not bool((r.classified & ~valid[r.index]).any()), "a box that cannot be cropped was classified"
     assert torch.isfinite(r.scores).all()
     if mode != "filter":
-        assert len(r) == n or (mode == "replace" and stage.options.nms_thresh > 0)
+        assert len(r) == n or (mode == "replace" and stage.rule.nms_thresh > 0)
 
 
 def test_10000_boxes_through_the_second_stage_in_bounded_forwards():
@@ -221,8 +221,8 @@ def test_10000_boxes_through_the_second_stage_in_bounded_forwards():
     img = torch.from_numpy(rng.integers(0, 256, (3, 300, 400), dtype=np.uint8))
     xy = rng.uniform(0, (380, 280), (10000, 2))  # every box on the 400x300 image (off-image ones pass through)
     b = torch.from_numpy(np.concatenate([xy, xy + rng.uniform(2, 30, (10000, 2))], axis=1)).float()
-    stage = _stage("rescore", max_crops_per_forward=512)
-    (r,) = stage([img], [b], [torch.zeros(10000, dtype=torch.long)], [torch.full((10000,), 0.5)])
+    stage = _stage("rescore", crops_per_forward=512)
+    (r,) = stage.run([img], [b], [torch.zeros(10000, dtype=torch.long)], [torch.full((10000,), 0.5)]).detections
     assert len(r) == 10000 and bool(r.classified.all()) and torch.isfinite(r.scores).all()
     assert stage.classifier.net.max_batch <= 512 and stage.classifier.net.calls == math.ceil(10000 / 512)
 
@@ -230,7 +230,7 @@ def test_10000_boxes_through_the_second_stage_in_bounded_forwards():
 def test_second_stage_with_no_boxes():
     stage = _stage()
     imgs = [_img(), _img(50)]
-    out = stage(imgs, [torch.zeros((0, 4)), torch.tensor([[1.0, 1, 20, 20]])],
-                [torch.zeros(0, dtype=torch.long), torch.tensor([0])], [torch.zeros(0), torch.tensor([0.8])])
+    out = stage.run(imgs, [torch.zeros((0, 4)), torch.tensor([[1.0, 1, 20, 20]])],
+                    [torch.zeros(0, dtype=torch.long), torch.tensor([0])], [torch.zeros(0), torch.tensor([0.8])]).detections
     assert len(out[0]) == 0 and len(out[1]) == 1 and out[0].cls_probs.shape == (0, 3)
-    assert stage([], [], [], []) == []
+    assert stage.run([], [], [], []).detections == []

@@ -93,11 +93,11 @@ def test_code_in_a_checkpoint_is_refused_and_never_runs(tmp_path, torch_zip):
 
 
 def test_second_stage_and_trainer_resume_refuse_code(tmp_path):
-    from crop_classifier.pipeline import SecondStage
+    from crop_classifier import load_classifier
 
     path, marker = _malicious(tmp_path)
     with pytest.raises(CheckpointError, match="refused"):
-        SecondStage.from_checkpoint(path, ["a", "b"])
+        load_classifier(path, "torch", device="cpu")
     from crop_classifier.engine.checkpoint import EpochCheckpointer
 
     (tmp_path / "last_checkpoint").write_text(path.name)
