@@ -23,7 +23,7 @@ from crop_classifier.d2 import (  # noqa: E402
 from crop_classifier.models import build_classifier, model_meta, save_checkpoint  # noqa: E402
 
 from classifier_helpers import inference_form  # noqa: E402
-from test_pipeline import MeanColourNet  # noqa: E402
+from stage_helpers import MeanColourNet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "d2" / "tiny_R18_FPN_random.yaml"
@@ -225,7 +225,7 @@ def test_width_classes_and_crop_come_from_the_checkpoint_unless_set(tmp_path):
 def test_old_from_the_checkpoint_sentinels_are_refused_by_key(key, old):
     """-1.0 / "" used to mean "the checkpoint's"; now that is an unset key, and the old values name the key."""
     cfg = tiny_cfg(f"MODEL.CROP_CLASSIFIER.{key}", old)
-    with pytest.raises(ValueError, match=rf"MODEL\.CROP_CLASSIFIER\.{key}: got .*unset: the checkpoint's"):
+    with pytest.raises(ValueError, match=rf"MODEL\.CROP_CLASSIFIER\.{key}: expected .*, got"):
         build_model(cfg)
 
 
@@ -238,13 +238,13 @@ def test_predictor_passes_the_original_image_and_names_output_classes(tmp_path):
     pred = CropClassifierPredictor(cfg)
     assert pred.metadata.thing_classes == ["red", "green", "blue", "thing", "other"]
     seen = {}
-    original = pred.model.second_stage.forward
+    original = pred.model.second_stage.run
 
     def spy(images, *args):
         seen["shapes"] = [tuple(i.shape) for i in images]
         return original(images, *args)
 
-    pred.model.second_stage.forward = spy
+    pred.model.second_stage.run = spy
     img, _ = squares(300, 400)  # MIN_SIZE_TEST 128: the detector sees it at 128 x 170
     inst = pred(img[:, :, ::-1].copy())["instances"]
     assert inst.image_size == (300, 400)

@@ -37,6 +37,7 @@ from torchvision.ops import batched_nms, box_iou
 
 from ..structures import FusedDetections
 from .class_map import ClassMap
+from .fitted import FittedFusion
 
 FUSION_MODES = ("replace", "rescore", "filter")
 
@@ -55,6 +56,7 @@ class FusionRule:
     mode: str = "replace"
     nms_thresh: float = 0.5
     background_drop: float = 0.5
+    fitted: Optional[FittedFusion] = None  # a fitted fusion (fitted.py) replaces the mode's rule
 
     def validate(self) -> "FusionRule":
         check_fusion_mode(self.mode)
@@ -149,15 +151,18 @@ def fuse_image(
 ) -> FusedDetections:
     """One image's boxes -> its output: fused, ``filter``/background drops, NMS after ``replace`` among boxes
     whose class changed (see ``class_nms``), sorted by score; ``dropped`` counts the removed boxes by reason."""
-    classes, scores, keep, cls_scores = fuse(det_classes, det_scores, probs, classified, class_map, rule.mode,
-                                             rule.background_drop)
+    if rule.fitted is not None:
+        classes, scores, keep, cls_scores = rule.fitted.apply(det_classes, det_scores, probs, classified, class_map)
+    else:
+        classes, scores, keep, cls_scores = fuse(det_classes, det_scores, probs, classified, class_map, rule.mode,
+                                                 rule.background_drop)
     r = FusedDetections(
         boxes=boxes.float(), classes=classes, scores=scores, det_classes=det_classes, det_scores=det_scores.float(),
         cls_probs=probs, cls_scores=cls_scores, classified=classified,
         index=torch.arange(boxes.shape[0], device=boxes.device),
     ).select(keep)
     n_fused = len(r)
-    if rule.mode == "replace" and rule.nms_thresh > 0:
+    if (rule.mode == "replace" or rule.fitted is not None) and rule.nms_thresh > 0:
         changed = r.classes != class_map.det_to_out.to(r.classes.device)[r.det_classes]
         r = class_nms(r, rule.nms_thresh, changed)
     else:

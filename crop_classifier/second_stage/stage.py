@@ -31,6 +31,7 @@ from ..models.routing import Routes, native_sides
 from ..structures import CropSpec, FusedDetections
 from .class_map import ClassMap
 from .config import SecondStageConfig
+from .fitted import FittedFusion
 from .fusion import FusionRule, fuse_image
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,11 @@ class SecondStage(nn.Module):
                                   background=meta.background_class)
         self.crop: CropSpec = meta.crop.with_overrides(self.config.crop.context, self.config.crop.mode)
         self.routes: Optional[Routes] = classifier.routes
-        self.rule = FusionRule(fus.mode, fus.nms_thresh, fus.background_drop)
+        fitted = None
+        if fus.fusion_file:  # fitted for one classifier and first stage: refused for others
+            fitted = FittedFusion.load(fus.fusion_file)
+            fitted.check(classifier, self.class_map.detector_classes, fus.fusion_file)
+        self.rule = FusionRule(fus.mode, fus.nms_thresh, fus.background_drop, fitted)
         self.register_buffer("reclassify_mask", self.class_map.selection(sel.reclassify), persistent=False)
         calibration = dict(meta.extra.get("score_calibration") or {}) if sel.calibrate_gates else {}
         self.register_buffer("gate_factor", self.class_map.set_means(calibration), persistent=False)
@@ -228,7 +233,9 @@ class SecondStage(nn.Module):
         """
         dev = boxes.device
         c, s = det_classes.long().to(dev), det_scores.to(dev).float()
-        r = fuse_image(boxes.float(), c, self.gated_scores(boxes.float(), c, s), probs.to(dev).float(),
+        # A fitted fusion sets its own trust per class; the gate calibration is for the fixed rules.
+        start = s if self.rule.fitted is not None else self.gated_scores(boxes.float(), c, s)
+        r = fuse_image(boxes.float(), c, start, probs.to(dev).float(),
                        classified.to(dev), self.class_map, self.rule)
         r.det_scores = s[r.index]
         return r
