@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from ..detectors import GroundTruthBoxes, build_first_stage
+from ..detectors import DetectionsFile, GroundTruthBoxes, build_first_stage
 from ..coco_io import load_coco
 from ..deploy import RuntimeOptions, describe, load_classifier
 from ..deploy.routed import weights_paths
@@ -296,7 +297,18 @@ class InferenceRun:
         else:
             extra.update(images_resumed=self.resumed, images_processed=self.processed,
                          images_per_s=round(self.processed / wall, 3) if wall > 0 and self.processed else None)
-        return write_outputs(self, tally, bad, wall, extra, self._bad_entries(tally))
+        return write_outputs(self, tally, bad, wall, extra, self._bad_entries(tally) + self._unmatched())
+
+    def _unmatched(self) -> List[str]:
+        """A detections file none of whose entries names an input: one line naming it (the run exits 1)."""
+        first = self.first
+        if not isinstance(first, DetectionsFile) or not self.order or not first.by_key:
+            return []
+        keys = {os.path.basename(n) for n in self.order}
+        if keys & set(first.by_key):
+            return []
+        return [f"{first.path}: no entry names any input (entries name e.g. {sorted(first.by_key)[:3]}, the inputs "
+                f"are e.g. {sorted(keys)[:3]}; a video frame is named clip.mp4#000012, an image by its file name)"]
 
     def _bad_entries(self, tally: _Tally) -> List[str]:
         """Malformed entries of the detections/annotation files, each once: those found when the files were
@@ -449,8 +461,20 @@ def evaluate(gt, tally: _Tally, ann_path: str) -> Dict[str, Any]:
         "background_ceiling": background_ceiling(gt, two_stage, img_ids) if two_stage else None,
         "crop_top1": round(tally.top1_hits / tally.top1_total, 5) if tally.top1_total else None,
         "crop_top1_boxes": tally.top1_total,
+        "categories_missing": _missing_categories(gt, tally.det_results + two_stage),
     }
     return res
+
+
+def _missing_categories(gt, results: Sequence[dict]) -> Dict[str, int]:
+    """``{category name: detections}`` of results whose category the annotations lack (not evaluated)."""
+    known = set(gt.getCatIds())
+    out: Dict[str, int] = {}
+    for r in results:
+        if r["category_id"] not in known:
+            name = str(r.get("category_name", r["category_id"]))
+            out[name] = out.get(name, 0) + 1
+    return out
 
 
 def _match_lines(ev: Dict[str, Any]) -> List[str]:
@@ -496,6 +520,10 @@ def format_summary(s: Dict[str, Any]) -> str:
         for key, label in (("detector_only", "detector only"), ("two_stage", "two-stage")):
             lines.append(f"  {label:16}" + "".join(f"{ev[key][k]:8.4f}" for k in ("AP", "AP50", "AP75")))
         lines += _match_lines(ev)
+        missing = ev.get("categories_missing")
+        if missing:
+            lines.append(f"  {sum(missing.values())} detections of {len(missing)} categories the annotations lack were "
+                         f"not evaluated: {', '.join(sorted(missing)[:10])}{' ...' if len(missing) > 10 else ''}")
         if ev["crop_top1"] is not None:
             lines.append(f"  crop top-1 on {ev['crop_top1_boxes']} ground-truth boxes: {ev['crop_top1']:.4f}")
     if s.get("bad_entries"):

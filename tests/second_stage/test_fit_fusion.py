@@ -69,3 +69,56 @@ def test_ground_truth_as_first_stage_keeps_ap_one_with_the_default_options(tmp_p
     assert s["eval"]["detector_only"]["AP"] == pytest.approx(1.0)
     assert s["eval"]["two_stage"]["AP"] == pytest.approx(1.0)
     assert s["boxes_dropped"] == 0
+
+
+def test_a_detections_file_that_names_no_input_fails_and_missing_categories_are_named(tmp_path, split, capsys):
+    d, ann, dets = split
+    entries = json.loads(dets.read_text())
+    stray = tmp_path / "stray.json"
+    stray.write_text(json.dumps([{**e, "file_name": "elsewhere.jpg", "image_id": 999} for e in entries[:5]]))
+    out = tmp_path / "o"
+    code = infer.main(["--detector", f"detections:{stray}", "--classifier-weights", str(DEMO_CLASSIFIER), "--input",
+                       str(d / "images"), "--output", str(out), "--vis-limit", "0", "--no-progress"])
+    assert code == 1
+    s = json.loads((out / "summary.json").read_text())
+    assert any(str(stray) in e and "no entry names any input" in e for e in s["bad_entries"])
+    # a category the annotations lack: evaluated without it, and said so
+    zebra = tmp_path / "zebra.json"
+    zebra.write_text(json.dumps(entries + [{**entries[0], "category_id": 99, "category_name": "zebra"}]))
+    coco = json.loads(ann.read_text())
+    wider = tmp_path / "categories.json"  # the detector knows zebra, the evaluation annotations do not
+    wider.write_text(json.dumps({**coco, "categories": coco["categories"] + [{"id": 99, "name": "zebra"}]}))
+    code = infer.main(["--detector", f"detections:{zebra}", "--classifier-weights", str(DEMO_CLASSIFIER), "--input",
+                       str(d / "images"), "--output", str(out), "--categories", str(wider), "--eval", str(ann),
+                       "--vis-limit", "0", "--no-progress"])
+    assert code == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["eval"]["categories_missing"] == {"zebra": 2}  # the detector's and the two-stage output's
+    assert "zebra" in capsys.readouterr().out
+
+
+def test_the_python_entry_gives_tools_infer_s_numbers(tmp_path, split):
+    import numpy as np
+
+    import crop_classifier as cc
+    from crop_classifier.data.images import read_rgb
+
+    d, ann, dets = split
+    code, _ = _infer(tmp_path, d, ann, f"detections:{dets}", "--fusion", "rescore", "--min-box-size", "24")
+    assert code == 0
+    cli = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    names = [c["name"] for c in sorted(json.loads(ann.read_text())["categories"], key=lambda c: c["id"])]
+    ids = {c["name"]: c["id"] for c in json.loads(ann.read_text())["categories"]}
+    stage = cc.SecondStage(cc.load_classifier(DEMO_CLASSIFIER, device="cpu"), detector_classes=names,
+                           config=cc.SecondStageConfig(fusion="rescore", min_box_size=24))
+    entries = json.loads(dets.read_text())
+    for file_name in sorted({e["file_name"] for e in entries}):
+        mine = [e for e in entries if e["file_name"] == file_name]
+        xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in (e["bbox"] for e in mine)])
+        out = stage(read_rgb(str(d / file_name)), cc.Detections(
+            xyxy=xyxy, class_id=[names.index(e["category_name"]) for e in mine], confidence=[e["score"] for e in mine]))
+        theirs = sorted((r["category_id"], round(r["score"], 4)) for r in cli
+                        if Path(r["file_name"]).name == Path(file_name).name)
+        ours = sorted((ids[n], round(float(s), 4)) for n, s in zip(out.data["class_name"], out.confidence))
+        assert [c for c, _ in ours] == [c for c, _ in theirs], file_name
+        np.testing.assert_allclose([v for _, v in ours], [v for _, v in theirs], atol=2e-4)  # JSON rounding
