@@ -60,7 +60,7 @@ def main(argv=None) -> int:
             raise UsageError("--fusion-file: fit_fusion fits a new one; leave it out")
         device = _device(args.device)
         first, second, ref_cats = build_stages(opts, device)
-        records, bad = split_records(args.input, args.annotations)
+        records, bad, skipped = split_records(args.input, args.annotations)
         if not records:
             raise UsageError(f"--input: no image of {args.annotations} found among the inputs")
         answers = collect(first, second, records, args.batch_size, progress=not args.no_progress)
@@ -77,7 +77,8 @@ def main(argv=None) -> int:
     fused.fitted_for = fitted_for(second, args.detector, args.classifier_weights)
     fused.validation = report
     fused.save(args.output)
-    print(f"validation split: {report['images']} images ({args.annotations})")
+    print(f"validation split: {report['images']} images ({args.annotations})"
+          + (f"; {skipped} other input(s) skipped (not in it)" if skipped else ""))
     print(f"  {'':28}{'AP':>8}{'AP50':>8}{'AP75':>8}")
     rows = [("detector alone", report["detector_only"]),
             (f"default fusion ({report['default_fusion']['rule']})", report["default_fusion"]),

@@ -26,7 +26,7 @@ from detectron2.structures import Instances
 
 from ..detectors.detectron2_model import detector_class_names
 from ..errors import CheckpointError, ConfigError, ParameterError, UsageError
-from ..models import ALL_ARCHITECTURES, build_classifier, classifier_from_checkpoint, load_checkpoint
+from ..models import ALL_ARCHITECTURES, build_classifier, load_checkpoint
 from ..models.inference import build_inference_classifier
 from ..deploy import is_quantized, load_classifier
 from ..deploy.loader import ALL_PRECISIONS
@@ -111,18 +111,14 @@ def build_second_stage(cfg) -> SecondStage:
 
 
 def _load_classifier(s: CropClassifierSettings):
-    """WEIGHTS: a checkpoint (fp32, int8, routed) or several (a routed set), checked against the config's keys."""
+    """WEIGHTS: any file ``crop_classifier.load_classifier`` takes (fp32, int8, routed, a routed set), on torch
+    (the model runs inside Detectron2's module), checked against the config's keys."""
     paths = weights_paths(s.weights)
-    if len(paths) > 1 or s.precision == "int8" or is_quantized(load_checkpoint(paths[0])["meta"]):
-        precision = s.precision if len(paths) > 1 else "int8"
-        classifier = load_classifier(s.weights, "torch", device=s.device, precision=precision,
-                                     route_thresholds=s.route_thresholds)
-        check_against_checkpoint(s, classifier.meta.to_dict())
-        return classifier
-    model, meta = classifier_from_checkpoint(paths[0], map_location="cpu")
-    check_against_checkpoint(s, meta)
-    return build_inference_classifier(model, meta, device=s.device, precision=s.precision,
-                                      route_thresholds=s.route_thresholds)
+    quantized = len(paths) == 1 and paths[0].suffix != ".onnx" and is_quantized(load_checkpoint(paths[0])["meta"])
+    classifier = load_classifier(s.weights, "torch", device=s.device, precision="int8" if quantized else s.precision,
+                                 route_thresholds=s.route_thresholds)
+    check_against_checkpoint(s, classifier.meta.to_dict())
+    return classifier
 
 
 def _random_classifier(s: CropClassifierSettings):

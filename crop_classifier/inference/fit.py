@@ -155,18 +155,23 @@ def _ap(s: Dict[str, Any]) -> Dict[str, float]:
     return {k: s[k] for k in ("AP", "AP50", "AP75")}
 
 
-def split_records(inputs: Sequence[str], annotations: str, video_stride: int = 1) -> Tuple[List[ImageRecord], List[BadInput]]:
-    """The validation images (those the annotations know), with their COCO ids; the rest listed as bad."""
+def split_records(inputs: Sequence[str], annotations: str,
+                  video_stride: int = 1) -> Tuple[List[ImageRecord], List[BadInput], int]:
+    """The validation images (those the annotations know), with their COCO ids.
+
+    Returns:
+        ``(records, unreadable inputs, how many readable inputs the annotations do not know: skipped)``.
+    """
     ann = load_coco(annotations)
     files, bad = expand_inputs(list(inputs))
-    records = []
+    records, skipped = [], 0
     for r in iter_records(files, bad, video_stride=video_stride):
-        if r.key not in ann.images_by_key:
-            bad.append(BadInput(r.file_name, f"not an image of {annotations}"))
+        if r.key not in ann.images_by_key:  # another split's image: the inputs may be a whole folder
+            skipped += 1
             continue
         r.image_id = int(ann.images_by_key[r.key]["id"])
         records.append(r)
-    return records, bad
+    return records, bad, skipped
 
 
 def fitted_for(second: SecondStage, detector: str, classifier_weights: str) -> Dict[str, Any]:
