@@ -8,7 +8,7 @@ import torch
 from crop_classifier.detectors import DetectionsFile, FirstStage
 from crop_classifier.second_stage import SecondStage
 from crop_classifier.structures import ImageDetections, ImageRecord
-from crop_classifier.video import Frame, ReinferOptions, TrackingLoop, TrackOptions
+from crop_classifier.video import Frame, ReinferOptions, TrackerOptions, TrackingLoop, TrackOptions
 from crop_classifier.video.sources import FrameSource
 from stage_helpers import colour_classifier, colour_image
 
@@ -27,8 +27,9 @@ class FixedBoxes(FirstStage):
 def _scene():
     img, boxes, _ = colour_image()
     big = torch.tensor([[60.0, 0, 159, 35]])  # a 99x35 box: over the size gate below
-    boxes = torch.cat([boxes, big])
-    return img, ImageDetections(boxes.numpy(), np.array([0, 0, 0, 1]), np.array([0.9, 0.8, 0.7, 0.6]))
+    twin = torch.tensor([[12.0, 12, 30, 30]])  # a second hypothesis on the red square (IoU 0.81)
+    boxes = torch.cat([boxes, big, twin])
+    return img, ImageDetections(boxes.numpy(), np.array([0, 0, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.6, 0.5]))
 
 
 @pytest.mark.parametrize("fusion", ["replace", "rescore", "filter"])
@@ -40,9 +41,14 @@ def test_frame_zero_of_a_track_equals_the_still_image(fusion):
                         fusion=fusion, max_box_size=60)
     still = stage.run([img], [torch.from_numpy(dets.boxes)], [torch.from_numpy(dets.classes)],
                       [torch.from_numpy(dets.scores)]).detections[0]
-    loop = TrackingLoop(FixedBoxes(dets), stage, TrackOptions(reinfer=ReinferOptions(reinfer_interval=1)))
+    # the tracker's own class-agnostic NMS off, so the second stage's NMS is what removes the twin
+    loop = TrackingLoop(FixedBoxes(dets), stage, TrackOptions(tracker=TrackerOptions(nms_iou=0.0),
+                                                              reinfer=ReinferOptions(reinfer_interval=1)))
     tracked = loop.step(Frame(0, img.permute(1, 2, 0).numpy().copy(), 0.0)).fused
     assert sorted(tracked.index.tolist()) == sorted(still.index.tolist())
+    # replace re-labels "thing" boxes: the twin now overlaps the red box of the same class and is removed
+    assert (4 in still.index.tolist()) == (fusion != "replace")
+    assert still.dropped == tracked.dropped
     by_index = {int(i): k for k, i in enumerate(still.index)}
     for k, i in enumerate(tracked.index.tolist()):
         j = by_index[i]
