@@ -85,6 +85,7 @@ class _Tally:
     entry_errors: List[str] = field(default_factory=list)  # malformed detection entries found per image
     records: List[tuple] = field(default_factory=list)  # (image id, fixed by an annotation file), input order
     route_crops: Dict[str, int] = field(default_factory=dict)  # routed classifier: crops per input size ("79")
+    vis: Dict[str, int] = field(default_factory=dict)  # pictures written, and those left empty by --vis-score-thresh
 
 
 def _device(name: Optional[str]) -> str:
@@ -352,6 +353,7 @@ def write_outputs(run_: InferenceRun, tally: _Tally, bad: List[BadInput], wall: 
         "bad_inputs": [{"path": b.path, "reason": b.reason} for b in bad],
         # malformed entries of the detections / annotation files, skipped (the rest was used)
         "bad_entries": list(bad_entries or []),
+        "vis_empty": int(tally.vis.get("empty", 0)), "vis_score_thresh": o.vis_score_thresh,
         **extra,
     }
     routes = getattr(second.classifier, "routes", None)
@@ -411,8 +413,10 @@ def process_batch(run_: InferenceRun, records: List[ImageRecord], n_before: int)
         changed = second.changed(f).numpy()
         parts.append(_image_part(r, d, f, n_crops, changed, run_, times, top1))
         if n_before + j < o.vis_limit:
-            pic = draw(r.image, f, second.output_class_names, first.class_names, changed, o.vis_score_thresh)
+            pic, n_drawn = draw(r.image, d, f, second.output_class_names, first.class_names, o.vis_score_thresh)
             atomic_write_bytes(run_.out_dir / "vis" / vis_file_name(run_.vis_names, r.file_name), _encode_jpg(pic))
+            # pictures the threshold left without a result the stage kept
+            parts[-1]["vis"] = {"pictures": 1, "empty": int(len(f) > 0 and n_drawn == 0)}
     return parts
 
 
@@ -494,6 +498,9 @@ def format_summary(s: Dict[str, Any]) -> str:
         lines += _match_lines(ev)
         if ev["crop_top1"] is not None:
             lines.append(f"  crop top-1 on {ev['crop_top1_boxes']} ground-truth boxes: {ev['crop_top1']:.4f}")
+    if s.get("vis_empty"):
+        lines.append(f"{s['vis_empty']} picture(s) empty at --vis-score-thresh {s['vis_score_thresh']:g}: the "
+                     "second stage kept boxes there, all scored below it")
     if s.get("bad_entries"):
         lines.append(f"{len(s['bad_entries'])} malformed detection/annotation entr"
                      f"{'y was' if len(s['bad_entries']) == 1 else 'ies were'} skipped:")

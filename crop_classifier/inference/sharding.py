@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 SHARD_DIR = "shards"
 _SUMMED = ("images", "boxes", "crops", "changed", "dropped", "t_detect", "t_second", "top1_hits", "top1_total")
 _LISTS = ("det_results", "results", "eval_img_ids", "entry_errors")
-_COUNTS = ("route_crops",)  # {key: count} summed per key (a routed classifier's crops per input size)
+# {key: count} summed per key: a routed classifier's crops per input size; pictures written / left empty
+_COUNTS = ("route_crops", "vis")
 
 
 @dataclass(frozen=True)
