@@ -155,7 +155,11 @@ def load_config(
     if opts:
         opts = list(opts)
         if len(opts) % 2:
-            raise ValueError(f"config overrides must be KEY VALUE pairs; got an odd number: {opts}")
+            flags = [o for o in opts if o.startswith("--")]
+            hint = (f"; {', '.join(flags)} looks like an option: put it before the KEY VALUE pairs" if flags
+                    else f"; {opts[-1]!r} has no value")
+            raise ValueError(f"config overrides must be KEY VALUE pairs; got an odd number ({len(opts)}): "
+                             f"{' '.join(opts)}{hint}")
         for key in opts[0::2]:
             _check_key_exists(cfg, key)
         try:
