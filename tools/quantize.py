@@ -43,15 +43,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def eval_datasets(args):
-    """(names, min box size) of the held-out comparison, or (None, 0) when none was asked for."""
-    if args.eval_dataset:
-        return list(args.eval_dataset), 0.0
-    if args.eval and args.config_file:
+    """(names, min box size) of the held-out comparison, or (None, 0) when none was asked for. The crops are
+    tools/evaluate.py's: with --config-file, its MIN_BOX_SIZE_TEST applies to --eval-dataset too."""
+    if not args.eval_dataset and not (args.eval and args.config_file):
+        return None, 0.0
+    min_size, names = 0.0, list(args.eval_dataset)
+    if args.config_file:
         from crop_classifier.config import load_tool_config
 
         cfg = load_tool_config(args.config_file, [], need_imagenet_weights=False)
-        return list(cfg.DATASETS.TEST), float(cfg.DATASETS.MIN_BOX_SIZE_TEST)
-    return None, 0.0
+        min_size, names = float(cfg.DATASETS.MIN_BOX_SIZE_TEST), names or list(cfg.DATASETS.TEST)
+    return names, min_size
 
 
 def calibration_options(args):
