@@ -313,6 +313,33 @@ def validate(cfg: CfgNode) -> None:
             parse_dataset_name(name, key=f"DATASETS.{key}")
 
 
+#: The checkout holding configs/: the folder the shipped configs' relative dataset paths are written for.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def check_dataset_files(name: str, ann_file: str, image_dir: str) -> None:
+    """A ``coco:`` dataset's annotation file and image folder exist, else a ``ConfigError`` that says a
+    relative path is taken relative to the working directory (not the config file) and, where the path
+    exists relative to this checkout (which the shipped configs are written for), to run from there.
+
+    Args:
+        name: the dataset name as the config gives it. ann_file / image_dir: its two paths.
+    """
+    for what, path, exists in (("annotation file", ann_file, os.path.isfile),
+                               ("image folder", image_dir, os.path.isdir)):
+        if exists(path):
+            continue
+        msg = f"dataset {name!r}: {what} {path}: no such {'file' if what.endswith('file') else 'folder'}"
+        if not os.path.isabs(path):
+            msg += (f" (relative dataset paths are taken relative to the working directory, {os.getcwd()}, "
+                    "not to the config file")
+            if exists(str(REPO_ROOT / path)) and Path.cwd().resolve() != REPO_ROOT:
+                msg += f"; it exists relative to {REPO_ROOT}: run from there, or give an absolute path)"
+            else:
+                msg += "; run from the folder it is relative to, or give an absolute path)"
+        raise ConfigError(msg)
+
+
 def config_routes(cfg: CfgNode, *, jitter: bool = False) -> Optional[Routes]:
     """The routes ``MODEL.ROUTES`` describe (``None`` unless MODEL.ARCH is auto); ``jitter``: with
     ``INPUT.ROUTE_JITTER`` (training), else none. An invalid value is an error naming the key."""
