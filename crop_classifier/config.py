@@ -155,7 +155,11 @@ def load_config(
     if opts:
         opts = list(opts)
         if len(opts) % 2:
-            raise ValueError(f"config overrides must be KEY VALUE pairs; got an odd number: {opts}")
+            flags = [o for o in opts if o.startswith("--")]
+            hint = (f"; {', '.join(flags)} looks like an option: put it before the KEY VALUE pairs" if flags
+                    else f"; {opts[-1]!r} has no value")
+            raise ValueError(f"config overrides must be KEY VALUE pairs; got an odd number ({len(opts)}): "
+                             f"{' '.join(opts)}{hint}")
         for key in opts[0::2]:
             _check_key_exists(cfg, key)
         try:
@@ -307,6 +311,33 @@ def validate(cfg: CfgNode) -> None:
     for key in ("TRAIN", "TEST"):
         for name in cfg.DATASETS[key]:
             parse_dataset_name(name, key=f"DATASETS.{key}")
+
+
+#: The checkout holding configs/: the folder the shipped configs' relative dataset paths are written for.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def check_dataset_files(name: str, ann_file: str, image_dir: str) -> None:
+    """A ``coco:`` dataset's annotation file and image folder exist, else a ``ConfigError`` that says a
+    relative path is taken relative to the working directory (not the config file) and, where the path
+    exists relative to this checkout (which the shipped configs are written for), to run from there.
+
+    Args:
+        name: the dataset name as the config gives it. ann_file / image_dir: its two paths.
+    """
+    for what, path, exists in (("annotation file", ann_file, os.path.isfile),
+                               ("image folder", image_dir, os.path.isdir)):
+        if exists(path):
+            continue
+        msg = f"dataset {name!r}: {what} {path}: no such {'file' if what.endswith('file') else 'folder'}"
+        if not os.path.isabs(path):
+            msg += (f" (relative dataset paths are taken relative to the working directory, {os.getcwd()}, "
+                    "not to the config file")
+            if exists(str(REPO_ROOT / path)) and Path.cwd().resolve() != REPO_ROOT:
+                msg += f"; it exists relative to {REPO_ROOT}: run from there, or give an absolute path)"
+            else:
+                msg += "; run from the folder it is relative to, or give an absolute path)"
+        raise ConfigError(msg)
 
 
 def config_routes(cfg: CfgNode, *, jitter: bool = False) -> Optional[Routes]:

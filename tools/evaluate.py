@@ -5,7 +5,8 @@
                       [--route-thresholds 109,212] [KEY VALUE ...]
 
 Writes results.json (top-1, top-5, per-class accuracy, confusion matrix, size_buckets: top-1 per box size
-bucket of the box's longer side <32, 32-96, 96-200, >200 px) and confusion_matrix.png to --output-dir
+bucket of the box's longer side <32, 32-96, 96-200, >200 px) and confusion_matrix.png (the 20 most frequent
+classes, row-normalised, and the largest confusions of all classes) to --output-dir
 (default OUTPUT_DIR/inference), and prints the size table (stderr) and a JSON summary (stdout). Classes,
 input size and crop settings come from the checkpoint; a routed checkpoint (MODEL.ARCH auto) feeds each crop
 at its route's size, with the checkpoint's route thresholds unless --route-thresholds gives others.
@@ -20,23 +21,27 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, metavar="FILE")
+    from crop_classifier.utils.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--config-file", required=True, metavar="FILE", help="the YAML config the classifier was trained with")
     p.add_argument("--weights", required=True, metavar="FILE", help="a checkpoint written by tools/train.py")
     p.add_argument("--output-dir", metavar="DIR", help="where results go (default OUTPUT_DIR/inference)")
     p.add_argument("--imagenet-weights", metavar="FILE",
                    help="sets MODEL.IMAGENET_WEIGHTS as tools/train.py does, so a training command line can be "
                         "reused; evaluation itself takes every weight from --weights")
     p.add_argument("--route-thresholds", metavar="PX,PX",
-                   help="routed checkpoints: native sides (px, box side with context) between consecutive routes, "
-                        "instead of the checkpoint's")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
+                   help="routed checkpoints: native sides (px, box side with context) between consecutive routes "
+                        "(default: the checkpoint's)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument("opts", nargs="*", default=[], metavar="KEY VALUE",
+                   help="config overrides, e.g. DATASETS.TEST \"['coco:ANN:IMAGES']\" (options may come after them)")
     return p
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    # Intermixed: options after the KEY VALUE pairs are options too, not overrides.
+    return build_parser().parse_intermixed_args(argv)
 
 
 def main(argv=None) -> int:

@@ -22,13 +22,16 @@ import sys
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from crop_classifier.utils.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--weights", required=True, metavar="CKPT", help="an fp32 checkpoint (.pth/.safetensors)")
     p.add_argument("--output", required=True, metavar="FILE", help="the file to write (.onnx, .pt)")
     p.add_argument("--format", default=None, choices=("onnx", "torchscript"),
                    help="default: from the --output suffix (.onnx -> onnx, else torchscript)")
-    p.add_argument("--static-batch", type=int, default=None, metavar="N", help="fix the batch size to N")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
+    p.add_argument("--static-batch", type=int, default=None, metavar="N",
+                   help="fix the batch size to N (default: a dynamic batch)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     p.add_argument("--route-thresholds", metavar="PX,PX", help="a routed (auto) checkpoint: the native sides "
                    "between its routes to record (default: the checkpoint's)")
     return p.parse_args(argv)

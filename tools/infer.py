@@ -131,6 +131,8 @@ def _run_tracked(opts: InferOptions, args) -> int:
     if t.get("route_crops"):
         print(route_line(t["route_crops"]))
     print(f"outputs: {args.output}/results.json, tracks.json, summary.json" + (", vis/" if args.vis_limit else ""))
+    for line in s.get("warnings", []):  # an empty video or results: say why
+        print(f"note: {line}")
     for f in s["failed"]:
         print(f"warning: {f['input']}: {f['reason']}", file=sys.stderr)
     if s["interrupted"]:

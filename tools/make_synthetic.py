@@ -15,14 +15,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from crop_classifier.utils.cli import HelpFormatter  # noqa: E402  (light: argparse only)
+
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--output", required=True, metavar="DIR", help="folder for annotations.json and images/")
-    p.add_argument("--num-images", type=int, required=True, metavar="N")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
-    p.add_argument("--split", default="train", help="split name, part of the random stream (default train)")
+    p.add_argument("--num-images", type=int, required=True, metavar="N", help="scenes to generate")
+    p.add_argument("--seed", type=int, default=0, help="random seed (with --split: the scenes drawn)")
+    p.add_argument("--size", type=int, default=512, help="image side in pixels")
+    p.add_argument("--split", default="train", help="split name, part of the random stream")
     args = p.parse_args(argv)
 
     import json

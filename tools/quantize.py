@@ -23,17 +23,19 @@ import sys
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from crop_classifier.utils.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--weights", required=True, metavar="CKPT", help="an fp32 checkpoint (.pth/.safetensors)")
     p.add_argument("--output", required=True, metavar="FILE", help="the int8 checkpoint to write (.pth)")
     p.add_argument("--calib-dataset", action="append", default=[], metavar="NAME",
                    help="a training dataset name (repeatable)")
     p.add_argument("--config-file", metavar="FILE", help="take DATASETS.TRAIN / MIN_BOX_SIZE_TRAIN from this config")
-    p.add_argument("--calib-crops", type=int, default=512, metavar="N", help="calibration crops (default 512)")
+    p.add_argument("--calib-crops", type=int, default=512, metavar="N", help="calibration crops")
     p.add_argument("--calib-min-size", type=float, default=None, metavar="PX",
                    help="skip boxes smaller than this (default: the config's MIN_BOX_SIZE_TRAIN, else 0)")
     p.add_argument("--observer", default="histogram", choices=("histogram", "minmax"),
-                   help="activation range observer (default histogram, the x86 default; minmax is faster)")
+                   help="activation range observer (histogram: the x86 default; minmax is faster)")
     p.add_argument("--eval-dataset", action="append", default=[], metavar="NAME",
                    help="held-out dataset to compare fp32 and int8 top-1 on (repeatable)")
     p.add_argument("--eval", action="store_true", help="with --config-file: evaluate on its DATASETS.TEST")
@@ -41,15 +43,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def eval_datasets(args):
-    """(names, min box size) of the held-out comparison, or (None, 0) when none was asked for."""
-    if args.eval_dataset:
-        return list(args.eval_dataset), 0.0
-    if args.eval and args.config_file:
+    """(names, min box size) of the held-out comparison, or (None, 0) when none was asked for. The crops are
+    tools/evaluate.py's: with --config-file, its MIN_BOX_SIZE_TEST applies to --eval-dataset too."""
+    if not args.eval_dataset and not (args.eval and args.config_file):
+        return None, 0.0
+    min_size, names = 0.0, list(args.eval_dataset)
+    if args.config_file:
         from crop_classifier.config import load_tool_config
 
         cfg = load_tool_config(args.config_file, [], need_imagenet_weights=False)
-        return list(cfg.DATASETS.TEST), float(cfg.DATASETS.MIN_BOX_SIZE_TEST)
-    return None, 0.0
+        min_size, names = float(cfg.DATASETS.MIN_BOX_SIZE_TEST), names or list(cfg.DATASETS.TEST)
+    return names, min_size
 
 
 def calibration_options(args):

@@ -16,12 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from crop_classifier.utils.cli import HelpFormatter  # noqa: E402  (light: argparse only)
+
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("annotations", help="COCO instances JSON")
     p.add_argument("--output-dir", required=True, metavar="DIR", help="folder for train.json and test.json")
-    p.add_argument("--every", type=int, default=4, metavar="K", help="hold out every K-th image (default 4)")
+    p.add_argument("--every", type=int, default=4, metavar="K", help="hold out every K-th image")
     args = p.parse_args(argv)
     if args.every < 2:
         print(f"error: --every must be >= 2, got {args.every}", file=sys.stderr)

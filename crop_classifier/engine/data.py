@@ -11,7 +11,7 @@ import torch
 from fvcore.common.config import CfgNode
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
-from ..config import parse_dataset_name
+from ..config import check_dataset_files, parse_dataset_name
 from ..data import (CocoSamples, CropDataset, ImageGroupedBatchSampler, build_train_transform, collate_identity,
                     add_negative_samples, generate_scenes, load_coco_samples, normalize, object_boxes)
 from ..data.detection_crops import DetectionMatch, detection_samples
@@ -29,6 +29,7 @@ def dataset_files(name: str) -> Tuple[str, str]:
     (train/val) hold different scenes even with the same seed."""
     spec = parse_dataset_name(name)
     if spec["kind"] == "coco":
+        check_dataset_files(name, spec["ann_file"], spec["image_dir"])
         return spec["ann_file"], spec["image_dir"]
     out_dir = Path(spec["dir"])
     with main_process_first():  # one process generates, the others then read

@@ -117,39 +117,94 @@ def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, class_names: Seq
     }
 
 
-def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str], path: Path,
-                          title: str = "Confusion matrix") -> Path:
-    """Row-normalised confusion matrix as a PNG, written atomically (matplotlib's Agg canvas, no GUI)."""
+#: Classes the confusion picture shows as a matrix (the most frequent true classes; the rest in "other").
+CONFUSION_CLASSES = 20
+#: Largest off-diagonal cells listed beside the matrix.
+TOP_CONFUSIONS = 15
+
+
+def confusion_view(cm: Sequence[Sequence[int]], class_names: Sequence[str], top: int = CONFUSION_CLASSES,
+                   pairs: int = TOP_CONFUSIONS) -> Dict[str, Any]:
+    """What the confusion picture shows: a readable part of a confusion matrix of any number of classes.
+
+    Args:
+        cm: ``[K, K]`` counts, rows = true class, columns = predicted class.
+        class_names: ``[K]``. top: the matrix shows at most this many classes. pairs: confusions listed.
+
+    Returns:
+        ``classes``: the ``top`` classes with the most true samples (all when K <= top), most frequent first
+        (in class order when all are shown); ``matrix``: ``[T, T (+1)]`` row-normalised over all K predicted
+        classes, the last column ``other`` (predictions outside the shown classes) when some are left out;
+        ``columns``: its column names; ``support``: true samples per shown class; ``confusions``: the
+        ``pairs`` largest off-diagonal cells of the whole matrix as (true, predicted, count, fraction of the
+        true class), largest first.
+    """
+    cm_t = torch.as_tensor(cm, dtype=torch.float64).reshape(len(class_names), len(class_names))
+    support = cm_t.sum(dim=1)
+    k = len(class_names)
+    shown = list(range(k)) if k <= top else torch.argsort(-support, stable=True)[:top].tolist()
+    rows = cm_t[shown] / support[shown].clamp(min=1).unsqueeze(1)
+    matrix = rows[:, shown]
+    columns = [class_names[i] for i in shown]
+    if k > top:
+        matrix = torch.cat([matrix, (rows.sum(dim=1) - matrix.sum(dim=1)).clamp(min=0).unsqueeze(1)], dim=1)
+        columns.append("other")
+    off = cm_t.clone()
+    off.fill_diagonal_(0)
+    flat = torch.argsort(-off.flatten(), stable=True)[:pairs]
+    confusions = [(class_names[int(i) // k], class_names[int(i) % k], int(off.flatten()[i]),
+                   float(off.flatten()[i] / support[int(i) // k].clamp(min=1))) for i in flat if off.flatten()[i] > 0]
+    return {"classes": [class_names[i] for i in shown], "matrix": matrix.numpy(), "columns": columns,
+            "support": [int(support[i]) for i in shown], "confusions": confusions}
+
+
+def confusion_figure(cm: Sequence[Sequence[int]], class_names: Sequence[str], title: str = "Confusion matrix",
+                     top: int = CONFUSION_CLASSES):
+    """A matplotlib ``Figure`` (Agg canvas) of ``confusion_view``: the row-normalised matrix of the most
+    frequent classes with counts, and, when there are off-diagonal cells, the largest confusions as bars."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    cm_t = torch.as_tensor(cm, dtype=torch.float64)
-    rows = cm_t.sum(dim=1, keepdim=True).clamp(min=1)
-    norm = (cm_t / rows).numpy()
-    k = len(class_names)
-    side = min(4 + 0.25 * k, 24)
-    fig = Figure(figsize=(side, side))
+    view = confusion_view(cm, class_names, top)
+    t, c = view["matrix"].shape
+    counts = torch.as_tensor(cm, dtype=torch.float64)
+    fig = Figure(figsize=(5 + 0.45 * c + (6 if view["confusions"] else 0), 4 + 0.4 * t))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(111)
-    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax = fig.add_subplot(1, 2 if view["confusions"] else 1, 1)
+    im = ax.imshow(view["matrix"], cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    font = max(4, min(10, int(300 / max(k, 1))))
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
-    ax.set_xticklabels(class_names, rotation=90, fontsize=font)
-    ax.set_yticklabels(class_names, fontsize=font)
+    ax.set_xticks(range(c))
+    ax.set_yticks(range(t))
+    ax.set_xticklabels(view["columns"], rotation=60, ha="right", fontsize=9)
+    ax.set_yticklabels([f"{n} ({s})" for n, s in zip(view["classes"], view["support"])], fontsize=9)
     ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title)
-    if k <= 20:  # counts are readable only on small matrices
-        for i in range(k):
-            for j in range(k):
-                if cm_t[i, j] > 0:
-                    ax.text(j, i, int(cm_t[i, j]), ha="center", va="center", fontsize=font,
-                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_ylabel("true class (crops)")
+    left_out = len(class_names) - t
+    ax.set_title(title + (f"\nthe {t} most frequent of {len(class_names)} classes" if left_out else ""), fontsize=10)
+    index = {n: i for i, n in enumerate(class_names)}
+    for i, name in enumerate(view["classes"]):
+        for j, col in enumerate(view["columns"]):
+            n = counts[index[name]].sum() * view["matrix"][i, j] if col == "other" else counts[index[name], index[col]]
+            if n > 0:
+                ax.text(j, i, int(round(float(n))), ha="center", va="center", fontsize=7,
+                        color="white" if view["matrix"][i, j] > 0.5 else "black")
+    if view["confusions"]:
+        bx = fig.add_subplot(1, 2, 2)
+        pairs = view["confusions"][::-1]  # largest at the top
+        bx.barh(range(len(pairs)), [p[2] for p in pairs], color="#d55e00")
+        bx.set_yticks(range(len(pairs)))
+        bx.set_yticklabels([f"{a} -> {b} ({f:.0%})" for a, b, _, f in pairs], fontsize=9)
+        bx.set_xlabel("crops")
+        bx.set_title("largest confusions (true -> predicted, share of the true class)", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str], path: Path,
+                          title: str = "Confusion matrix") -> Path:
+    """``confusion_figure`` as a PNG, written atomically (matplotlib's Agg canvas, no GUI)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    confusion_figure(cm, class_names, title).savefig(buf, format="png", dpi=100)
     return atomic_write_bytes(path, buf.getvalue())
 
 

@@ -91,6 +91,7 @@ class _Tally:
     records: List[tuple] = field(default_factory=list)  # (image id, fixed by an annotation file), input order
     route_crops: Dict[str, int] = field(default_factory=dict)  # routed classifier: crops per input size ("79")
     dropped_by: Dict[str, int] = field(default_factory=dict)  # boxes the second stage removed, by reason
+    vis: Dict[str, int] = field(default_factory=dict)  # pictures written, and those left empty by --vis-score-thresh
 
 
 def _device(name: Optional[str]) -> str:
@@ -364,6 +365,7 @@ def write_outputs(run_: InferenceRun, tally: _Tally, bad: List[BadInput], wall: 
         "bad_inputs": [{"path": b.path, "reason": b.reason} for b in bad],
         # malformed entries of the detections / annotation files, skipped (the rest was used)
         "bad_entries": list(bad_entries or []),
+        "vis_empty": int(tally.vis.get("empty", 0)), "vis_score_thresh": o.vis_score_thresh,
         **extra,
     }
     routes = getattr(second.classifier, "routes", None)
@@ -423,8 +425,10 @@ def process_batch(run_: InferenceRun, records: List[ImageRecord], n_before: int)
         changed = second.changed(f).numpy()
         parts.append(_image_part(r, d, f, n_crops, changed, run_, times, top1))
         if n_before + j < o.vis_limit:
-            pic = draw(r.image, f, second.output_class_names, first.class_names, changed, o.vis_score_thresh)
+            pic, n_drawn = draw(r.image, d, f, second.output_class_names, first.class_names, o.vis_score_thresh)
             atomic_write_bytes(run_.out_dir / "vis" / vis_file_name(run_.vis_names, r.file_name), _encode_jpg(pic))
+            # pictures the threshold left without a result the stage kept
+            parts[-1]["vis"] = {"pictures": 1, "empty": int(len(f) > 0 and n_drawn == 0)}
     return parts
 
 
@@ -526,6 +530,9 @@ def format_summary(s: Dict[str, Any]) -> str:
                          f"not evaluated: {', '.join(sorted(missing)[:10])}{' ...' if len(missing) > 10 else ''}")
         if ev["crop_top1"] is not None:
             lines.append(f"  crop top-1 on {ev['crop_top1_boxes']} ground-truth boxes: {ev['crop_top1']:.4f}")
+    if s.get("vis_empty"):
+        lines.append(f"{s['vis_empty']} picture(s) empty at --vis-score-thresh {s['vis_score_thresh']:g}: the "
+                     "second stage kept boxes there, all scored below it")
     if s.get("bad_entries"):
         lines.append(f"{len(s['bad_entries'])} malformed detection/annotation entr"
                      f"{'y was' if len(s['bad_entries']) == 1 else 'ies were'} skipped:")

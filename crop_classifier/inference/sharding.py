@@ -21,8 +21,9 @@ logger = logging.getLogger(__name__)
 SHARD_DIR = "shards"
 _SUMMED = ("images", "boxes", "crops", "changed", "dropped", "t_detect", "t_second", "top1_hits", "top1_total")
 _LISTS = ("det_results", "results", "eval_img_ids", "entry_errors")
-# {key: count} summed per key: a routed classifier's crops per input size; boxes the second stage removed, by reason
-_COUNTS = ("route_crops", "dropped_by")
+# {key: count} summed per key: a routed classifier's crops per input size; boxes the second stage removed, by
+# reason; pictures written / left empty
+_COUNTS = ("route_crops", "dropped_by", "vis")
 
 
 @dataclass(frozen=True)

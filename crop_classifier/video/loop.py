@@ -60,6 +60,10 @@ class TrackingLoop:
         self.classify_batches = 0  # classify() invocations
         self.boxes_seen = 0
         self.frames = 0
+        # What the first stage gave before the tracker's min_score, so an empty run can say why.
+        self.detector_boxes = 0
+        self.below_min_score = 0
+        self.max_detector_score: Optional[float] = None
         # A view's resolution weight saturates at the input size; a routed classifier's largest route takes
         # detail up to its own size, so more native pixels count up to there.
         routes = second_stage.routes
@@ -81,6 +85,7 @@ class TrackingLoop:
     def step(self, frame: Frame, dets: Optional[Any] = None) -> TrackedFrame:
         """Processes one frame (``dets``: its first-stage detections when already computed)."""
         dets = self.detect(frame) if dets is None else dets
+        self._count_detections(dets.scores)
         keep = select_for_tracking(dets.boxes, dets.scores, self.options.tracker)
         boxes_np = dets.boxes[keep]
         ids = self.tracker.update(boxes_np, dets.scores[keep])
@@ -128,6 +133,13 @@ class TrackingLoop:
         return TrackedFrame(frame.index, frame.timestamp, fused, torch.from_numpy(ids).long()[at], due[at],
                             own_classes[at], own_scores[at], frame_probs[at], [reasons[k] for k in at.tolist()])
 
+    def _count_detections(self, scores: np.ndarray) -> None:
+        self.detector_boxes += len(scores)
+        if len(scores):
+            self.below_min_score += int((scores < self.options.tracker.min_score).sum())
+            top = float(np.max(scores))
+            self.max_detector_score = top if self.max_detector_score is None else max(self.max_detector_score, top)
+
     def _due(self, frame_index: int, ids: np.ndarray, boxes: np.ndarray, eligible: Tensor) -> List[str]:
         reasons = []
         for i, tid in enumerate(ids.tolist()):
@@ -158,6 +170,8 @@ class TrackingLoop:
                 "classifier_calls": self.classifier_calls, "classify_batches": self.classify_batches,
                 "classifier_calls_per_frame": self.classifier_calls / max(self.frames, 1),
                 "classifier_calls_per_box": self.classifier_calls / max(self.boxes_seen, 1),
+                "detector_boxes": self.detector_boxes, "below_min_score": self.below_min_score,
+                "max_detector_score": _num(self.max_detector_score),
                 **({"route_crops": dict(self.route_crops)} if self.routes is not None else {})}
 
 

@@ -9,7 +9,8 @@ Writes into ``output_dir``:
   ``frame_cls_score`` = this frame's own classifier result where it was classified, the detector's own
   class and score), written atomically at the end (also after an interruption);
 * ``tracks.json``: per track ``video``, ``track_id``, ``class``, ``score``, first/last frame, views classified;
-* ``vis/NAME.mp4``: the annotated video (``#track class score``; ``*`` = classified in this frame);
+* ``vis/NAME.mp4``: the annotated video (``draw_tracks``: ``#track detector class -> class score`` coloured by
+  what the second stage did, ``*`` = classified in this frame, a legend strip under the frame);
 * ``summary.json``: counters (frames, boxes, tracks, classifier calls), per-source stats (corrupt frames
   skipped, reopen attempts, why it ended), options, what was written and whether the run was interrupted.
 """
@@ -27,6 +28,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..coco_io import coco_bbox
+from ..utils.drawing import draw
 from ..utils.io import atomic_save_json
 from .loop import TrackedFrame, TrackingLoop, TrackOptions
 from .sources import FrameSource, SourceOptions, source_name
@@ -75,28 +77,21 @@ def frame_results(video: str, tf: TrackedFrame, output_names: Sequence[str], det
     return out
 
 
-def _colour(track_id: int):
-    h = (track_id * 47) % 180
-    bgr = cv2.cvtColor(np.uint8([[[h, 200, 255]]]), cv2.COLOR_HSV2BGR)[0, 0]
-    return tuple(int(c) for c in bgr[::-1])  # RGB
+def draw_tracks(image_rgb: np.ndarray, dets: Any, tf: TrackedFrame, output_names: Sequence[str],
+                detector_names: Sequence[str], score_thresh: float = 0.0):
+    """A video frame drawn as still pictures are (``utils.drawing.draw``: colour by what the second stage did,
+    dropped boxes dashed, a legend strip), each label led by the track id (``#7 car -> truck 0.81``; `` *``:
+    classified in this frame).
 
+    Args:
+        image_rgb: HxWx3 uint8 RGB frame. dets: the frame's first-stage ``ImageDetections`` (``tf.fused.index``
+            points into it). tf: the loop's output. score_thresh: boxes are drawn at fused score >= it.
 
-def draw_tracks(image_rgb: np.ndarray, tf: TrackedFrame, output_names: Sequence[str],
-                score_thresh: float = 0.0) -> np.ndarray:
-    """RGB picture: each box in its track's colour, labelled ``#id class score`` (``*``: classified now)."""
-    out = image_rgb.copy()
-    f = tf.fused
-    for i in range(len(f)):
-        if float(f.scores[i]) < score_thresh:
-            continue
-        x1, y1, x2, y2 = (int(round(v)) for v in f.boxes[i].tolist())
-        col = _colour(int(tf.track_ids[i]))
-        label = f"#{int(tf.track_ids[i])} {output_names[int(f.classes[i])]} {float(f.scores[i]):.2f}"
-        if bool(tf.frame_classified[i]):
-            label += " *"
-        cv2.rectangle(out, (x1, y1), (x2, y2), col, 2)
-        cv2.putText(out, label, (x1, max(y1 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, col, 1, cv2.LINE_AA)
-    return out
+    Returns:
+        (picture (H + legend)xWx3 uint8 RGB, boxes drawn).
+    """
+    marks = [" *" if bool(c) else "" for c in tf.frame_classified]
+    return draw(image_rgb, dets, tf.fused, output_names, detector_names, score_thresh, tf.track_ids, marks)
 
 
 @dataclass
@@ -185,11 +180,16 @@ def _run_source(spec: str, name: str, first_stage, second_stage, o: RunOptions, 
                 outputs.fps = source.fps
                 total = -(-source.frame_count // o.source.stride) if source.frame_count else None
                 bar = _progress(o.progress, total, source.name)
-            tf = loop.step(frame)
+            dets = loop.detect(frame)
+            tf = loop.step(frame, dets)
             outputs.frames_written += 1
             rows = frame_results(source.name, tf, loop.output_names, loop.detector_names, cat_ids,
                                  outputs.frames_written)
-            pic = draw_tracks(frame.image, tf, loop.output_names, o.vis_score_thresh) if outputs.vis else None
+            pic = None
+            if outputs.vis:
+                pic, n_drawn = draw_tracks(frame.image, dets, tf, loop.output_names, loop.detector_names,
+                                           o.vis_score_thresh)
+                summary["totals"]["vis_empty"] += int(len(tf.fused) > 0 and n_drawn == 0)
             outputs.frame(source.name, tf, rows, pic)
             if bar is not None:
                 bar.update(1)
@@ -202,11 +202,41 @@ def _run_source(spec: str, name: str, first_stage, second_stage, o: RunOptions, 
         outputs.tracks.extend({"video": source.name, **t} for t in loop.tracks_summary())
         entry.update(loop.counters())
         entry["source"] = source.stats.to_dict()
-        for k in ("frames", "boxes", "tracks", "classifier_calls"):
+        for k in ("frames", "boxes", "tracks", "classifier_calls", "detector_boxes", "below_min_score"):
             summary["totals"][k] += entry[k]
+        if entry["max_detector_score"] is not None:
+            top = summary["totals"]["max_detector_score"]
+            summary["totals"]["max_detector_score"] = max(entry["max_detector_score"], top or 0.0)
         for arch, n in entry.get("route_crops", {}).items():  # a routed classifier: crops per route
             routes = summary["totals"].setdefault("route_crops", {})
             routes[arch] = routes.get(arch, 0) + n
+
+
+def empty_run_warnings(totals: Dict[str, Any], o: RunOptions) -> List[str]:
+    """Why a run's results (or pictures) are empty, when they are: one line each (``summary["warnings"]``).
+
+    Args:
+        totals: ``summary["totals"]`` (frames, detector_boxes, below_min_score, max_detector_score, boxes,
+            results, vis_empty).
+        o: the run's options (the tracker's ``min_score``, ``vis_score_thresh``).
+
+    Returns:
+        The lines, [] when nothing is silently empty.
+    """
+    out = []
+    min_score = o.track.tracker.min_score
+    if totals["frames"] and not totals["detector_boxes"]:
+        out.append(f"the first stage found no box in any of the {totals['frames']} frame(s)")
+    elif totals["detector_boxes"] and not totals["boxes"]:
+        out.append(f"no box was tracked: all {totals['detector_boxes']} first-stage boxes scored under the "
+                   f"tracker's min score {min_score:g} (the highest {totals['max_detector_score']:g}); lower "
+                   f"--track-min-score")
+    if totals["boxes"] and not totals["results"]:
+        out.append(f"all {totals['boxes']} tracked boxes were dropped by the second stage: results.json is empty")
+    if totals.get("vis_empty"):
+        out.append(f"{totals['vis_empty']} frame(s) of the video(s) drawn empty at --vis-score-thresh "
+                   f"{o.vis_score_thresh:g}: the boxes kept there all scored below it")
+    return out
 
 
 def run_tracking(sources: Union[str, Sequence[str]], first_stage: Any, second_stage: Any,
@@ -224,7 +254,9 @@ def run_tracking(sources: Union[str, Sequence[str]], first_stage: Any, second_st
     cat_ids = dict(options.category_ids or {n: i + 1 for i, n in enumerate(names)})
     outputs = _Outputs(out_dir, options.vis)
     summary: Dict[str, Any] = {"sources": [], "failed": [], "interrupted": False,
-                               "totals": {"frames": 0, "boxes": 0, "tracks": 0, "classifier_calls": 0},
+                               "totals": {"frames": 0, "boxes": 0, "tracks": 0, "classifier_calls": 0,
+                                          "detector_boxes": 0, "below_min_score": 0, "max_detector_score": None,
+                                          "vis_empty": 0},
                                "options": asdict(options), "categories": [{"id": cat_ids[n], "name": n} for n in names]}
     t0 = time.perf_counter()
     try:
@@ -245,6 +277,8 @@ def run_tracking(sources: Union[str, Sequence[str]], first_stage: Any, second_st
         t = summary["totals"]
         t["classifier_calls_per_frame"] = t["classifier_calls"] / max(t["frames"], 1)
         t["frames_per_s"] = t["frames"] / max(summary["seconds"], 1e-9)
+        t["results"] = len(outputs.results)
+        summary["warnings"] = empty_run_warnings(t, options)
         outputs.close(summary)
     if summary["interrupted"]:
         logger.warning("interrupted after %d frames; written: %s", summary["totals"]["frames"],
