@@ -12,7 +12,7 @@ import torch
 
 from crop_classifier.crops import valid_boxes_mask
 from crop_classifier.data.synthetic_video import MovingScene, MovingSceneOptions, write_video
-from crop_classifier.pipeline import ClassMap
+from crop_classifier.second_stage import ClassMap, FusionRule, fuse_image
 from crop_classifier.structures import CropSpec, ImageDetections
 from crop_classifier.utils.drawing import RELABELLED, STATUS_COLOURS, plan_boxes
 from crop_classifier.video import Frame, RunOptions, TrackingLoop, TrackOptions, TrackerOptions, run_tracking
@@ -26,9 +26,15 @@ CLASSES = ["a", "b"]
 class _Second:
     """The second stage's shape with a classifier that always says class ``b``."""
 
+    routes = None
+
     def __init__(self):
         self.class_map = ClassMap(CLASSES, CLASSES, "*=*")  # any detector class may become any class
         self.fusion, self.crop = "replace", CropSpec(32, 0.0)
+        self.rule = FusionRule("replace")
+
+    def fuse(self, boxes, det_classes, det_scores, probs, classified):
+        return fuse_image(boxes, det_classes, det_scores, probs, classified, self.class_map, self.rule)
 
     @property
     def output_class_names(self):

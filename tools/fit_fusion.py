@@ -25,11 +25,8 @@ from crop_classifier.errors import CheckpointError, ParameterError, UsageError, 
 from crop_classifier.inference.fit import Evaluator, collect, fit, fitted_for, split_records  # noqa: E402
 from crop_classifier.inference.runner import InferOptions, _device, build_stages  # noqa: E402
 from crop_classifier.second_stage import add_arguments, flag_error  # noqa: E402
+from crop_classifier.utils.cli import HelpFormatter  # noqa: E402
 from crop_classifier.coco_io import load_coco  # noqa: E402
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module doc as written, and every option's default."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:

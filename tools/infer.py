@@ -7,6 +7,7 @@
 First stages (--detector): faster_rcnn (Detectron2 model zoo COCO Faster R-CNN R50-FPN, or your own
 config with --detector-config), detections:FILE.json (any detector's COCO results), gt:ANNOTATIONS.json
 (ground-truth boxes, to evaluate the classifier alone).
+--fusion-file FUSION.json applies a fusion fitted by tools/fit_fusion.py for this classifier and first stage.
 --classifier auto runs a routed classifier: each box is cropped at the Section 9 stem that fits its native
 size (a routed checkpoint, or --classifier-weights a.pth,b.pth,c.pth: one single-stem file per stem);
 --route-thresholds 109,212 moves the boundaries; summary.json lists the crops each route took.
@@ -36,11 +37,8 @@ from crop_classifier.deploy.loader import ALL_PRECISIONS, BACKENDS  # noqa: E402
 from crop_classifier.models.routing import parse_thresholds  # noqa: E402
 from crop_classifier.errors import ParameterError  # noqa: E402
 from crop_classifier.second_stage import add_arguments, flag_error  # noqa: E402
+from crop_classifier.utils.cli import HelpFormatter  # noqa: E402
 from crop_classifier.video import VOTE_MODES, ReinferOptions, TrackerOptions, TrackOptions  # noqa: E402
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module doc as written, and every option's default."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -79,10 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(needed by detections: files without category_name)")
     p.add_argument("--eval", metavar="ANNOTATIONS.json",
                    help="COCO box mAP of the detector alone vs the two-stage output, and crop top-1")
-    p.add_argument("--vis-limit", type=int, default=50, help="pictures to write (0: none)")
-    p.add_argument("--vis-score-thresh", type=float, default=0.3)
+    p.add_argument("--vis-limit", type=int, default=50, help="pictures to write to OUTPUT/vis (0: none)")
+    p.add_argument("--vis-score-thresh", type=float, default=0.3, help="boxes drawn from this fused score up")
     p.add_argument("--video-stride", type=int, default=1, help="every Nth video frame")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--num-shards", type=int, default=0, help="split the inputs into K shards (default: the "
                    "torchrun world size, else 1); the last shard to finish merges the outputs")
     p.add_argument("--shard-id", type=int, default=0, help="this job's shard, 0 .. K-1")

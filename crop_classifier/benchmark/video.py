@@ -37,6 +37,7 @@ from crop_classifier.data import synthetic
 from crop_classifier.data.synthetic import COARSE_OF
 from crop_classifier.data.synthetic_video import MovingScene, MovingSceneOptions
 from crop_classifier.detectors import build_first_stage
+from crop_classifier.deploy import load_classifier
 from crop_classifier.second_stage import SecondStage, fuse
 from crop_classifier.video import Frame, ReinferOptions, TrackerOptions, TrackingLoop, TrackOptions
 
@@ -61,8 +62,8 @@ def load_demo_models(device: str, weights_dir: Path = WEIGHTS, score_thresh: flo
                            f"these are version {synthetic.VERSION}")
     first = build_first_stage("faster_rcnn", config_file=str(DET_CONFIG), weights=str(weights_dir / "detector.pth"),
                               device=device, score_thresh=score_thresh)
-    second = SecondStage.from_checkpoint(weights_dir / "classifier.pth", first.class_names, device=device,
-                                         class_map=shape_class_map(first.class_names), fusion="replace")
+    second = SecondStage(load_classifier(weights_dir / "classifier.pth", "torch", device=device), first.class_names,
+                         class_map=shape_class_map(first.class_names), fusion="replace")
     return first, second
 
 
@@ -101,7 +102,7 @@ def _labels(loop, tf, every_tf, every_loop, names) -> Dict[str, List[str]]:
             v = lp.tracks[tid].voted(vote, power)
             if v is not None:
                 probs[i], has[i] = torch.from_numpy(v).float(), True
-        classes = fuse(f.det_classes, f.det_scores, probs, has, loop.class_map, loop.fusion)[0]
+        classes = fuse(f.det_classes, f.det_scores, probs, has, loop.class_map, loop.second.fusion)[0]
         out[variant] = [names[int(c)] for c in classes]
     return out
 
@@ -145,7 +146,7 @@ class _Tally:
                 probs[i], has[i] = torch.from_numpy(v).float(), True
         det_c = torch.tensor([p[3] for p in self.pending], dtype=torch.long)
         det_s = torch.tensor([p[4] for p in self.pending], dtype=torch.float32)
-        classes = fuse(det_c, det_s, probs, has, loop.class_map, loop.fusion)[0]
+        classes = fuse(det_c, det_s, probs, has, loop.class_map, loop.second.fusion)[0]
         for (b, cat, _, _, _), c in zip(self.pending, classes.tolist()):
             self.correct["track_final"][b] += names[c] == cat
         self.pending = []

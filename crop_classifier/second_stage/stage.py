@@ -185,7 +185,7 @@ class SecondStage(nn.Module):
     def classify(self, images: Sequence[Tensor], boxes: Sequence[Tensor]) -> List[Tensor]:
         """Class probabilities ``[N_i, K]`` for the crops of every image. A routed classifier gets each route's
         crops in batches of their own size; crops of several images share a forward, in chunks of
-        ``max_crops_per_forward`` (one image with thousands of boxes never holds them all)."""
+        ``config.batching.crops_per_forward`` (one image with thousands of boxes never holds them all)."""
         if len(images) != len(boxes):
             raise ValueError(f"{len(images)} images but {len(boxes)} box lists")
         out = [torch.zeros(int(b.shape[0]), self.class_map.num_probs, device=self.device) for b in boxes]
