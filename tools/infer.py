@@ -43,7 +43,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--input", nargs="+", required=True, help=INPUT_HELP)
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--detector", default="faster_rcnn",
-                   help="faster_rcnn | detections:FILE.json | gt:ANNOTATIONS.json (default: faster_rcnn)")
+                   help="faster_rcnn | torchvision:NAME (a torchvision detection builder, e.g. "
+                   "fasterrcnn_resnet50_fpn_v2; builder arguments via --detector-opts, e.g. min_size 512) | "
+                   "onnx:FILE.onnx (an exported detector: YOLOv8/YOLO11, YOLOv5 or boxes/scores/labels outputs) | "
+                   "ultralytics:FILE.pt (needs the ultralytics extra) | detections:FILE.json | gt:ANNOTATIONS.json "
+                   "(default: faster_rcnn)")
+    p.add_argument("--detector-format", choices=("yolov8", "yolov5", "boxes"),
+                   help="onnx: detectors: the output layout (default: read from the graph)")
     p.add_argument("--detector-config", help="a Detectron2 YAML of your own (default: the model zoo's "
                    "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml)")
     p.add_argument("--detector-weights", help="local detector weights (default: MODEL.WEIGHTS of the config; "
@@ -173,7 +179,8 @@ def main(argv=None) -> int:
     opts = InferOptions(
         input=args.input, output=args.output, detector=args.detector, classifier=args.classifier,
         classifier_weights=args.classifier_weights, detector_config=args.detector_config,
-        detector_weights=args.detector_weights, detector_opts=args.detector_opts, device=args.device,
+        detector_weights=args.detector_weights, detector_opts=args.detector_opts,
+        detector_format=args.detector_format, device=args.device,
         score_thresh=args.score_thresh, fusion=args.fusion, class_map=args.class_map, reclassify=args.reclassify,
         min_box_size=args.min_box_size, max_box_size=args.max_box_size, context=args.context,
         crop_mode=args.crop_mode, nms_thresh=args.nms_thresh, background_drop=args.background_drop,
