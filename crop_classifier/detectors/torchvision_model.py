@@ -16,6 +16,9 @@ classes of the same name.
 from __future__ import annotations
 
 import ast
+import contextlib
+import io
+import logging
 import os
 import urllib.error
 import urllib.parse
@@ -28,6 +31,8 @@ from ..errors import CheckpointError, UsageError, WeightsUnavailableError
 from .base import FirstStage, ImageDetections, ImageRecord
 
 WEIGHTS_FLAG = "--detector-weights"
+
+logger = logging.getLogger(__name__)
 
 
 def detection_model_names() -> List[str]:
@@ -119,8 +124,13 @@ def _pretrained(name: str, default, download: bool, kwargs: Dict[str, Any]) -> t
     if not download and not _cached(default):
         raise WeightsUnavailableError(f"torchvision:{name}: weights {default} are not in the torch hub cache "
                                       f"({torch.hub.get_dir()}) and downloading is off; {hint}")
+    said = io.StringIO()  # torch hub's "Downloading: URL" line: kept out of an offline failure's one-line error
     try:
-        return torchvision.models.get_model(name, weights=default, **kwargs)
+        with contextlib.redirect_stderr(said):
+            model = torchvision.models.get_model(name, weights=default, **{"progress": False, **kwargs})
+        if said.getvalue().strip():
+            logger.info("%s", said.getvalue().strip())
+        return model
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
         raise WeightsUnavailableError(f"torchvision:{name}: cannot download weights {default} from {default.url} "
                                       f"({e}); this machine is offline: {hint}") from e
