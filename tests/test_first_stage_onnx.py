@@ -136,7 +136,7 @@ def yolov8(tmp_path_factory):
 
 
 def test_letterbox_is_ultralytics(tmp_path):
-    out, r, pad = letterbox(np.full((100, 200, 3), 50, np.uint8), (S, S))
+    out, r, pad = letterbox(np.full((100, 200, 3), 50, np.uint8)[:, :, ::-1], (S, S))  # a flipped view too
     assert out.shape == (S, S, 3) and r == pytest.approx(0.32) and pad == (0, 16)
     assert (out[:16] == 114).all() and (out[48:] == 114).all() and (out[16:48] == 50).all()
     out, r, pad = letterbox(np.zeros((37, 23, 3), np.uint8), (S, S))  # resized to 40 x 64: 12 px each side

@@ -23,6 +23,7 @@ dimension get every record in one run; a fixed batch of 1 gets them one at a tim
 from __future__ import annotations
 
 import ast
+import logging
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -33,6 +34,8 @@ from torchvision.ops import batched_nms, box_convert
 
 from ..errors import BackendUnavailableError, UsageError
 from .base import FirstStage, ImageDetections, ImageRecord
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ("yolov8", "yolov5", "boxes")
 NMS_IOU = {"yolov8": 0.7, "yolov5": 0.45}  # each family's own predict default
@@ -188,6 +191,7 @@ def letterbox(image: np.ndarray, hw: Tuple[int, int]) -> Tuple[np.ndarray, float
     """
     import cv2
 
+    image = np.ascontiguousarray(image)  # OpenCV refuses views with negative strides (an RGB<->BGR flip)
     h0, w0 = image.shape[:2]
     r = min(hw[0] / h0, hw[1] / w0)
     new_w, new_h = int(round(w0 * r)), int(round(h0 * r))
@@ -349,6 +353,9 @@ def _providers(ort, device: str) -> list:
     dev = torch.device(device)
     if dev.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         return [("CUDAExecutionProvider", {"device_id": dev.index or 0}), "CPUExecutionProvider"]
+    if dev.type == "cuda":
+        logger.warning("onnx: first stage: this ONNX Runtime has no CUDA provider (install onnxruntime-gpu); "
+                       "the detector runs on the CPU")
     return ["CPUExecutionProvider"]
 
 
