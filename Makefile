@@ -29,7 +29,7 @@ CORE_PYTHON ?= python3.12
 CORE_VENV ?= .venv-core
 test-core:
 	@test -x $(CORE_VENV)/bin/python || $(CORE_PYTHON) -m venv $(CORE_VENV)
-	$(CORE_VENV)/bin/python -m pip install -q -e '.[test]'
+	$(CORE_VENV)/bin/python -m pip install -q -e '.[test,onnx]'
 	$(CORE_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 demo: setup

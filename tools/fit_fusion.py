@@ -34,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--detector", required=True, help="the first stage, as tools/infer.py --detector takes it")
     p.add_argument("--detector-config", help="Detectron2 first stage: a YAML of your own")
     p.add_argument("--detector-weights", help="local detector weights")
+    p.add_argument("--detector-opts", nargs="*", default=[], metavar="KEY VALUE", help="first-stage overrides")
+    p.add_argument("--detector-format", choices=("yolov8", "yolov5", "boxes"),
+                   help="an onnx: detector's output layout (default: read from the graph)")
     p.add_argument("--categories", help="COCO annotations naming the detector's classes (detections: files)")
     p.add_argument("--classifier", default=None, help="architecture the checkpoint must have (default: any)")
     p.add_argument("--classifier-weights", required=True, help="the classifier the fusion is fitted for")

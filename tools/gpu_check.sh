@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The prepared GPU check: on a bare GPU machine (recent torch with CUDA, Python 3.12, no Detectron2) it
 # installs the core into a venv that reuses the machine's torch, runs the CUDA tests and the CUDA benchmark
-# (fp32/bf16/fp16 autocast, torch.compile, batched ROIAlign crops vs the per-box loop, batches 1-256) and
-# prints the tables for docs/benchmarks.md, in at most GPU_CHECK_BUDGET_S seconds (default 480).
+# (fp32/bf16/fp16 autocast, torch.compile, batched ROIAlign crops vs the per-box loop, batches 1-256), the
+# pipeline rows (torchvision Faster R-CNN first stage + v3_79, crops on the GPU: the detector's images/s alone
+# and with the second stage, the second stage's share of the latency at 20 boxes) and prints the tables for
+# docs/benchmarks.md, in at most GPU_CHECK_BUDGET_S seconds (default 480).
 #
 #   tools/gpu_check.sh [--output DIR] [--venv DIR | --no-venv] [--no-compile] [--cpu] [--dry-run]
 #
 #   --cpu       run every step on CPU with the test-suite benchmark settings (no CUDA needed: checks the script)
 #   --dry-run   print the steps without running them
-#   PYTHON=...  the interpreter whose torch is reused (default python3); GPU_CHECK_SECTIONS=models,crops
+#   PYTHON=...  the interpreter whose torch is reused (default python3); GPU_CHECK_SECTIONS=models,crops;
+#   GPU_CHECK_PIPELINE=0 skips the pipeline rows
 # Exit: 0 all steps passed, 1 a step failed or ran out of time (the others still ran), 2 bad usage / no CUDA.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -23,8 +26,9 @@ DRY=0
 PYTHON=${PYTHON:-python3}
 BUDGET=${GPU_CHECK_BUDGET_S:-480}
 SECTIONS=${GPU_CHECK_SECTIONS:-models,crops}  # benchmark sections (the CPU-side test runs crops only)
+PIPELINE=${GPU_CHECK_PIPELINE:-1}
 
-usage() { sed -n '7,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '9,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while (($#)); do
     case $1 in
         --output) OUT=${2:?--output needs a folder}; shift ;;
@@ -101,12 +105,22 @@ run_benchmark('$OUT/benchmark', preset='$PRESET', device='$DEVICE', only='$SECTI
               compile=$COMPILE_PY, command='tools/gpu_check.sh')
 "
 
-if ((!DRY)) && [[ -f $OUT/benchmark/benchmark.md ]]; then
-    echo
-    cat "$OUT/benchmark/benchmark.md"
+# The GPU pipeline rows: torchvision's Faster R-CNN (no Detectron2 here) + v3_79, crops on the device.
+if ((PIPELINE)); then
+    step "pipeline (torchvision first stage + v3_79) on $DEVICE" "$PY" -c "
+from crop_classifier.benchmark.pipeline import TV_PIPELINE_PRESETS, run_torchvision_pipeline, write_torchvision_pipeline
+write_torchvision_pipeline(run_torchvision_pipeline(device='$DEVICE', **TV_PIPELINE_PRESETS['$PRESET']), '$OUT/pipeline')
+"
 fi
+
+for md in "$OUT/benchmark/benchmark.md" "$OUT/pipeline/pipeline.md"; do
+    if ((!DRY)) && [[ -f $md ]]; then
+        echo
+        cat "$md"
+    fi
+done
 echo
-echo "gpu_check: $((SECONDS - START)) s of ${BUDGET} s; results in $OUT/benchmark/benchmark.json"
+echo "gpu_check: $((SECONDS - START)) s of ${BUDGET} s; results in $OUT/benchmark/benchmark.json, $OUT/pipeline/pipeline.json"
 if ((${#FAILED[@]})); then
     printf 'FAILED: %s\n' "${FAILED[@]}"
     exit 1

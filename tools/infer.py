@@ -5,8 +5,9 @@
         --input images/ video.mp4 "more/*.jpg" --output out/ [--eval annotations.json]
 
 First stages (--detector): faster_rcnn (Detectron2 model zoo COCO Faster R-CNN R50-FPN, or your own
-config with --detector-config), detections:FILE.json (any detector's COCO results), gt:ANNOTATIONS.json
-(ground-truth boxes, to evaluate the classifier alone).
+config with --detector-config), torchvision:NAME (a torchvision detection model), onnx:FILE.onnx (an exported
+detector: YOLOv8/YOLO11, YOLOv5 or boxes/scores/labels outputs), ultralytics:FILE.pt, detections:FILE.json
+(any detector's COCO results), gt:ANNOTATIONS.json (ground-truth boxes, to evaluate the classifier alone).
 --fusion-file FUSION.json applies a fusion fitted by tools/fit_fusion.py for this classifier and first stage.
 --classifier auto runs a routed classifier: each box is cropped at the Section 9 stem that fits its native
 size (a routed checkpoint, or --classifier-weights a.pth,b.pth,c.pth: one single-stem file per stem);
@@ -46,7 +47,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--input", nargs="+", required=True, help=INPUT_HELP)
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--detector", default="faster_rcnn",
-                   help="faster_rcnn | detections:FILE.json | gt:ANNOTATIONS.json (default: faster_rcnn)")
+                   help="faster_rcnn | torchvision:NAME (a torchvision detection builder, e.g. "
+                   "fasterrcnn_resnet50_fpn_v2; builder arguments via --detector-opts, e.g. min_size 512) | "
+                   "onnx:FILE.onnx (an exported detector: YOLOv8/YOLO11, YOLOv5 or boxes/scores/labels outputs) | "
+                   "ultralytics:FILE.pt (needs the ultralytics extra) | detections:FILE.json | gt:ANNOTATIONS.json "
+                   "(default: faster_rcnn)")
+    p.add_argument("--detector-format", choices=("yolov8", "yolov5", "boxes"),
+                   help="onnx: detectors: the output layout (default: read from the graph)")
     p.add_argument("--detector-config", help="a Detectron2 YAML of your own (default: the model zoo's "
                    "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml)")
     p.add_argument("--detector-weights", help="local detector weights (default: MODEL.WEIGHTS of the config; "

@@ -34,7 +34,7 @@ OPTIONS_FILE = "options.json"
 # knobs come from its config (``SecondStageConfig.changed_flags``: a knob added later at its default changes
 # no fingerprint).
 _RESULT_OPTIONS = ("detector", "classifier", "classifier_weights", "detector_config", "detector_weights",
-                   "detector_opts", "score_thresh", "categories", "eval", "video_stride", "precision", "backend")
+                   "detector_opts", "detector_format", "score_thresh", "categories", "eval", "video_stride", "precision", "backend")
 
 
 def parts_dir(out_dir: Path, shard_index: int = 0, shard_count: int = 1) -> Path:

@@ -42,6 +42,7 @@ class InferOptions:
     detector_config: Optional[str] = None
     detector_weights: Optional[str] = None
     detector_opts: Sequence[str] = ()
+    detector_format: Optional[str] = None  # an onnx: detector's output layout (default: read from the graph)
     device: Optional[str] = None
     score_thresh: Optional[float] = None
     stage: SecondStageConfig = field(default_factory=SecondStageConfig)
@@ -131,6 +132,7 @@ def build_stages(o: InferOptions, device: str):
         first = build_first_stage(
             o.detector, config_file=o.detector_config, weights=o.detector_weights, device=device,
             score_thresh=o.score_thresh, annotations=o.categories or o.eval, opts=o.detector_opts,
+            detector_format=o.detector_format,
         )
     except (FileNotFoundError, KeyError) as e:
         raise UsageError(str(e).strip("'\"")) from e
