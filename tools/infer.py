@@ -68,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "comma-separated (a.pth,b.pth,c.pth), run as one routed set")
     p.add_argument("--route-thresholds", metavar="PX,PX", help="--classifier auto: the native box sides (px, "
                    "context margin included) between the routes, e.g. 109,212 (default: the checkpoint's)")
-    p.add_argument("--score-thresh", type=float, help="detector score threshold (Detectron2 / detections file)")
+    p.add_argument("--score-thresh", type=float, help="detector score threshold (every first stage; default: its own, 0.25 for onnx:)")
     p.add_argument("--batch-size", type=int, default=4, help="images per detector batch")
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     p.add_argument("--precision", default="fp32", choices=ALL_PRECISIONS,
