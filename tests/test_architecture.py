@@ -17,8 +17,7 @@ LAYERS = {
     "deploy": 6,
     "video": 7,
     "inference": 8,
-    "benchmark": 9,
-    "d2": 10,  # the Detectron2 plugin: nothing in the core imports it
+    "d2": 9,  # the Detectron2 plugin: nothing in the core imports it
     "__init__": 0,
 }
 

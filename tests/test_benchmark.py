@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from crop_classifier.benchmark.crops import per_box_loop, random_boxes, random_image
-from crop_classifier.benchmark.models import MODEL_NAMES, REFERENCE, build_model, count_gmacs
-from crop_classifier.benchmark.targets import evaluate_targets
-from crop_classifier.benchmark.timing import PeakRSS, Timing, paired_ratio, percentile, time_interleaved
+from benchmarks.crops import per_box_loop, random_boxes, random_image
+from benchmarks.models import MODEL_NAMES, REFERENCE, build_model, count_gmacs
+from benchmarks.targets import evaluate_targets
+from benchmarks.timing import PeakRSS, Timing, paired_ratio, percentile, time_interleaved
 from tool_loader import load_tool
 
 HAVE_D2 = importlib.util.find_spec("detectron2") is not None
@@ -217,7 +217,7 @@ def test_targets_are_judged_against_their_thresholds():
 
 
 def test_tradeoff_recipes():
-    from crop_classifier.benchmark.tradeoff import _recipe_cfg
+    from benchmarks.tradeoff import _recipe_cfg
     from crop_classifier.config import get_cfg
 
     paper, cpu = _recipe_cfg(32, 3, None, "paper"), _recipe_cfg(32, 3, None, "cpu")
@@ -234,7 +234,7 @@ def test_tradeoff_recipes():
 
 
 def test_tradeoff_trains_through_the_engine_and_recalibrates_bn(tmp_path):
-    from crop_classifier.benchmark.tradeoff import TrainSettings, train_and_evaluate
+    from benchmarks.tradeoff import TrainSettings, train_and_evaluate
     from crop_classifier.models import build_classifier, model_meta
 
     g = torch.Generator().manual_seed(0)

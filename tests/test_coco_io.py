@@ -251,7 +251,7 @@ def test_a_broken_file_is_not_cached(tmp_path):
 
 
 def test_trade_off_records_and_d2_registration_read_through_coco_io(tmp_path):
-    from crop_classifier.benchmark.tradeoff import _coco_records
+    from benchmarks.tradeoff import _coco_records
 
     anns = [{"id": 10, "image_id": 1, "category_id": 3, "bbox": [2, 3, 10, 12]},
             {"id": 11, "image_id": 1, "category_id": 1, "bbox": [1, 1, 0.5, 8]},  # under 1 px wide: left out

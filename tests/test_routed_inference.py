@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from crop_classifier.benchmark.deploy import spread_weights
+from benchmarks.deploy import spread_weights
 from crop_classifier.crops import extract_crops
 from crop_classifier.deploy import describe, load_classifier
 from crop_classifier.errors import UsageError

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from crop_classifier.benchmark.routing import LOGNORMAL_MEDIAN, realistic_sides
-from crop_classifier.benchmark.tradeoff import HeldOut, _probs, bucket_top1, routing_goal
+from benchmarks.routing import LOGNORMAL_MEDIAN, realistic_sides
+from benchmarks.tradeoff import HeldOut, _probs, bucket_top1, routing_goal
 from tool_loader import load_tool
 
 
@@ -87,7 +87,7 @@ def test_tiny_routing_section(tmp_path):
 
 @pytest.mark.parametrize("classes", [3, 5])
 def test_every_tradeoff_row_starts_from_the_shared_checkpoint(tmp_path, classes):
-    from crop_classifier.benchmark.tradeoff import MODELS, _row_model
+    from benchmarks.tradeoff import MODELS, _row_model
     from crop_classifier.models import build_classifier, model_meta, save_checkpoint
 
     torch.manual_seed(1)
@@ -110,7 +110,7 @@ def test_every_tradeoff_row_starts_from_the_shared_checkpoint(tmp_path, classes)
 
 
 def test_tradeoff_init_must_fit_the_width_and_exist(tmp_path, capsys):
-    from crop_classifier.benchmark.tradeoff import _row_model
+    from benchmarks.tradeoff import _row_model
     from crop_classifier.models import CheckpointError, build_classifier, model_meta, save_checkpoint
 
     src = build_classifier("v3_79", 2, width=0.125, aux_logits=False)
@@ -126,7 +126,7 @@ def test_tradeoff_init_must_fit_the_width_and_exist(tmp_path, capsys):
 
 def test_tradeoff_with_a_background_class(tmp_path):
     """The trade-off keeps working with a background class: negatives in training and test, object-only buckets."""
-    from crop_classifier.benchmark.tradeoff import NEGATIVE_MAX_IOU, _dataset, extract_all, run_tradeoff
+    from benchmarks.tradeoff import NEGATIVE_MAX_IOU, _dataset, extract_all, run_tradeoff
     from torchvision.ops import box_iou
 
     train, _, cats = _dataset("synthetic", tmp_path / "d", synthetic_train=2, synthetic_test=1, image_size=256,
@@ -155,6 +155,6 @@ def test_tradeoff_with_a_background_class(tmp_path):
         for key in ("recall", "objects_called_background"):
             assert 0.0 <= r["background"][key] <= 1.0
     assert info["classes"] == len({int(c) for _, _, cs in train for c in cs}) + 1  # the objects' + background
-    from crop_classifier.benchmark.report import _tradeoff_md
+    from benchmarks.report import _tradeoff_md
 
     assert "background recall %" in _tradeoff_md(res)

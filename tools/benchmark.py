@@ -17,10 +17,14 @@ import sys
 
 # albumentations (imported by the data package) checks PyPI on import; benchmarks stay offline and quiet.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# The benchmarks/ package sits beside crop_classifier/ in the repository and is not installed with it.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from crop_classifier.benchmark.runner import SECTIONS
+    from benchmarks.runner import SECTIONS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", required=True, metavar="DIR", help="folder for benchmark.json/.md and plots")
@@ -59,7 +63,7 @@ def main(argv=None) -> int:
     args.argv = list(argv if argv is not None else sys.argv[1:])
     import torch
 
-    from crop_classifier.benchmark.runner import SECTIONS
+    from benchmarks.runner import SECTIONS
 
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in only if s not in SECTIONS]
@@ -69,9 +73,9 @@ def main(argv=None) -> int:
     if args.quick and args.tiny:
         print("error: --quick and --tiny are exclusive", file=sys.stderr)
         return 2
-    from crop_classifier.benchmark.tradeoff import DATASETS
+    from benchmarks.tradeoff import DATASETS
 
-    from crop_classifier.benchmark.tradeoff import MODELS
+    from benchmarks.tradeoff import MODELS
 
     args.tradeoff_models = tuple(m.strip() for m in args.tradeoff_models.split(",") if m.strip())
     bad = [m for m in args.tradeoff_models if m not in {x[0] for x in MODELS}]
@@ -106,7 +110,7 @@ def main(argv=None) -> int:
 
 
 def _run(args, only) -> int:
-    from crop_classifier.benchmark.runner import run_benchmark
+    from benchmarks.runner import run_benchmark
 
     overrides = {}
     tradeoff = (("epochs", args.tradeoff_epochs), ("width", args.tradeoff_width), ("recipe", args.tradeoff_recipe),

@@ -217,7 +217,7 @@ def main(argv=None) -> int:
 def video_demo(out: Path) -> int:
     """A moving synthetic scene (objects approach, recede, enter, leave, occlude), tracked; each object is
     classified on first sight and when its view grew by 20 %, and its views vote by resolution."""
-    from crop_classifier.benchmark.video import load_demo_models
+    from benchmarks.video import load_demo_models
     from crop_classifier.data.synthetic_video import MovingScene, MovingSceneOptions, write_video
     from crop_classifier.video import RunOptions, TrackerOptions, TrackOptions, run_tracking
 

@@ -96,7 +96,7 @@ COMPILE_PY=False
 step "benchmark ($SECTIONS) on $DEVICE" "$PY" -c "
 import os
 os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
-from crop_classifier.benchmark.runner import run_benchmark
+from benchmarks.runner import run_benchmark
 run_benchmark('$OUT/benchmark', preset='$PRESET', device='$DEVICE', only='$SECTIONS'.split(','),
               compile=$COMPILE_PY, command='tools/gpu_check.sh')
 "

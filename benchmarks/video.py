@@ -40,7 +40,7 @@ from crop_classifier.detectors import build_first_stage
 from crop_classifier.second_stage import SecondStage, fuse
 from crop_classifier.video import Frame, ReinferOptions, TrackerOptions, TrackingLoop, TrackOptions
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DET_CONFIG = ROOT / "configs" / "d2" / "demo_synthetic_R18_FPN.yaml"
 WEIGHTS = ROOT / "demo_weights"
 SIZE_BUCKETS = ((0, 32, "<32"), (32, 64, "32-64"), (64, 1e9, ">=64"))

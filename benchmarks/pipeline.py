@@ -107,7 +107,7 @@ def run_pipeline(
     W, H = image_wh
     max_boxes = max(box_counts)
     if config_file and not os.path.isabs(config_file):
-        config_file = str(Path(__file__).resolve().parents[2] / config_file)
+        config_file = str(Path(__file__).resolve().parents[1] / config_file)
     det = _random_weights_detector(device, max_boxes, min_size_test, config_file)
     names = det.class_names
     record = ImageRecord("synthetic.jpg", random_image(W, H, seed=1))

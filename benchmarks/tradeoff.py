@@ -69,7 +69,7 @@ from crop_classifier.structures import BACKGROUND_CLASS
 
 from .models import count_gmacs
 
-COCO128 = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco128"
+COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128"
 DATASETS = ("synthetic", "synthetic_wide", "coco128")
 #: The wide-range scenes (``generate_scenes`` arguments): 10-320 px objects need 1280 px images (objects are
 #: at most 0.3 of the image); the 4 px mark period makes the marks of objects above 60 px finer than their size.
