@@ -69,7 +69,6 @@ from crop_classifier.structures import BACKGROUND_CLASS
 
 from .models import count_gmacs
 
-COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128"
 DATASETS = ("synthetic", "synthetic_wide", "coco128")
 #: The wide-range scenes (``generate_scenes`` arguments): 10-320 px objects need 1280 px images (objects are
 #: at most 0.3 of the image); the 4 px mark period makes the marks of objects above 60 px finer than their size.
@@ -162,8 +161,9 @@ def extract_all(records, sizes: Sequence[int], label_of: Dict[int, int], *, cont
 
 
 def _dataset(name: str, work_dir: Path, *, synthetic_train: int, synthetic_test: int, image_size: int,
-             coco_test_fraction: float, seed: int = 0):
-    """(train records, test records, class names) of one dataset."""
+             coco_test_fraction: float, seed: int = 0, coco128: Optional[Path] = None):
+    """(train records, test records, class names) of one dataset; ``coco128``: the COCO128 folder
+    (``annotations/instances_train2017.json``, ``images/``), needed by the ``coco128`` dataset only."""
     if name in ("synthetic", "synthetic_wide"):
         wide = name == "synthetic_wide"
         scenes = dict(WIDE_SCENES) if wide else {"image_size": image_size}
@@ -174,10 +174,12 @@ def _dataset(name: str, work_dir: Path, *, synthetic_train: int, synthetic_test:
         test, _ = _coco_records(Path(te_ann), te_dir)
         return train, test, cats
     if name == "coco128":
-        ann = COCO128 / "annotations" / "instances_train2017.json"
+        if coco128 is None:
+            raise ValueError("the coco128 trade-off dataset needs its folder (coco128=DIR)")
+        ann = Path(coco128) / "annotations" / "instances_train2017.json"
         if not ann.is_file():
             raise FileNotFoundError(f"coco128 annotations not found at {ann}")
-        records, cats = _coco_records(ann, COCO128 / "images")
+        records, cats = _coco_records(ann, Path(coco128) / "images")
         # Held-out images, not just held-out boxes: every k-th image (by id) is a test image.
         k = max(2, int(round(1 / coco_test_fraction)))
         test = [r for i, r in enumerate(records) if i % k == k - 1]
@@ -441,6 +443,7 @@ def run_tradeoff(
     max_train_crops: int = 0,
     models: Sequence[str] = tuple(m[0] for m in MODELS),
     seed: int = 0,
+    coco128: Optional[Path] = None,
     log: Callable[[str], None] = print,
 ) -> Dict[str, object]:
     unknown = [m for m in models if m not in {x[0] for x in MODELS}]
@@ -456,7 +459,7 @@ def run_tradeoff(
     for ds in datasets:
         train_rec, test_rec, cats = _dataset(ds, Path(work_dir), synthetic_train=synthetic_train,
                                              synthetic_test=synthetic_test, image_size=image_size,
-                                             coco_test_fraction=coco_test_fraction, seed=seed)
+                                             coco_test_fraction=coco_test_fraction, seed=seed, coco128=coco128)
         # Classes: those with a training box (a test-only class could never be predicted).
         present = sorted({int(c) for _, _, cs in train_rec for c in cs})
         label_of = {c: i for i, c in enumerate(present)}

@@ -35,7 +35,7 @@ def test_coco128_split_is_the_tradeoffs(tmp_path):
     test = json.loads((tmp_path / "test.json").read_text())
     train = json.loads((tmp_path / "train.json").read_text())
     _, held, _ = tradeoff_dataset("coco128", tmp_path, synthetic_train=0, synthetic_test=0, image_size=0,
-                                  coco_test_fraction=0.25, seed=0)
+                                  coco_test_fraction=0.25, seed=0, coco128=COCO128)
     assert sorted(im["file_name"] for im in test["images"]) == sorted(Path(p).name for p, _, _ in held)
     assert len(train["images"]) + len(test["images"]) == len(json.loads(ann.read_text())["images"])
 
