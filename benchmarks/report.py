@@ -280,7 +280,7 @@ def _pm(v: Dict) -> str:
 
 def tradeoff_buckets_md(t: Dict) -> str:
     """Per dataset: top-1 (%) ± one standard error per native object size bucket, crop counts, and the
-    routed row against the best fixed row (issue 17's goal)."""
+    routed row against the best fixed row (the routing goal, ``tradeoff.routing_goal``)."""
     labels = list(t.get("size_buckets") or []) + ["all"]
     parts = ["Top-1 (%) ± one standard error by native object size (the box's longer side, px, without context):"]
     for ds in dict.fromkeys(r["dataset"] for r in t["rows"] if r.get("buckets")):

@@ -1,5 +1,5 @@
 """Cost of size-adaptive routing: crops/s of the routed classifier at a realistic box-size mix against each
-fixed variant (issue 17's goal: >= 0.9x ``v3_79``).
+fixed variant (the goal: >= 0.9x ``v3_79``, ``targets``).
 
 The mix: native object sides drawn from COCO's distribution: the COCO128 annotations' boxes when given
 (``coco_annotations``; their longer sides, non-crowd), else a log-normal with median 55 px and a sixth

@@ -326,7 +326,7 @@ def _slug(name: str) -> str:
 
 
 def routing_goal(rows: List[Dict[str, object]]) -> Dict[str, object]:
-    """The issue's goal on one dataset's rows: the routed row >= the best fixed row in every bucket (each
+    """The routing goal on one dataset's rows: the routed row >= the best fixed row in every bucket (each
     bucket's best) and >= 2 points above the best fixed row overall. Differences in points."""
     routed = next((r for r in rows if r["arch"] == ROUTED_ARCH and "buckets" in r), None)
     fixed = [r for r in rows if r["arch"] != ROUTED_ARCH and "buckets" in r]

@@ -200,7 +200,7 @@ def test_classifier_weights_from_checkpoint_and_mismatch_errors(tmp_path):
 
 
 def test_width_classes_and_crop_come_from_the_checkpoint_unless_set(tmp_path):
-    """Issue 13.7: without WIDTH (nor ARCH, CLASS_NAMES, CONTEXT, CROP_MODE) the checkpoint's meta decides;
+    """Without WIDTH (nor ARCH, CLASS_NAMES, CONTEXT, CROP_MODE) the checkpoint's meta decides;
     a WIDTH that contradicts it is an error naming both values; CONTEXT / CROP_MODE set in the config win."""
     torch.manual_seed(0)
     clf = build_classifier("v3_79", 3, width=0.125, aux_logits=False)
@@ -266,7 +266,7 @@ def test_predictor_offline_weights_error_names_the_key():
 
 
 def test_predictor_reports_only_real_gaps_of_the_detector_checkpoint(tmp_path, caplog):
-    """Issue 13.6: a detector-only MODEL.WEIGHTS leaves the classifier (from CROP_CLASSIFIER.WEIGHTS) out;
+    """A detector-only MODEL.WEIGHTS leaves the classifier (from CROP_CLASSIFIER.WEIGHTS) out;
     only a genuinely missing detector key is reported, not ~200 classifier tensors."""
     import logging
 

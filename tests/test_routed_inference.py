@@ -1,4 +1,4 @@
-"""The routed classifier (``--classifier auto``, issue 17) everywhere a classifier runs: tools/infer.py (routed
+"""The routed classifier (``--classifier auto``) everywhere a classifier runs: tools/infer.py (routed
 checkpoint, routed set of three checkpoints, --route-thresholds, per-route crop counts, bad values), the second
 stage's per-route dispatch, ONNX Runtime (cached per route, and tools/export.py's one file per route), and the
 Detectron2 plugin (ARCH auto, ROUTE_THRESHOLDS, routed WEIGHTS). Width 0.125 models, a few synthetic images."""

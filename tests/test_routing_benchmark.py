@@ -1,4 +1,4 @@
-"""Issue 17's measurements: per-size-bucket top-1, the routed row's evaluation at each crop's route, the goal
+"""The routing measurements: per-size-bucket top-1, the routed row's evaluation at each crop's route, the goal
 verdict, the realistic box-size mix and the cost section (tiny settings: structure, never speed)."""
 import json
 import math
