@@ -217,10 +217,10 @@ def test_targets_are_judged_against_their_thresholds():
 
 
 def test_tradeoff_recipes():
-    from benchmarks.tradeoff import _recipe_cfg
+    from benchmarks.tradeoff import recipe_cfg
     from crop_classifier.config import get_cfg
 
-    paper, cpu = _recipe_cfg(32, 3, None, "paper"), _recipe_cfg(32, 3, None, "cpu")
+    paper, cpu = recipe_cfg(32, 3, None, "paper"), recipe_cfg(32, 3, None, "cpu")
     assert paper.SOLVER.RMSPROP_EPS == get_cfg().SOLVER.RMSPROP_EPS == 1.0
     assert cpu.SOLVER.RMSPROP_EPS == 1e-8 and cpu.SOLVER.LR_DECAY_EPOCHS == 0.25 and cpu.SOLVER.MAX_EPOCHS == 3
     # The CPU recipe is the one configs/cpu trains with, not a second opinion.
@@ -230,7 +230,7 @@ def test_tradeoff_recipes():
     for key in ("RMSPROP_EPS", "BASE_LR", "LR_DECAY_EPOCHS", "WARMUP_EPOCHS"):
         assert getattr(cpu.SOLVER, key) == getattr(yaml.SOLVER, key), key
     with pytest.raises(ValueError, match="recipe"):
-        _recipe_cfg(32, 3, None, "fast")
+        recipe_cfg(32, 3, None, "fast")
 
 
 def test_tradeoff_trains_through_the_engine_and_recalibrates_bn(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmarks.routing import LOGNORMAL_MEDIAN, realistic_sides
-from benchmarks.tradeoff import HeldOut, _probs, bucket_top1, routing_goal
+from benchmarks.tradeoff import HeldOut, held_out_probs, bucket_top1, routing_goal
 from tool_loader import load_tool
 
 
@@ -54,7 +54,7 @@ class _BySize(torch.nn.Module):
 def test_routed_evaluation_feeds_each_crop_at_its_route():
     sizes = np.array([79, 299, 151, 79, 299])
     x = {s: torch.zeros(5, 3, s, s, dtype=torch.uint8) for s in (79, 151, 299)}
-    probs = _probs(_BySize(), HeldOut(x, torch.zeros(5, dtype=torch.long), None, sizes), batch=2)
+    probs = held_out_probs(_BySize(), HeldOut(x, torch.zeros(5, dtype=torch.long), None, sizes), batch=2)
     assert probs.argmax(1).tolist() == [0, 2, 1, 0, 2]
 
 
@@ -87,7 +87,7 @@ def test_tiny_routing_section(tmp_path):
 
 @pytest.mark.parametrize("classes", [3, 5])
 def test_every_tradeoff_row_starts_from_the_shared_checkpoint(tmp_path, classes):
-    from benchmarks.tradeoff import MODELS, _row_model
+    from benchmarks.tradeoff import MODELS, row_model
     from crop_classifier.models import build_classifier, model_meta, save_checkpoint
 
     torch.manual_seed(1)
@@ -96,7 +96,7 @@ def test_every_tradeoff_row_starts_from_the_shared_checkpoint(tmp_path, classes)
     names = [str(i) for i in range(classes)]
     want = src.state_dict()
     for _, arch, crop, up in MODELS:
-        _, net, _ = _row_model(arch, crop, up, classes, 0.0625, names, init=str(ckpt))
+        _, net, _ = row_model(arch, crop, up, classes, 0.0625, names, init=str(ckpt))
         got = net.state_dict()
         assert set(got) == set(want), arch
         for k, v in got.items():
@@ -105,18 +105,18 @@ def test_every_tradeoff_row_starts_from_the_shared_checkpoint(tmp_path, classes)
             else:
                 assert torch.equal(v, want[k]), (arch, k)
         # Without init a row starts from its own random weights.
-        _, fresh, _ = _row_model(arch, crop, up, classes, 0.0625, names)
+        _, fresh, _ = row_model(arch, crop, up, classes, 0.0625, names)
         assert not torch.equal(fresh.state_dict()["Conv2d_1a_3x3.conv.weight"], want["Conv2d_1a_3x3.conv.weight"])
 
 
 def test_tradeoff_init_must_fit_the_width_and_exist(tmp_path, capsys):
-    from benchmarks.tradeoff import _row_model
+    from benchmarks.tradeoff import row_model
     from crop_classifier.models import CheckpointError, build_classifier, model_meta, save_checkpoint
 
     src = build_classifier("v3_79", 2, width=0.125, aux_logits=False)
     ckpt = save_checkpoint(tmp_path / "w0125.pth", src, model_meta(src, "v3_79", ["a", "b"]))
     with pytest.raises(CheckpointError, match="width"):
-        _row_model("v3_151", 151, None, 2, 0.0625, ["a", "b"], init=str(ckpt))
+        row_model("v3_151", 151, None, 2, 0.0625, ["a", "b"], init=str(ckpt))
     rc = load_tool("benchmark").main(["--output", str(tmp_path / "out"), "--tiny", "--only", "tradeoff",
                                       "--tradeoff-init", str(tmp_path / "absent.pth")])
     assert rc == 2
@@ -126,10 +126,10 @@ def test_tradeoff_init_must_fit_the_width_and_exist(tmp_path, capsys):
 
 def test_tradeoff_with_a_background_class(tmp_path):
     """The trade-off keeps working with a background class: negatives in training and test, object-only buckets."""
-    from benchmarks.tradeoff import NEGATIVE_MAX_IOU, _dataset, extract_all, run_tradeoff
+    from benchmarks.tradeoff import NEGATIVE_MAX_IOU, dataset_records, extract_all, run_tradeoff
     from torchvision.ops import box_iou
 
-    train, _, cats = _dataset("synthetic", tmp_path / "d", synthetic_train=2, synthetic_test=1, image_size=256,
+    train, _, cats = dataset_records("synthetic", tmp_path / "d", synthetic_train=2, synthetic_test=1, image_size=256,
                               coco_test_fraction=0.25, seed=0)
     label_of = {c: i for i, c in enumerate(sorted(cats))}
     crops, y, boxes = extract_all(train, [35], label_of, context=0.1, negatives=0.5, negative_label=99, seed=3)
@@ -155,6 +155,6 @@ def test_tradeoff_with_a_background_class(tmp_path):
         for key in ("recall", "objects_called_background"):
             assert 0.0 <= r["background"][key] <= 1.0
     assert info["classes"] == len({int(c) for _, _, cs in train for c in cs}) + 1  # the objects' + background
-    from benchmarks.report import _tradeoff_md
+    from benchmarks.report import tradeoff_md
 
-    assert "background recall %" in _tradeoff_md(res)
+    assert "background recall %" in tradeoff_md(res)

@@ -28,7 +28,7 @@ def test_every_kth_boxed_image_by_id_is_held_out_whole():
 
 @pytest.mark.skipif(not (COCO128 / "annotations" / "instances_train2017.json").is_file(), reason="no coco128")
 def test_coco128_split_is_the_tradeoffs(tmp_path):
-    from benchmarks.tradeoff import _dataset as tradeoff_dataset
+    from benchmarks.tradeoff import dataset_records as tradeoff_dataset
 
     ann = COCO128 / "annotations" / "instances_train2017.json"
     assert load_tool("split_coco").main([str(ann), "--output-dir", str(tmp_path)]) == 0
