@@ -1,7 +1,6 @@
 """The Detectron2 plugin with tiny random-weight models on CPU: CropClassifierRCNN, config, predictor, training."""
 import copy
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,26 +21,8 @@ from crop_classifier.d2 import (  # noqa: E402
 )
 from crop_classifier.models import build_classifier, model_meta, save_checkpoint  # noqa: E402
 
-from classifier_helpers import inference_form  # noqa: E402
-from test_pipeline import MeanColourNet  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "d2" / "tiny_R18_FPN_random.yaml"
-COLOURS = ["red", "green", "blue"]
-
-
-def tiny_cfg(*opts):
-    cfg = add_crop_classifier_config(get_cfg())
-    cfg.merge_from_file(str(TINY))
-    cfg.merge_from_list([
-        "MODEL.META_ARCHITECTURE", "CropClassifierRCNN",
-        "MODEL.ROI_HEADS.NUM_CLASSES", 2,
-        "MODEL.CROP_CLASSIFIER.DETECTOR_CLASS_NAMES", ["thing", "other"],
-        "MODEL.CROP_CLASSIFIER.CLASS_NAMES", COLOURS,
-        "MODEL.CROP_CLASSIFIER.CLASS_MAP", [["thing", "red,green,blue"]],
-        *opts,
-    ])
-    return cfg
+from classifier_helpers import COLOURS, MeanColourNet, inference_form  # noqa: E402
+from d2_helpers import tiny_cfg  # noqa: E402
 
 
 def colour_model(*opts):

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.deploy import spread_weights
 from crop_classifier.crops import extract_crops
 from crop_classifier.deploy import describe, load_classifier
 from crop_classifier.errors import UsageError
 from crop_classifier.models import build_classifier, model_meta, save_checkpoint
 from crop_classifier.models.inference import RoutedClassifier, build_inference_classifier, load_inference_classifier
 from crop_classifier.second_stage import SecondStage
+from classifier_helpers import spread_weights
 from tool_loader import load_tool
 
 CLASSES = ["red", "green", "blue"]
@@ -244,7 +244,7 @@ def test_d2_arch_auto_route_thresholds_and_routed_weights(files):
     from detectron2.structures import Boxes, Instances
 
     from crop_classifier.errors import ConfigError
-    from test_d2_meta_arch import tiny_cfg
+    from d2_helpers import tiny_cfg
 
     torch.manual_seed(0)
     stage = build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.ARCH", "auto", "MODEL.CROP_CLASSIFIER.WIDTH", 0.125))
