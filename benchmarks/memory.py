@@ -1,7 +1,7 @@
 """Does inference leak? Resident memory (psutil RSS) over many images through the second stage.
 
 Each image is a fresh synthetic frame (sizes cycle, so the allocator sees varying shapes) with a varying
-number of boxes, run through ``crop_classifier.pipeline.SecondStage`` (crops from the full image, a small
+number of boxes, run through ``crop_classifier.second_stage.SecondStage`` (crops from the full image, a small
 classifier, fusion). RSS is sampled after a warm-up (allocator pools, oneDNN primitive caches and lazy
 imports fill up first) and the growth from there to the end is the figure; a least-squares slope over all
 samples (MB per 1000 images) separates a steady leak from one-off noise.

@@ -3,7 +3,7 @@
 The first stage is Detectron2's model-zoo R50-FPN Faster R-CNN (``crop_classifier.detectors``) with random
 weights (none can be downloaded here; timing does not depend on the values), its score threshold at 0
 and its top-k at the largest box count, so the second stage always sees exactly N boxes. The second stage
-is ``crop_classifier.pipeline.SecondStage`` (crops from the full-resolution image, classifier, fusion)
+is ``crop_classifier.second_stage.SecondStage`` (crops from the full-resolution image, classifier, fusion)
 around each classifier variant at each width, in its inference form (``models.inference.build_inference_classifier``).
 
 Detector and second-stage calls are interleaved in the same rounds; "detector + second stage" is the sum of

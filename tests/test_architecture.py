@@ -12,7 +12,7 @@ LAYERS = {
     "config": 1, "models": 1, "crops": 1, "coco_io": 1,
     "data": 2,
     "detectors": 3,
-    "second_stage": 4, "pipeline": 4,
+    "second_stage": 4,
     "engine": 5,
     "deploy": 6,
     "video": 7,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from crop_classifier.models import build_classifier
-from crop_classifier.pipeline import ClassMap, SecondStage, fuse, parse_class_map
+from crop_classifier.second_stage import ClassMap, SecondStage, fuse, parse_class_map
 from classifier_helpers import COLOURS, MeanColourNet, colour_image, inference_form
 
 
@@ -191,7 +191,7 @@ def test_from_checkpoint_takes_classes_crop_and_size_from_meta(tmp_path):
     assert stage.classifier_classes == COLOURS and stage.crop.size == 79
     assert stage.crop.context == 0.25 and stage.crop.mode == "letterbox"
     assert not any(p.requires_grad for p in stage.classifier.parameters())
-    from crop_classifier.models import CheckpointError
+    from crop_classifier.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="v3_151"):
         SecondStage.from_checkpoint(path, ["thing"], arch="v3_151")

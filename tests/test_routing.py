@@ -12,7 +12,7 @@ from crop_classifier.models import (ALL_ARCHITECTURES, STEMS, RoutedInceptionV3,
 from crop_classifier.models.inference import (RoutedClassifier, build_inference_classifier,
                                               load_inference_classifier, routed_classifier)
 from crop_classifier.models.routing import parse_thresholds
-from crop_classifier.pipeline import SecondStage
+from crop_classifier.second_stage import SecondStage
 from classifier_helpers import inference_form
 
 NAMES = list("abcde")

@@ -111,7 +111,8 @@ def test_every_tradeoff_row_starts_from_the_shared_checkpoint(tmp_path, classes)
 
 def test_tradeoff_init_must_fit_the_width_and_exist(tmp_path, capsys):
     from benchmarks.tradeoff import row_model
-    from crop_classifier.models import CheckpointError, build_classifier, model_meta, save_checkpoint
+    from crop_classifier.errors import CheckpointError
+    from crop_classifier.models import build_classifier, model_meta, save_checkpoint
 
     src = build_classifier("v3_79", 2, width=0.125, aux_logits=False)
     ckpt = save_checkpoint(tmp_path / "w0125.pth", src, model_meta(src, "v3_79", ["a", "b"]))

@@ -12,7 +12,7 @@ import torch
 
 from crop_classifier.data.synthetic_video import MovingScene, MovingSceneOptions, write_video
 from crop_classifier.errors import UsageError
-from crop_classifier.pipeline import ClassMap
+from crop_classifier.second_stage import ClassMap
 from crop_classifier.crops import valid_boxes_mask
 from crop_classifier.structures import CropSpec, ImageDetections
 from crop_classifier.video import (Frame, FrameSource, ReinferOptions, RunOptions, SourceOptions, TrackingLoop,
@@ -348,7 +348,7 @@ def test_moving_scenes_are_deterministic_with_identities_motion_and_occlusion():
 def test_loop_with_the_real_second_stage(scene_video):
     """The pipeline's SecondStage (tiny random classifier) drives the loop: same fusion, calls counted."""
     from crop_classifier.models import build_classifier
-    from crop_classifier.pipeline import SecondStage
+    from crop_classifier.second_stage import SecondStage
 
     scene, _ = scene_video
     torch.manual_seed(0)

@@ -3,7 +3,7 @@
 Training trains the detector exactly as ``GeneralizedRCNN`` does (the classifier is frozen and stays in
 eval mode), so ``DefaultTrainer`` works unchanged. Inference runs the detector, crops every kept box from
 the original-resolution image (input key ``"original_image"``; without it, from ``"image"`` with the boxes
-scaled), classifies all crops of the batch in chunks and fuses (``crop_classifier.pipeline``).
+scaled), classifies all crops of the batch in chunks and fuses (``crop_classifier.second_stage``).
 
 Output ``Instances`` (in the output class space, see ``output_class_names``): ``pred_boxes``,
 ``pred_classes``, ``scores`` (fused) and, per box, ``det_classes`` / ``det_scores`` (the detector's own),

@@ -23,7 +23,7 @@ Temporal fusion (``vote``): the track's class probabilities ``P`` come from all 
   independent experts: one confident sharp view outvotes several flat ones).
 
 The track's current class and score then come from ``P`` and this frame's detector class and score through
-the second stage's own fusion rule (``crop_classifier.pipeline.fuse``: replace / rescore / filter, same
+the second stage's own fusion rule (``crop_classifier.second_stage.fuse``: replace / rescore / filter, same
 class map), so a tracked box is fused exactly as a still image's box is, with ``P`` as its probabilities.
 """
 from __future__ import annotations

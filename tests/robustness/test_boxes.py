@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from crop_classifier.crops import extract_crops, valid_boxes_mask
-from crop_classifier.pipeline import FUSION_MODES, ClassMap, SecondStage, fuse
+from crop_classifier.second_stage import FUSION_MODES, ClassMap, SecondStage, fuse
 from classifier_helpers import inference_form
 
 PROPERTY = settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

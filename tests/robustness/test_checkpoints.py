@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from crop_classifier.errors import CheckpointError
 from crop_classifier.models import (
-    CheckpointError,
     build_classifier,
     classifier_from_checkpoint,
     load_checkpoint,
@@ -93,7 +93,7 @@ def test_code_in_a_checkpoint_is_refused_and_never_runs(tmp_path, torch_zip):
 
 
 def test_second_stage_and_trainer_resume_refuse_code(tmp_path):
-    from crop_classifier.pipeline import SecondStage
+    from crop_classifier.second_stage import SecondStage
 
     path, marker = _malicious(tmp_path)
     with pytest.raises(CheckpointError, match="refused"):
