@@ -93,6 +93,7 @@ step "CUDA tests" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests
 
 COMPILE_PY=False
 ((COMPILE)) && [[ $DEVICE == cuda ]] && COMPILE_PY=True
+# benchmarks/ is not installed with the package: `python -c` run from the repository root imports it from there.
 step "benchmark ($SECTIONS) on $DEVICE" "$PY" -c "
 import os
 os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
