@@ -121,8 +121,8 @@ def _run_section(name: str, settings: dict, device: str, compile: bool, work_dir
     if name == "routing" and paths.coco128 is not None:
         settings = {**settings, "coco_annotations": Path(paths.coco128) / "annotations" / "instances_train2017.json"}
     if name == "video":
-        settings = {"weights_dir": paths.demo_weights, "detector_config": paths.config(DEMO_DETECTOR_CONFIG),
-                    **settings}
+        detector_config = paths.config(DEMO_DETECTOR_CONFIG) if paths.configs is not None else None
+        settings = {"weights_dir": paths.demo_weights, "detector_config": detector_config, **settings}
     runners = {"crops": run_crops, "pipeline": run_pipeline, "memory": run_memory, "deploy": run_deploy,
                "video": run_video, "routing": run_routing}
     if name not in runners:

@@ -2,6 +2,8 @@
 benchmark helpers' logic."""
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -269,3 +271,32 @@ def test_tiny_video_section(tmp_path):
     assert set(v["accuracy"]) >= {"per_frame", "track_weighted", "track_last", "track_mean"}
     assert "## Video tracking" in (tmp_path / "benchmark.md").read_text()
     assert any(t["target"].startswith("video: classifier calls") for t in res["targets"])
+
+
+# ------------------------------------------------------------------------------------------------ data paths
+def test_data_paths_are_the_callers_to_give(tmp_path):
+    """The sections find their files through arguments only: the library resolves nothing from its own place."""
+    from benchmarks.runner import DataPaths, run_benchmark
+    from benchmarks.tradeoff import dataset_records
+
+    assert DataPaths(configs=tmp_path).config("d2/x.yaml") == str(tmp_path / "d2" / "x.yaml")
+    assert DataPaths().config(str(tmp_path / "abs.yaml")) == str(tmp_path / "abs.yaml")
+    with pytest.raises(ValueError, match="configs"):
+        DataPaths().config("d2/x.yaml")
+    with pytest.raises(ValueError, match="coco128=DIR"):
+        dataset_records("coco128", tmp_path, synthetic_train=0, synthetic_test=0, image_size=0,
+                        coco_test_fraction=0.25)
+    # run_benchmark without paths: a section that needs one fails as a section (named), the run still completes.
+    res = run_benchmark(tmp_path / "out", preset="tiny", only=["video"], log=lambda _: None)
+    assert "demo models" in res["video"]["error"] and res["complete"]
+    assert res["data_paths"] == {"configs": None, "coco128": None, "demo_weights": None}
+
+
+def test_the_tool_runs_from_the_checkout_without_an_install_of_benchmarks(tmp_path):
+    """tools/benchmark.py puts the repository root on sys.path (benchmarks/ is not installed), from any folder."""
+    tool = Path(__file__).resolve().parents[1] / "tools" / "benchmark.py"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, str(tool), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "--coco128" in r.stdout and "--only" in r.stdout

@@ -85,6 +85,23 @@ def test_tiny_routing_section(tmp_path):
     assert "## Size-adaptive routing: cost" in (tmp_path / "benchmark.md").read_text()
 
 
+def test_routing_section_takes_its_box_sides_from_the_coco128_folder_given(tmp_path):
+    ann = tmp_path / "coco" / "annotations" / "instances_train2017.json"
+    ann.parent.mkdir(parents=True)
+    ann.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 640, "height": 480}],
+        "annotations": [{"id": i, "image_id": 1, "category_id": 1, "bbox": [0, 0, side, side / 2], "iscrowd": 0,
+                         "area": side * side / 2} for i, side in enumerate((20.0, 40.0, 300.0), 1)],
+        "categories": [{"id": 1, "name": "thing"}]}))
+    rc = load_tool("benchmark").main(["--output", str(tmp_path / "out"), "--tiny", "--threads", "1", "--only", "routing",
+                                      "--coco128", str(tmp_path / "coco")])
+    assert rc == 0
+    res = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    assert res["data_paths"]["coco128"] == str(tmp_path / "coco")
+    r = res["routing"]
+    assert r["sides_source"].startswith("COCO128 box sides (3 boxes") and str(ann) in r["sides_source"]
+
+
 @pytest.mark.parametrize("classes", [3, 5])
 def test_every_tradeoff_row_starts_from_the_shared_checkpoint(tmp_path, classes):
     from benchmarks.tradeoff import MODELS, row_model
