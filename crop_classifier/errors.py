@@ -1,7 +1,6 @@
 """Every error the package raises on purpose, in one place (each names the file, key, box or flag at fault).
 
-Modules import their errors from here; the old homes (``models``, ``inference``, ``data.images``,
-``d2``) re-export them, so ``except crop_classifier.models.CheckpointError`` keeps working.
+Modules and callers import them from here only (``from crop_classifier.errors import CheckpointError``).
 """
 from __future__ import annotations
 

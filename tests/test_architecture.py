@@ -1,10 +1,14 @@
 """The package's import graph follows the data flow (docs/architecture.md): no cycles, no import back up a
 layer, and the project's own modules imported at module level only (in-function imports are for optional
-dependencies)."""
+dependencies). The benchmarks (``benchmarks/``, beside the package, not installed) build on the package; the
+package never imports them. Functions stay short everywhere, but for a listed few that may only shrink."""
 import ast
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parents[1] / "crop_classifier"
+REPO = Path(__file__).resolve().parents[1]
+PKG = REPO / "crop_classifier"
+BENCH = REPO / "benchmarks"
+OWN = ("crop_classifier", "benchmarks")  # the top-level names of the project's own modules
 
 # Lower number = lower layer. A module may import its own layer or lower ones, never a higher one.
 LAYERS = {
@@ -17,23 +21,43 @@ LAYERS = {
     "deploy": 6,
     "video": 7,
     "inference": 8,
-    "benchmark": 9,
-    "d2": 10,  # the Detectron2 plugin: nothing in the core imports it
+    "d2": 9,  # the Detectron2 plugin: nothing in the core imports it
     "__init__": 0, "detections": 0,
+}
+
+# The size rule: a function reads in short steps, at most MAX_LINES lines and MAX_PARAMS parameters.
+MAX_LINES, MAX_PARAMS = 62, 8
+# Functions over it today, with their size (lines, parameters): an entry may only shrink, and goes when its
+# function is within the rule. Keys: path relative to the repository root, ":", qualified name.
+OVERSIZED = {
+    "crop_classifier/config.py:get_cfg": (106, 0),  # the config schema: one key per line
+    "crop_classifier/data/coco.py:load_coco_samples": (67, 6),
+    "crop_classifier/data/coco.py:CropDataset.__init__": (25, 11),
+    "crop_classifier/data/synthetic.py:_paint_mark": (17, 9),
+    "crop_classifier/data/synthetic.py:draw_object": (22, 11),
+    "benchmarks/deploy.py:run_deploy": (28, 10),
+    "benchmarks/memory.py:run_memory": (64, 9),
+    "benchmarks/models.py:run_models": (114, 12),
+    "benchmarks/pipeline.py:run_pipeline": (87, 9),
+    "benchmarks/routing.py:run_routing": (29, 10),
+    "benchmarks/runner.py:run_benchmark": (60, 10),
+    "benchmarks/tradeoff.py:run_tradeoff": (76, 19),
+    "benchmarks/video.py:run_video": (77, 15),
 }
 
 
 def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _modules():
-    return {_module_name(p): p for p in PKG.rglob("*.py")}
+def _modules(*roots: Path):
+    return {_module_name(p): p for root in (roots or (PKG,)) for p in root.rglob("*.py")}
 
 
 def _imports(path: Path, name: str, nested: bool):
-    """Project modules imported by ``path`` (top level, or only inside functions when ``nested``)."""
+    """Project modules (package or benchmarks) imported by ``path`` (top level, or only inside functions when
+    ``nested``)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = ast.parse(path.read_text())
     top = set(id(n) for n in tree.body)
@@ -41,23 +65,17 @@ def _imports(path: Path, name: str, nested: bool):
     for node in ast.walk(tree):
         if not isinstance(node, (ast.Import, ast.ImportFrom)) or (id(node) in top) == nested:
             continue
-        if nested and _inside_type_checking(tree, node):
-            continue
         if isinstance(node, ast.Import):
-            targets += [a.name for a in node.names if a.name.startswith("crop_classifier")]
+            targets += [a.name for a in node.names if a.name.split(".")[0] in OWN]
             continue
         if node.level:
             base = package.split(".")[: len(package.split(".")) - node.level + 1]
             module = ".".join(base + ([node.module] if node.module else []))
         else:
             module = node.module or ""
-        if module.startswith("crop_classifier"):
+        if module.split(".")[0] in OWN:
             targets += [f"{module}.{a.name}" for a in node.names] if not node.module else [module]
     return targets
-
-
-def _inside_type_checking(tree, node) -> bool:
-    return False
 
 
 def _resolve(target: str, modules) -> str:
@@ -87,8 +105,15 @@ def test_no_import_back_up_a_layer():
     assert not bad, "\n".join(bad)
 
 
+def test_the_package_never_imports_the_benchmarks():
+    """benchmarks/ is not installed: an import of it from the package would fail in every installed copy."""
+    bad = [f"{name}: {t}" for name, path in _modules().items() for nested in (False, True)
+           for t in _imports(path, name, nested) if t.split(".")[0] == "benchmarks"]
+    assert not bad, "\n".join(bad)
+
+
 def test_no_import_cycles():
-    modules = _modules()
+    modules = _modules(PKG, BENCH)
     graph = {}
     for name, path in modules.items():
         deps = {_resolve(t, modules) for t in _imports(path, name, nested=False)}
@@ -114,39 +139,87 @@ def test_no_import_cycles():
 
 
 def test_own_modules_are_imported_at_module_level_only():
-    modules = _modules()
+    modules = _modules(PKG, BENCH)
     nested = [f"{name}: {t}" for name, path in modules.items() for t in _imports(path, name, nested=True)]
     assert not nested, "in-function imports of the project's own modules:\n" + "\n".join(nested)
 
 
-def test_core_never_imports_detectron2_at_module_level():
+def test_core_and_benchmarks_never_import_detectron2_at_module_level():
+    """The core (and the benchmarks, which tools/gpu_check.sh runs without Detectron2) import Detectron2 only
+    inside functions; the benchmarks never import the plugin at all at module level."""
     offenders = []
-    for name, path in _modules().items():
+    for name, path in _modules(PKG, BENCH).items():
         if name.startswith("crop_classifier.d2"):
             continue
         tree = ast.parse(path.read_text())
         for node in tree.body:
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            if any(m.split(".")[0] == "detectron2" for m in mods):
+            if any(m.split(".")[0] == "detectron2" or m.startswith("crop_classifier.d2") for m in mods):
                 offenders.append(name)
     assert not offenders, offenders
 
 
-def test_inference_and_second_stage_functions_stay_small():
-    """The inference and second-stage path reads in short steps: no function over ~60 lines or ~8 parameters."""
-    roots = ["inference", "second_stage", "detectors", "d2", "crops.py", "models/inference.py", "deploy"]
-    big = []
-    for root in roots:
-        path = PKG / root
-        files = [path] if path.is_file() else sorted(path.rglob("*.py"))
-        for f in files:
-            for node in ast.walk(ast.parse(f.read_text())):
-                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    continue
+def _functions(tree):
+    """(qualified name, node) of every function, methods as ``Class.method``, nested ones as ``outer.inner``."""
+    out = []
+
+    def visit(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                qual = f"{prefix}{child.name}"
+                if not isinstance(child, ast.ClassDef):
+                    out.append((qual, child))
+                visit(child, qual + ".")
+            else:
+                visit(child, prefix)
+
+    visit(tree, "")
+    return out
+
+
+def _sizes():
+    """{key: (lines, parameters)} of every function of the package and the benchmarks."""
+    sizes = {}
+    for root in (PKG, BENCH):
+        for f in sorted(root.rglob("*.py")):
+            for qual, node in _functions(ast.parse(f.read_text())):
                 a = node.args
                 params = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs if p.arg not in ("self", "cls")]
-                lines = node.end_lineno - node.lineno + 1
-                if lines > 62 or len(params) > 8:
-                    big.append(f"{f.relative_to(PKG)}:{node.lineno} {node.name}: {lines} lines, {len(params)} parameters")
-    assert not big, "\n".join(big)
+                sizes[f"{f.relative_to(REPO).as_posix()}:{qual}"] = (node.end_lineno - node.lineno + 1, len(params))
+    return sizes
+
+
+def test_functions_stay_small():
+    """No function over ~60 lines or ~8 parameters anywhere in the package or the benchmarks, but those of
+    OVERSIZED, none of which may grow."""
+    sizes = _sizes()
+    big = []
+    for key, (lines, params) in sizes.items():
+        if lines <= MAX_LINES and params <= MAX_PARAMS:
+            continue
+        allowed_lines, allowed_params = OVERSIZED.get(key, (MAX_LINES, MAX_PARAMS))
+        if lines > max(allowed_lines, MAX_LINES) or params > max(allowed_params, MAX_PARAMS):
+            big.append(f"{key}: {lines} lines, {params} parameters")
+    assert not big, "split these (or pass options as one object):\n" + "\n".join(big)
+
+
+def test_the_oversized_list_only_shrinks():
+    """An entry whose function went or fits the rule now leaves OVERSIZED; one that shrank lowers its figures,
+    so the list states today's sizes and cannot hide growth later."""
+    sizes = _sizes()
+    stale = []
+    for key, allowed in OVERSIZED.items():
+        got = sizes.get(key)
+        if got is None:
+            stale.append(f"{key}: no such function any more")
+        elif got[0] <= MAX_LINES and got[1] <= MAX_PARAMS:
+            stale.append(f"{key}: {got[0]} lines, {got[1]} parameters is within the rule")
+        elif _shrank(got, allowed):
+            stale.append(f"{key}: now {got[0]} lines, {got[1]} parameters; listed as {allowed}")
+    assert not stale, "update OVERSIZED:\n" + "\n".join(stale)
+
+
+def _shrank(got, allowed) -> bool:
+    """True when the function is smaller than listed on an axis where it is over the rule."""
+    return any(g < a and a > limit for g, a, limit in zip(got, allowed, (MAX_LINES, MAX_PARAMS)))

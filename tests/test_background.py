@@ -100,8 +100,7 @@ def test_training_with_background_records_it_in_the_meta(tmp_path):
 
 # ------------------------------------------------------------------------------------------ fusion
 from crop_classifier.second_stage import ClassMap, SecondStage, fuse  # noqa: E402
-from classifier_helpers import inference_form  # noqa: E402
-from stage_helpers import MeanColourNet, colour_image  # noqa: E402
+from classifier_helpers import MeanColourNet, colour_image, inference_form  # noqa: E402
 
 BG = BACKGROUND_CLASS
 CLASSES = ["car", "bus", "person", BG]

@@ -2,6 +2,8 @@
 benchmark helpers' logic."""
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from crop_classifier.benchmark.crops import per_box_loop, random_boxes, random_image
-from crop_classifier.benchmark.models import MODEL_NAMES, REFERENCE, build_model, count_gmacs
-from crop_classifier.benchmark.targets import evaluate_targets
-from crop_classifier.benchmark.timing import PeakRSS, Timing, paired_ratio, percentile, time_interleaved
+from benchmarks.crops import per_box_loop, random_boxes, random_image
+from benchmarks.models import MODEL_NAMES, REFERENCE, build_model, count_gmacs
+from benchmarks.targets import evaluate_targets
+from benchmarks.timing import PeakRSS, Timing, paired_ratio, percentile, time_interleaved
 from tool_loader import load_tool
 
 HAVE_D2 = importlib.util.find_spec("detectron2") is not None
@@ -217,10 +219,10 @@ def test_targets_are_judged_against_their_thresholds():
 
 
 def test_tradeoff_recipes():
-    from crop_classifier.benchmark.tradeoff import _recipe_cfg
+    from benchmarks.tradeoff import recipe_cfg
     from crop_classifier.config import get_cfg
 
-    paper, cpu = _recipe_cfg(32, 3, None, "paper"), _recipe_cfg(32, 3, None, "cpu")
+    paper, cpu = recipe_cfg(32, 3, None, "paper"), recipe_cfg(32, 3, None, "cpu")
     assert paper.SOLVER.RMSPROP_EPS == get_cfg().SOLVER.RMSPROP_EPS == 1.0
     assert cpu.SOLVER.RMSPROP_EPS == 1e-8 and cpu.SOLVER.LR_DECAY_EPOCHS == 0.25 and cpu.SOLVER.MAX_EPOCHS == 3
     # The CPU recipe is the one configs/cpu trains with, not a second opinion.
@@ -230,11 +232,11 @@ def test_tradeoff_recipes():
     for key in ("RMSPROP_EPS", "BASE_LR", "LR_DECAY_EPOCHS", "WARMUP_EPOCHS"):
         assert getattr(cpu.SOLVER, key) == getattr(yaml.SOLVER, key), key
     with pytest.raises(ValueError, match="recipe"):
-        _recipe_cfg(32, 3, None, "fast")
+        recipe_cfg(32, 3, None, "fast")
 
 
 def test_tradeoff_trains_through_the_engine_and_recalibrates_bn(tmp_path):
-    from crop_classifier.benchmark.tradeoff import TrainSettings, train_and_evaluate
+    from benchmarks.tradeoff import TrainSettings, train_and_evaluate
     from crop_classifier.models import build_classifier, model_meta
 
     g = torch.Generator().manual_seed(0)
@@ -269,3 +271,32 @@ def test_tiny_video_section(tmp_path):
     assert set(v["accuracy"]) >= {"per_frame", "track_weighted", "track_last", "track_mean"}
     assert "## Video tracking" in (tmp_path / "benchmark.md").read_text()
     assert any(t["target"].startswith("video: classifier calls") for t in res["targets"])
+
+
+# ------------------------------------------------------------------------------------------------ data paths
+def test_data_paths_are_the_callers_to_give(tmp_path):
+    """The sections find their files through arguments only: the library resolves nothing from its own place."""
+    from benchmarks.runner import DataPaths, run_benchmark
+    from benchmarks.tradeoff import dataset_records
+
+    assert DataPaths(configs=tmp_path).config("d2/x.yaml") == str(tmp_path / "d2" / "x.yaml")
+    assert DataPaths().config(str(tmp_path / "abs.yaml")) == str(tmp_path / "abs.yaml")
+    with pytest.raises(ValueError, match="configs"):
+        DataPaths().config("d2/x.yaml")
+    with pytest.raises(ValueError, match="coco128=DIR"):
+        dataset_records("coco128", tmp_path, synthetic_train=0, synthetic_test=0, image_size=0,
+                        coco_test_fraction=0.25)
+    # run_benchmark without paths: a section that needs one fails as a section (named), the run still completes.
+    res = run_benchmark(tmp_path / "out", preset="tiny", only=["video"], log=lambda _: None)
+    assert "demo models" in res["video"]["error"] and res["complete"]
+    assert res["data_paths"] == {"configs": None, "coco128": None, "demo_weights": None}
+
+
+def test_the_tool_runs_from_the_checkout_without_an_install_of_benchmarks(tmp_path):
+    """tools/benchmark.py puts the repository root on sys.path (benchmarks/ is not installed), from any folder."""
+    tool = Path(__file__).resolve().parents[1] / "tools" / "benchmark.py"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, str(tool), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "--coco128" in r.stdout and "--only" in r.stdout

@@ -251,19 +251,19 @@ def test_a_broken_file_is_not_cached(tmp_path):
 
 
 def test_trade_off_records_and_d2_registration_read_through_coco_io(tmp_path):
-    from crop_classifier.benchmark.tradeoff import _coco_records
+    from benchmarks.tradeoff import coco_records
 
     anns = [{"id": 10, "image_id": 1, "category_id": 3, "bbox": [2, 3, 10, 12]},
             {"id": 11, "image_id": 1, "category_id": 1, "bbox": [1, 1, 0.5, 8]},  # under 1 px wide: left out
             {"id": 12, "image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 1}]
     p = _write(tmp_path / "a.json", annotations=anns)
-    records, cats = _coco_records(p, tmp_path)
+    records, cats = coco_records(p, tmp_path)
     assert cats == {1: "cat", 3: "dog"} and len(records) == 1
     path, boxes, ids = records[0]
     assert path == tmp_path / "sub/a.jpg" and boxes.tolist() == [[2, 3, 12, 15]] and ids.tolist() == [3]
     p2 = _write(tmp_path / "b.json", annotations=[{"id": 1, "image_id": "1", "category_id": 1, "bbox": [1, 1, 4, 4]}])
     with pytest.raises(ValueError, match="image_id must be an integer"):
-        _coco_records(p2, tmp_path)
+        coco_records(p2, tmp_path)
 
 
 @pytest.mark.detectron2

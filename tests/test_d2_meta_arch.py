@@ -1,7 +1,6 @@
 """The Detectron2 plugin with tiny random-weight models on CPU: CropClassifierRCNN, config, predictor, training."""
 import copy
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,31 +16,13 @@ from detectron2.structures import Boxes, Instances  # noqa: E402
 from crop_classifier.d2 import (  # noqa: E402
     CropClassifierPredictor,
     CropClassifierRCNN,
-    WeightsUnavailableError,
     add_crop_classifier_config,
 )
+from crop_classifier.errors import WeightsUnavailableError  # noqa: E402
 from crop_classifier.models import build_classifier, model_meta, save_checkpoint  # noqa: E402
 
-from classifier_helpers import inference_form  # noqa: E402
-from stage_helpers import MeanColourNet  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "d2" / "tiny_R18_FPN_random.yaml"
-COLOURS = ["red", "green", "blue"]
-
-
-def tiny_cfg(*opts):
-    cfg = add_crop_classifier_config(get_cfg())
-    cfg.merge_from_file(str(TINY))
-    cfg.merge_from_list([
-        "MODEL.META_ARCHITECTURE", "CropClassifierRCNN",
-        "MODEL.ROI_HEADS.NUM_CLASSES", 2,
-        "MODEL.CROP_CLASSIFIER.DETECTOR_CLASS_NAMES", ["thing", "other"],
-        "MODEL.CROP_CLASSIFIER.CLASS_NAMES", COLOURS,
-        "MODEL.CROP_CLASSIFIER.CLASS_MAP", [["thing", "red,green,blue"]],
-        *opts,
-    ])
-    return cfg
+from classifier_helpers import COLOURS, MeanColourNet, inference_form  # noqa: E402
+from d2_helpers import tiny_cfg  # noqa: E402
 
 
 def colour_model(*opts):
@@ -187,7 +168,7 @@ def test_classifier_weights_from_checkpoint_and_mismatch_errors(tmp_path):
     model = build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.WEIGHTS", str(path)))
     assert torch.equal(model.second_stage.classifier.net.fc.weight, clf.fc.weight)
     assert model.second_stage.crop.context == 0.2
-    from crop_classifier.models import CheckpointError
+    from crop_classifier.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="class_names"):
         build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.WEIGHTS", str(path), "MODEL.CROP_CLASSIFIER.CLASS_NAMES", ["a", "b", "c"]))
@@ -200,7 +181,7 @@ def test_classifier_weights_from_checkpoint_and_mismatch_errors(tmp_path):
 
 
 def test_width_classes_and_crop_come_from_the_checkpoint_unless_set(tmp_path):
-    """Issue 13.7: without WIDTH (nor ARCH, CLASS_NAMES, CONTEXT, CROP_MODE) the checkpoint's meta decides;
+    """Without WIDTH (nor ARCH, CLASS_NAMES, CONTEXT, CROP_MODE) the checkpoint's meta decides;
     a WIDTH that contradicts it is an error naming both values; CONTEXT / CROP_MODE set in the config win."""
     torch.manual_seed(0)
     clf = build_classifier("v3_79", 3, width=0.125, aux_logits=False)
@@ -215,7 +196,7 @@ def test_width_classes_and_crop_come_from_the_checkpoint_unless_set(tmp_path):
                                  "square")).second_stage
     assert (stage.crop.context, stage.crop.mode) == (0.0, "square")
     build_model(tiny_cfg(*unset, "MODEL.CROP_CLASSIFIER.WIDTH", 0.125))  # agreeing is fine
-    from crop_classifier.models import CheckpointError
+    from crop_classifier.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match=r"WIDTH is 0\.25 but .*clf\.pth holds a classifier with width 0\.125"):
         build_model(tiny_cfg(*unset, "MODEL.CROP_CLASSIFIER.WIDTH", 0.25))
@@ -266,7 +247,7 @@ def test_predictor_offline_weights_error_names_the_key():
 
 
 def test_predictor_reports_only_real_gaps_of_the_detector_checkpoint(tmp_path, caplog):
-    """Issue 13.6: a detector-only MODEL.WEIGHTS leaves the classifier (from CROP_CLASSIFIER.WEIGHTS) out;
+    """A detector-only MODEL.WEIGHTS leaves the classifier (from CROP_CLASSIFIER.WEIGHTS) out;
     only a genuinely missing detector key is reported, not ~200 classifier tensors."""
     import logging
 
@@ -368,27 +349,20 @@ def test_precision_key_and_int8_checkpoints(tmp_path):
         build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.PRECISION", "fp16"))
 
 
-def test_predictor_takes_a_frozen_config_and_an_old_unfolded_combined_checkpoint(tmp_path):
-    """A frozen config works, as with DefaultPredictor; a combined checkpoint written before the classifier ran
-    folded (keys second_stage.classifier.<unfolded>) loads its classifier instead of leaving it random."""
+def test_predictor_takes_a_frozen_config_and_a_combined_checkpoint(tmp_path):
+    """A frozen config works, as with DefaultPredictor; a combined checkpoint (the whole model's state dict:
+    detector and folded classifier) loads both parts."""
     torch.manual_seed(3)
-    old_clf = build_classifier("v3_79", 3, width=0.0625, aux_logits=False).eval()
-    old_clf.train()
-    with torch.no_grad():
-        old_clf(torch.rand(4, 3, 79, 79))  # BN statistics away from their init
-    old_clf.eval()
     cfg = tiny_cfg("MODEL.CROP_CLASSIFIER.ARCH", "v3_79", "MODEL.CROP_CLASSIFIER.WIDTH", 0.0625)
-    model = build_model(cfg)
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("second_stage.")}
-    state.update({f"second_stage.classifier.{k}": v for k, v in old_clf.state_dict().items()})
-    weights = tmp_path / "old_combined.pth"
-    torch.save({"model": state}, weights)
+    model = build_model(cfg).eval()
+    weights = tmp_path / "combined.pth"
+    torch.save({"model": model.state_dict()}, weights)
     cfg.MODEL.WEIGHTS = str(weights)
     cfg.freeze()
+    torch.manual_seed(4)  # another random init: what matches comes from the file
     pred = CropClassifierPredictor(cfg)
     x = torch.rand(5, 3, 79, 79)
-    got = pred.model.second_stage.classifier.logits(x)
-    from crop_classifier.models.inference import build_inference_classifier
-
-    want = build_inference_classifier(old_clf, {"arch": "v3_79", "class_names": COLOURS, "input_size": 79}).logits(x)
-    assert torch.allclose(got, want, atol=1e-4)
+    want = model.second_stage.classifier.logits(x)
+    assert torch.allclose(pred.model.second_stage.classifier.logits(x), want, atol=1e-5)
+    for k, v in model.state_dict().items():
+        assert torch.equal(pred.model.state_dict()[k].cpu(), v.cpu()), k

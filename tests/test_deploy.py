@@ -15,11 +15,11 @@ from crop_classifier.deploy.quantize import (CalibrationOptions, encode_state, i
                                              rebuild_int8)
 from crop_classifier.errors import BackendUnavailableError, CheckpointError, UsageError
 from crop_classifier.models.inference import InferenceClassifier, load_inference_classifier
-from crop_classifier.benchmark.deploy import spread_weights
 from crop_classifier.models import build_classifier
 from crop_classifier.models.weights import model_meta, save_checkpoint
 from crop_classifier.structures import ClassifierMeta
 from crop_classifier.utils.io import atomic_torch_save
+from classifier_helpers import spread_weights
 from tool_loader import load_tool
 
 onnx = pytest.importorskip("onnx")

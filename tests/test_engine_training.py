@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from crop_classifier.config import load_config
-from crop_classifier.engine import NonFiniteLossError, Trainer
+from crop_classifier.engine import Trainer
+from crop_classifier.errors import NonFiniteLossError
 from crop_classifier.engine.checkpoint import LAST_CHECKPOINT
 from crop_classifier.engine.metrics import read_metrics
 from crop_classifier.models import build_classifier, load_checkpoint, save_checkpoint

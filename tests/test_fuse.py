@@ -4,7 +4,8 @@ import torchvision
 from torch import nn
 
 from crop_classifier.models import build_classifier
-from crop_classifier.models.fuse import FusionError, find_conv_bn_pairs, fuse_conv_bn, optimize_for_inference
+from crop_classifier.errors import FusionError
+from crop_classifier.models.fuse import find_conv_bn_pairs, fuse_conv_bn, optimize_for_inference
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,7 @@ import torch
 
 from crop_classifier.models import build_classifier
 from crop_classifier.second_stage import ClassMap, SecondStage, fuse, parse_class_map
-from classifier_helpers import inference_form
-from stage_helpers import COLOURS, MeanColourNet, colour_image
+from classifier_helpers import COLOURS, MeanColourNet, colour_image, inference_form
 
 
 # --------------------------------------------------------------------------------------------- class map
@@ -194,7 +193,7 @@ def test_loaded_checkpoint_gives_classes_crop_and_size_from_meta(tmp_path):
     assert stage.classifier_classes == COLOURS and stage.crop.size == 79
     assert stage.crop.context == 0.25 and stage.crop.mode == "letterbox"
     assert not any(p.requires_grad for p in stage.classifier.parameters())
-    from crop_classifier.models import CheckpointError
+    from crop_classifier.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="v3_151"):
         load_classifier(path, "torch", device="cpu", expected_meta={"arch": "v3_151"})

@@ -1,4 +1,4 @@
-"""The routed classifier (``--classifier auto``, issue 17) everywhere a classifier runs: tools/infer.py (routed
+"""The routed classifier (``--classifier auto``) everywhere a classifier runs: tools/infer.py (routed
 checkpoint, routed set of three checkpoints, --route-thresholds, per-route crop counts, bad values), the second
 stage's per-route dispatch, ONNX Runtime (cached per route, and tools/export.py's one file per route), and the
 Detectron2 plugin (ARCH auto, ROUTE_THRESHOLDS, routed WEIGHTS). Width 0.125 models, a few synthetic images."""
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from crop_classifier.benchmark.deploy import spread_weights
 from crop_classifier.crops import extract_crops
 from crop_classifier.deploy import describe, load_classifier
 from crop_classifier.errors import UsageError
 from crop_classifier.models import build_classifier, model_meta, save_checkpoint
 from crop_classifier.models.inference import RoutedClassifier, build_inference_classifier, load_inference_classifier
 from crop_classifier.second_stage import SecondStage
+from classifier_helpers import spread_weights
 from tool_loader import load_tool
 
 CLASSES = ["red", "green", "blue"]
@@ -244,7 +244,7 @@ def test_d2_arch_auto_route_thresholds_and_routed_weights(files):
     from detectron2.structures import Boxes, Instances
 
     from crop_classifier.errors import ConfigError
-    from test_d2_meta_arch import tiny_cfg
+    from d2_helpers import tiny_cfg
 
     torch.manual_seed(0)
     stage = build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.ARCH", "auto", "MODEL.CROP_CLASSIFIER.WIDTH", 0.125))

@@ -1,4 +1,4 @@
-"""Issue 17's measurements: per-size-bucket top-1, the routed row's evaluation at each crop's route, the goal
+"""The routing measurements: per-size-bucket top-1, the routed row's evaluation at each crop's route, the goal
 verdict, the realistic box-size mix and the cost section (tiny settings: structure, never speed)."""
 import json
 import math
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from crop_classifier.benchmark.routing import LOGNORMAL_MEDIAN, realistic_sides
-from crop_classifier.benchmark.tradeoff import HeldOut, _probs, bucket_top1, routing_goal
+from benchmarks.routing import LOGNORMAL_MEDIAN, realistic_sides
+from benchmarks.tradeoff import HeldOut, held_out_probs, bucket_top1, routing_goal
 from tool_loader import load_tool
 
 
@@ -54,7 +54,7 @@ class _BySize(torch.nn.Module):
 def test_routed_evaluation_feeds_each_crop_at_its_route():
     sizes = np.array([79, 299, 151, 79, 299])
     x = {s: torch.zeros(5, 3, s, s, dtype=torch.uint8) for s in (79, 151, 299)}
-    probs = _probs(_BySize(), HeldOut(x, torch.zeros(5, dtype=torch.long), None, sizes), batch=2)
+    probs = held_out_probs(_BySize(), HeldOut(x, torch.zeros(5, dtype=torch.long), None, sizes), batch=2)
     assert probs.argmax(1).tolist() == [0, 2, 1, 0, 2]
 
 
@@ -85,9 +85,26 @@ def test_tiny_routing_section(tmp_path):
     assert "## Size-adaptive routing: cost" in (tmp_path / "benchmark.md").read_text()
 
 
+def test_routing_section_takes_its_box_sides_from_the_coco128_folder_given(tmp_path):
+    ann = tmp_path / "coco" / "annotations" / "instances_train2017.json"
+    ann.parent.mkdir(parents=True)
+    ann.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 640, "height": 480}],
+        "annotations": [{"id": i, "image_id": 1, "category_id": 1, "bbox": [0, 0, side, side / 2], "iscrowd": 0,
+                         "area": side * side / 2} for i, side in enumerate((20.0, 40.0, 300.0), 1)],
+        "categories": [{"id": 1, "name": "thing"}]}))
+    rc = load_tool("benchmark").main(["--output", str(tmp_path / "out"), "--tiny", "--threads", "1", "--only", "routing",
+                                      "--coco128", str(tmp_path / "coco")])
+    assert rc == 0
+    res = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    assert res["data_paths"]["coco128"] == str(tmp_path / "coco")
+    r = res["routing"]
+    assert r["sides_source"].startswith("COCO128 box sides (3 boxes") and str(ann) in r["sides_source"]
+
+
 @pytest.mark.parametrize("classes", [3, 5])
 def test_every_tradeoff_row_starts_from_the_shared_checkpoint(tmp_path, classes):
-    from crop_classifier.benchmark.tradeoff import MODELS, _row_model
+    from benchmarks.tradeoff import MODELS, row_model
     from crop_classifier.models import build_classifier, model_meta, save_checkpoint
 
     torch.manual_seed(1)
@@ -96,7 +113,7 @@ def test_every_tradeoff_row_starts_from_the_shared_checkpoint(tmp_path, classes)
     names = [str(i) for i in range(classes)]
     want = src.state_dict()
     for _, arch, crop, up in MODELS:
-        _, net, _ = _row_model(arch, crop, up, classes, 0.0625, names, init=str(ckpt))
+        _, net, _ = row_model(arch, crop, up, classes, 0.0625, names, init=str(ckpt))
         got = net.state_dict()
         assert set(got) == set(want), arch
         for k, v in got.items():
@@ -105,18 +122,19 @@ def test_every_tradeoff_row_starts_from_the_shared_checkpoint(tmp_path, classes)
             else:
                 assert torch.equal(v, want[k]), (arch, k)
         # Without init a row starts from its own random weights.
-        _, fresh, _ = _row_model(arch, crop, up, classes, 0.0625, names)
+        _, fresh, _ = row_model(arch, crop, up, classes, 0.0625, names)
         assert not torch.equal(fresh.state_dict()["Conv2d_1a_3x3.conv.weight"], want["Conv2d_1a_3x3.conv.weight"])
 
 
 def test_tradeoff_init_must_fit_the_width_and_exist(tmp_path, capsys):
-    from crop_classifier.benchmark.tradeoff import _row_model
-    from crop_classifier.models import CheckpointError, build_classifier, model_meta, save_checkpoint
+    from benchmarks.tradeoff import row_model
+    from crop_classifier.errors import CheckpointError
+    from crop_classifier.models import build_classifier, model_meta, save_checkpoint
 
     src = build_classifier("v3_79", 2, width=0.125, aux_logits=False)
     ckpt = save_checkpoint(tmp_path / "w0125.pth", src, model_meta(src, "v3_79", ["a", "b"]))
     with pytest.raises(CheckpointError, match="width"):
-        _row_model("v3_151", 151, None, 2, 0.0625, ["a", "b"], init=str(ckpt))
+        row_model("v3_151", 151, None, 2, 0.0625, ["a", "b"], init=str(ckpt))
     rc = load_tool("benchmark").main(["--output", str(tmp_path / "out"), "--tiny", "--only", "tradeoff",
                                       "--tradeoff-init", str(tmp_path / "absent.pth")])
     assert rc == 2
@@ -126,10 +144,10 @@ def test_tradeoff_init_must_fit_the_width_and_exist(tmp_path, capsys):
 
 def test_tradeoff_with_a_background_class(tmp_path):
     """The trade-off keeps working with a background class: negatives in training and test, object-only buckets."""
-    from crop_classifier.benchmark.tradeoff import NEGATIVE_MAX_IOU, _dataset, extract_all, run_tradeoff
+    from benchmarks.tradeoff import NEGATIVE_MAX_IOU, dataset_records, extract_all, run_tradeoff
     from torchvision.ops import box_iou
 
-    train, _, cats = _dataset("synthetic", tmp_path / "d", synthetic_train=2, synthetic_test=1, image_size=256,
+    train, _, cats = dataset_records("synthetic", tmp_path / "d", synthetic_train=2, synthetic_test=1, image_size=256,
                               coco_test_fraction=0.25, seed=0)
     label_of = {c: i for i, c in enumerate(sorted(cats))}
     crops, y, boxes = extract_all(train, [35], label_of, context=0.1, negatives=0.5, negative_label=99, seed=3)
@@ -155,6 +173,6 @@ def test_tradeoff_with_a_background_class(tmp_path):
         for key in ("recall", "objects_called_background"):
             assert 0.0 <= r["background"][key] <= 1.0
     assert info["classes"] == len({int(c) for _, _, cs in train for c in cs}) + 1  # the objects' + background
-    from crop_classifier.benchmark.report import _tradeoff_md
+    from benchmarks.report import tradeoff_md
 
-    assert "background recall %" in _tradeoff_md(res)
+    assert "background recall %" in tradeoff_md(res)

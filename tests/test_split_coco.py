@@ -28,14 +28,14 @@ def test_every_kth_boxed_image_by_id_is_held_out_whole():
 
 @pytest.mark.skipif(not (COCO128 / "annotations" / "instances_train2017.json").is_file(), reason="no coco128")
 def test_coco128_split_is_the_tradeoffs(tmp_path):
-    from crop_classifier.benchmark.tradeoff import _dataset as tradeoff_dataset
+    from benchmarks.tradeoff import dataset_records as tradeoff_dataset
 
     ann = COCO128 / "annotations" / "instances_train2017.json"
     assert load_tool("split_coco").main([str(ann), "--output-dir", str(tmp_path)]) == 0
     test = json.loads((tmp_path / "test.json").read_text())
     train = json.loads((tmp_path / "train.json").read_text())
     _, held, _ = tradeoff_dataset("coco128", tmp_path, synthetic_train=0, synthetic_test=0, image_size=0,
-                                  coco_test_fraction=0.25, seed=0)
+                                  coco_test_fraction=0.25, seed=0, coco128=COCO128)
     assert sorted(im["file_name"] for im in test["images"]) == sorted(Path(p).name for p, _, _ in held)
     assert len(train["images"]) + len(test["images"]) == len(json.loads(ann.read_text())["images"])
 

@@ -6,9 +6,8 @@ import pytest
 import torch
 import torchvision
 
+from crop_classifier.errors import CheckpointError, WeightsUnavailableError
 from crop_classifier.models import (
-    CheckpointError,
-    WeightsUnavailableError,
     build_classifier,
     classifier_from_checkpoint,
     load_checkpoint,

@@ -17,10 +17,18 @@ import sys
 
 # albumentations (imported by the data package) checks PyPI on import; benchmarks stay offline and quiet.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# The benchmarks/ package sits beside crop_classifier/ in the repository and is not installed with it.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+# Data the sections read, next to the checkout (the tests' layout: ../shared beside the repository).
+COCO128 = os.path.join(os.path.dirname(REPO), "shared", "data", "coco128")
+DEMO_WEIGHTS = os.path.join(REPO, "demo_weights")
+CONFIGS = os.path.join(REPO, "configs")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from crop_classifier.benchmark.runner import SECTIONS
+    from benchmarks.runner import SECTIONS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", required=True, metavar="DIR", help="folder for benchmark.json/.md and plots")
@@ -51,6 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="give every trade-off row a background class: RATIO random background boxes per object in "
                         "the training and test crops (default 0: none)")
     p.add_argument("--work-dir", metavar="DIR", help="cache for generated data (default OUTPUT/work)")
+    p.add_argument("--coco128", default=COCO128, metavar="DIR",
+                   help="COCO128 (annotations/instances_train2017.json, images/): the trade-off's coco128 dataset and "
+                        "the routing section's box sizes (default ../shared/data/coco128 beside the repository)")
+    p.add_argument("--demo-weights", default=DEMO_WEIGHTS, metavar="DIR",
+                   help="the shipped demo models of the video section (default the repository's demo_weights/)")
     return p.parse_args(argv)
 
 
@@ -59,7 +72,7 @@ def main(argv=None) -> int:
     args.argv = list(argv if argv is not None else sys.argv[1:])
     import torch
 
-    from crop_classifier.benchmark.runner import SECTIONS
+    from benchmarks.runner import SECTIONS
 
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in only if s not in SECTIONS]
@@ -69,9 +82,9 @@ def main(argv=None) -> int:
     if args.quick and args.tiny:
         print("error: --quick and --tiny are exclusive", file=sys.stderr)
         return 2
-    from crop_classifier.benchmark.tradeoff import DATASETS
+    from benchmarks.tradeoff import DATASETS
 
-    from crop_classifier.benchmark.tradeoff import MODELS
+    from benchmarks.tradeoff import MODELS
 
     args.tradeoff_models = tuple(m.strip() for m in args.tradeoff_models.split(",") if m.strip())
     bad = [m for m in args.tradeoff_models if m not in {x[0] for x in MODELS}]
@@ -106,7 +119,7 @@ def main(argv=None) -> int:
 
 
 def _run(args, only) -> int:
-    from crop_classifier.benchmark.runner import run_benchmark
+    from benchmarks.runner import DataPaths, run_benchmark
 
     overrides = {}
     tradeoff = (("epochs", args.tradeoff_epochs), ("width", args.tradeoff_width), ("recipe", args.tradeoff_recipe),
@@ -120,7 +133,8 @@ def _run(args, only) -> int:
     try:
         results = run_benchmark(args.output, preset=preset, device=args.device, only=only, compile=args.compile,
                                 overrides=overrides, work_dir=args.work_dir,
-                                command=" ".join(["tools/benchmark.py"] + args.argv))
+                                command=" ".join(["tools/benchmark.py"] + args.argv),
+                                paths=DataPaths(configs=CONFIGS, coco128=args.coco128, demo_weights=args.demo_weights))
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -217,7 +217,7 @@ def main(argv=None) -> int:
 def video_demo(out: Path) -> int:
     """A moving synthetic scene (objects approach, recede, enter, leave, occlude), tracked; each object is
     classified on first sight and when its view grew by 20 %, and its views vote by resolution."""
-    from crop_classifier.benchmark.video import load_demo_models
+    from benchmarks.video import load_demo_models
     from crop_classifier.data.synthetic_video import MovingScene, MovingSceneOptions, write_video
     from crop_classifier.video import RunOptions, TrackerOptions, TrackOptions, run_tracking
 
@@ -228,7 +228,7 @@ def video_demo(out: Path) -> int:
     video = write_video(MovingScene(0, seed=TEST_SEED, options=MovingSceneOptions(num_frames=120, num_objects=10)),
                         out / "scene.mp4")
     log("2/2 detector + tracker + crop classifier at each object's best views")
-    first, second = load_demo_models("cpu")
+    first, second = load_demo_models("cpu", SHIPPED, DET_CONFIG)
     options = RunOptions(track=TrackOptions(tracker=TrackerOptions(min_score=0.1)))
     summary = run_tracking(str(video), first, second, options, out / "track")
     t = summary["totals"]

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     from crop_classifier.config import load_tool_config
     from crop_classifier.engine import evaluate_checkpoint
     from crop_classifier.engine.evaluation import format_size_buckets
-    from crop_classifier.models import CheckpointError
+    from crop_classifier.errors import CheckpointError
     from crop_classifier.models.routing import parse_thresholds
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")

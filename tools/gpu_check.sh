@@ -97,10 +97,11 @@ step "CUDA tests" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests
 
 COMPILE_PY=False
 ((COMPILE)) && [[ $DEVICE == cuda ]] && COMPILE_PY=True
+# benchmarks/ is not installed with the package: `python -c` run from the repository root imports it from there.
 step "benchmark ($SECTIONS) on $DEVICE" "$PY" -c "
 import os
 os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
-from crop_classifier.benchmark.runner import run_benchmark
+from benchmarks.runner import run_benchmark
 run_benchmark('$OUT/benchmark', preset='$PRESET', device='$DEVICE', only='$SECTIONS'.split(','),
               compile=$COMPILE_PY, command='tools/gpu_check.sh')
 "

@@ -30,9 +30,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from crop_classifier.errors import CheckpointError, WeightsUnavailableError  # noqa: E402
-from crop_classifier.inference import (InferenceRun, InferOptions, UsageError, format_summary, route_line,  # noqa: E402
-                                       run)
+from crop_classifier.errors import CheckpointError, UsageError, WeightsUnavailableError  # noqa: E402
+from crop_classifier.inference import InferenceRun, InferOptions, format_summary, route_line, run  # noqa: E402
 from crop_classifier.inference.inputs import INPUT_HELP  # noqa: E402
 from crop_classifier.deploy.loader import ALL_PRECISIONS, BACKENDS  # noqa: E402
 from crop_classifier.models.routing import parse_thresholds  # noqa: E402

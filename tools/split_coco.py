@@ -4,7 +4,7 @@
     tools/split_coco.py ../shared/data/coco128/annotations/instances_train2017.json --output-dir datasets/coco128_split
 
 Writes OUTPUT/train.json and OUTPUT/test.json (same categories and image file names, so the original image
-folder serves both). The rule is the resolution trade-off's (``benchmark/tradeoff.py``): among the images that
+folder serves both). The rule is the resolution trade-off's (``benchmarks/tradeoff.py``): among the images that
 have a non-crowd box, sorted by id, every ``--every``-th (default 4th) is held out; images without one stay in
 training. The same file always gives the same split.
 """

@@ -76,9 +76,9 @@ def main(argv=None) -> int:
 def _train(args, state) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # offline machines: no update check on import
     from crop_classifier.config import load_tool_config
-    from crop_classifier.engine import NonFiniteLossError, train
+    from crop_classifier.engine import train
     from crop_classifier.engine.distributed import init_from_env, is_main_process
-    from crop_classifier.errors import CheckpointError, UsageError, WeightsUnavailableError
+    from crop_classifier.errors import CheckpointError, NonFiniteLossError, UsageError, WeightsUnavailableError
 
     opts = list(args.opts) + (["OUTPUT_DIR", args.output_dir] if args.output_dir else [])
     try:

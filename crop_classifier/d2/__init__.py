@@ -13,7 +13,6 @@ plain Detectron2 first stage in ``crop_classifier.detectors``) in ``BACKBONE_REG
 """
 from ..detectors.detectron2_backbone import build_narrow_resnet_fpn_backbone, register_backbones
 from ..detectors.detectron2_model import detector_class_names, load_detector_weights
-from ..errors import WeightsUnavailableError
 from .config import add_crop_classifier_config
 from .meta_arch import CropClassifierRCNN, build_second_stage
 from .predictor import CropClassifierPredictor
@@ -22,5 +21,5 @@ register_backbones()
 
 __all__ = [
     "add_crop_classifier_config", "CropClassifierRCNN", "build_second_stage", "detector_class_names",
-    "CropClassifierPredictor", "WeightsUnavailableError", "load_detector_weights", "build_narrow_resnet_fpn_backbone",
+    "CropClassifierPredictor", "load_detector_weights", "build_narrow_resnet_fpn_backbone",
 ]

@@ -11,31 +11,6 @@ from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
 
 from ..detectors.detectron2_model import load_detector_weights, predictor_inputs, without_weights
-from ..models import create_classifier
-from ..models.inference import build_inference_classifier
-
-
-OLD_PREFIX = "second_stage.classifier."
-NEW_PREFIX = "second_stage.classifier.net."
-
-
-def upgrade_classifier_keys(model: torch.nn.Module, state: Dict[str, Any]) -> None:
-    """A combined checkpoint written before the classifier ran in its inference form holds the unfolded
-    classifier (``second_stage.classifier.<key>``): fold it the way the model does and rename, in place, so
-    such checkpoints keep loading (no silently random classifier)."""
-    old = {k[len(OLD_PREFIX):]: v for k, v in state.items() if k.startswith(OLD_PREFIX) and not k.startswith(NEW_PREFIX)}
-    stage = getattr(model, "second_stage", None)
-    if not old or stage is None or not hasattr(stage.classifier, "net"):
-        return
-    meta = stage.classifier.meta
-    net = create_classifier(meta.arch, meta.num_classes, width=meta.width,
-                            aux_logits=any(k.startswith("AuxLogits.") for k in old))
-    net.load_state_dict({k: torch.as_tensor(v) for k, v in old.items()})
-    folded = build_inference_classifier(net, meta, device="cpu").net.state_dict()
-    for k in list(state):
-        if k.startswith(OLD_PREFIX):
-            del state[k]
-    state.update({NEW_PREFIX + k: v for k, v in folded.items()})
 
 
 class PartialCheckpointer(DetectionCheckpointer):
@@ -45,10 +20,6 @@ class PartialCheckpointer(DetectionCheckpointer):
     def __init__(self, model: torch.nn.Module, preloaded: Sequence[str] = (), **kwargs: Any):
         super().__init__(model, **kwargs)
         self.preloaded = tuple(preloaded)
-
-    def _load_model(self, checkpoint: Any):
-        upgrade_classifier_keys(self.model, checkpoint["model"])
-        return super()._load_model(checkpoint)
 
     def _log_incompatible_keys(self, incompatible) -> None:
         missing = [k for k in incompatible.missing_keys if not k.startswith(self.preloaded)]

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import ImageNotFoundError, ImageReadError
 
-__all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "ImageReadError", "ImageNotFoundError", "MAX_PIXELS", "read_rgb", "max_pixels_default"]
+__all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "MAX_PIXELS", "read_rgb", "max_pixels_default"]
 
 PathLike = Union[str, os.PathLike]
 

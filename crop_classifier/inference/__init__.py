@@ -1,5 +1,4 @@
 """Batch inference behind ``tools/infer.py``: inputs, the two stages, COCO results, pictures, evaluation."""
-from ..errors import UsageError
 from .runner import InferenceRun, InferOptions, format_summary, route_line, run
 
-__all__ = ["InferenceRun", "InferOptions", "UsageError", "format_summary", "route_line", "run"]
+__all__ = ["InferenceRun", "InferOptions", "format_summary", "route_line", "run"]

@@ -11,7 +11,8 @@ from typing import Iterator, List, Sequence, Tuple
 import cv2
 import numpy as np
 
-from ..data.images import IMAGE_EXTS, VIDEO_EXTS, ImageReadError, read_rgb
+from ..data.images import IMAGE_EXTS, VIDEO_EXTS, read_rgb
+from ..errors import ImageReadError
 from ..structures import ImageRecord, frame_name
 
 # Files with these extensions are taken from folders and globs without a look inside; any other file there is

@@ -4,8 +4,6 @@ from .builder import build_classifier
 from .registry import ALL_ARCHITECTURES, ARCHITECTURES, create_classifier
 from .routing import ROUTED_ARCH, Routes, native_sides
 from .weights import (
-    CheckpointError,
-    WeightsUnavailableError,
     classifier_from_checkpoint,
     load_checkpoint,
     load_imagenet_weights,
@@ -14,7 +12,7 @@ from .weights import (
 )
 
 __all__ = [
-    "ALL_ARCHITECTURES", "ARCHITECTURES", "ROUTED_ARCH", "RoutedInceptionV3", "Routes", "native_sides", "STEMS", "InceptionV3", "StemSpec", "build_classifier", "create_classifier", "CheckpointError",
-    "WeightsUnavailableError", "classifier_from_checkpoint", "load_checkpoint", "load_imagenet_weights",
+    "ALL_ARCHITECTURES", "ARCHITECTURES", "ROUTED_ARCH", "RoutedInceptionV3", "Routes", "native_sides", "STEMS", "InceptionV3", "StemSpec", "build_classifier", "create_classifier",
+    "classifier_from_checkpoint", "load_checkpoint", "load_imagenet_weights",
     "model_meta", "save_checkpoint",
 ]

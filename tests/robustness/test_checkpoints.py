@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from crop_classifier.errors import CheckpointError
 from crop_classifier.models import (
-    CheckpointError,
     build_classifier,
     classifier_from_checkpoint,
     load_checkpoint,

@@ -1,4 +1,4 @@
-"""Issue 13.4: usage errors that Detectron2 raises (a missing --detector-config, unknown or bad keys) reach
+"""Usage errors that Detectron2 raises (a missing --detector-config, unknown or bad keys) reach
 tools/infer.py as one line on stderr and exit 2, never an AssertionError traceback."""
 import subprocess
 import sys
@@ -34,7 +34,7 @@ def image_dir(tmp_path):
 
 
 def test_missing_detector_config_is_one_line_and_exit_2(tmp_path, classifier, image_dir):
-    """Issue 13.4: Detectron2's assertion becomes a usage error: one line on stderr, exit 2, no traceback."""
+    """Detectron2's assertion becomes a usage error: one line on stderr, exit 2, no traceback."""
     missing = tmp_path / "nope.yaml"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "infer.py"), "--detector", "faster_rcnn", "--detector-config",

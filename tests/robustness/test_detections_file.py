@@ -1,6 +1,6 @@
 """A detections file (``detections:F.json``) with boxes no image can hold: zero-area boxes and boxes wholly
 outside their image are malformed entries, named (file, entry, box) and counted like NaN boxes (exit 1),
-never classified; and every malformed entry is printed once on stderr, not twice (issue 13, items 2 and 9).
+never classified; and every malformed entry is printed once on stderr, not twice.
 """
 import json
 import subprocess

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crop_classifier.data.images import MAX_PIXELS, ImageNotFoundError, ImageReadError, read_rgb
+from crop_classifier.data.images import MAX_PIXELS, read_rgb
+from crop_classifier.errors import ImageNotFoundError, ImageReadError
 from robustness_helpers import constant_png, encode, pil_bytes, smooth_rgb
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

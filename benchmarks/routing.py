@@ -1,8 +1,8 @@
 """Cost of size-adaptive routing: crops/s of the routed classifier at a realistic box-size mix against each
-fixed variant (issue 17's goal: >= 0.9x ``v3_79``).
+fixed variant (the goal: >= 0.9x ``v3_79``, ``targets``).
 
-The mix: native object sides drawn from COCO's distribution: the COCO128 annotations' boxes when they are at
-``../shared/data/coco128`` (their longer sides, non-crowd), else a log-normal with median 55 px and a sixth
+The mix: native object sides drawn from COCO's distribution: the COCO128 annotations' boxes when given
+(``coco_annotations``; their longer sides, non-crowd), else a log-normal with median 55 px and a sixth
 above 150 px (COCO's figures). Each crop's route is ``Routes().assign`` of its side widened by the default
 context margin, as the second stage routes it. The same number of crops goes through every contender in
 batches of ``batch``: a fixed variant takes all of them at its input size, the routed classifier (one
@@ -29,7 +29,6 @@ from crop_classifier.models.routing import ROUTED_ARCH, Routes, native_sides
 
 from .models import count_gmacs
 from .timing import paired_ratio, time_interleaved
-from .tradeoff import COCO128
 
 FIXED = ("v3_79", "v3_151", "v3_299")
 LOGNORMAL_MEDIAN = 55.0
@@ -48,11 +47,9 @@ def coco_box_sides(ann_file: Path) -> Optional[np.ndarray]:
     return sides[sides >= 1] if len(sides) else None
 
 
-def realistic_sides(n: int, rng: np.random.Generator,
-                    ann_file: Optional[Path] = COCO128 / "annotations" / "instances_train2017.json"
-                    ) -> Tuple[np.ndarray, str]:
-    """``n`` object sides (px, box's longer side) drawn from COCO128's boxes, else from the log-normal;
-    and a description of the source."""
+def realistic_sides(n: int, rng: np.random.Generator, ann_file: Optional[Path] = None) -> Tuple[np.ndarray, str]:
+    """``n`` object sides (px, box's longer side) drawn from the boxes of ``ann_file`` (COCO128's
+    annotations), else (no file given or found) from the log-normal; and a description of the source."""
     pool = coco_box_sides(ann_file) if ann_file is not None else None
     if pool is not None and len(pool):
         return rng.choice(pool, size=n, replace=True), f"COCO128 box sides ({len(pool)} boxes, {ann_file})"
@@ -97,10 +94,11 @@ def _contenders(width: float, route_sizes: np.ndarray, *, num_classes: int, batc
 
 def run_routing(*, device: str = "cpu", widths: Sequence[float] = (1.0, 0.125), num_crops: int = 256,
                 batch: int = 32, rounds: int = 5, warmup: int = 1, num_classes: int = 80, seed: int = 0,
-                log: Callable[[str], None] = print) -> Dict[str, object]:
+                coco_annotations: Optional[Path] = None, log: Callable[[str], None] = print) -> Dict[str, object]:
+    """``coco_annotations``: the COCO file whose box sides make the workload (default: the log-normal)."""
     routes = Routes()
     rng = np.random.default_rng(seed)
-    sides, source = realistic_sides(num_crops, rng)
+    sides, source = realistic_sides(num_crops, rng, coco_annotations)
     route_sizes = routes.sizes_for(native_sides(np.stack([np.zeros_like(sides), np.zeros_like(sides), sides, sides], 1),
                                                 DEFAULT_CONTEXT))
     shares = {a: float(np.mean(route_sizes == s)) for a, s in zip(routes.archs, routes.input_sizes)}

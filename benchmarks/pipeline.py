@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -103,13 +102,11 @@ def run_pipeline(
     config_file: Optional[str] = None,
     log: Callable[[str], None] = print,
 ) -> Dict[str, object]:
-    """``config_file``: a Detectron2 YAML instead of the model zoo's R50-FPN (relative paths are taken from
-    the repository root; the test suite uses the tiny R-18 one)."""
+    """``config_file``: a Detectron2 YAML instead of the model zoo's R50-FPN (the test suite uses the tiny
+    R-18 one)."""
 
     W, H = image_wh
     max_boxes = max(box_counts)
-    if config_file and not os.path.isabs(config_file):
-        config_file = str(Path(__file__).resolve().parents[2] / config_file)
     det = _random_weights_detector(device, max_boxes, min_size_test, config_file)
     names = det.class_names
     record = ImageRecord("synthetic.jpg", random_image(W, H, seed=1))

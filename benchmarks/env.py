@@ -36,7 +36,7 @@ def _cpu_model() -> str:
 
 def _git_commit() -> Optional[str]:
     try:
-        repo = Path(__file__).resolve().parents[2]
+        repo = Path(__file__).resolve().parent  # git finds the checkout from any folder in it
         out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None

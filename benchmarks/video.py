@@ -26,6 +26,7 @@ needs IoU >= 0.5 and the right fine class) comes from ``motmetrics`` when instal
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -41,9 +42,8 @@ from crop_classifier.deploy import load_classifier
 from crop_classifier.second_stage import SecondStage, fuse
 from crop_classifier.video import Frame, ReinferOptions, TrackerOptions, TrackingLoop, TrackOptions
 
-ROOT = Path(__file__).resolve().parents[2]
-DET_CONFIG = ROOT / "configs" / "d2" / "demo_synthetic_R18_FPN.yaml"
-WEIGHTS = ROOT / "demo_weights"
+#: The demo detector's config, relative to the repository's configs/ folder.
+DEMO_DETECTOR_CONFIG = "d2/demo_synthetic_R18_FPN.yaml"
 SIZE_BUCKETS = ((0, 32, "<32"), (32, 64, "32-64"), (64, 1e9, ">=64"))
 VARIANTS = ("detector", "per_frame", "track_last", "track_mean", "track_weighted", "track_weighted_area",
             "track_geometric", "all_views_weighted", "track_final")
@@ -55,12 +55,25 @@ def shape_class_map(classes: Sequence[str]) -> Dict[str, List[str]]:
     return {c: [k for k in classes if COARSE_OF[k] == COARSE_OF[c]] for c in classes}
 
 
-def load_demo_models(device: str, weights_dir: Path = WEIGHTS, score_thresh: float = 0.05):
+def load_demo_models(device: str, weights_dir: os.PathLike, detector_config: os.PathLike,
+                     score_thresh: float = 0.05):
+    """The shipped demo models as (first stage, second stage).
+
+    Args:
+        device: torch device of both stages.
+        weights_dir: the demo models' folder (``manifest.json``, ``detector.pth``, ``classifier.pth``).
+        detector_config: the detector's Detectron2 config (``configs/`` + ``DEMO_DETECTOR_CONFIG``).
+        score_thresh: the detector's score threshold.
+
+    Returns:
+        ``(FirstStage, SecondStage)``; the second stage maps each class to the classes of its shape.
+    """
+    weights_dir = Path(weights_dir)
     manifest = json.loads((weights_dir / "manifest.json").read_text())
     if manifest.get("synthetic_version") != synthetic.VERSION:
         raise RuntimeError(f"{weights_dir} was made for synthetic scenes version {manifest.get('synthetic_version')}, "
                            f"these are version {synthetic.VERSION}")
-    first = build_first_stage("faster_rcnn", config_file=str(DET_CONFIG), weights=str(weights_dir / "detector.pth"),
+    first = build_first_stage("faster_rcnn", config_file=str(detector_config), weights=str(weights_dir / "detector.pth"),
                               device=device, score_thresh=score_thresh)
     second = SecondStage(load_classifier(weights_dir / "classifier.pth", "torch", device=device), first.class_names,
                          class_map=shape_class_map(first.class_names), fusion="replace")
@@ -204,10 +217,14 @@ def run_video(
     min_visible: float = 0.5,
     min_score: float = 0.1,
     max_distance: float = 0.6,
-    weights_dir: Optional[str] = None,
+    weights_dir: Optional[os.PathLike] = None,
+    detector_config: Optional[os.PathLike] = None,
     log: Callable[[str], None] = print,
 ) -> Dict[str, object]:
-    first, second = load_demo_models(device, Path(weights_dir) if weights_dir else WEIGHTS)
+    """``weights_dir``, ``detector_config``: the demo models (``load_demo_models``)."""
+    if weights_dir is None or detector_config is None:
+        raise ValueError("the video section needs the demo models: weights_dir=DIR and detector_config=YAML")
+    first, second = load_demo_models(device, weights_dir, detector_config)
     names = list(second.output_class_names)
     policy = ReinferOptions(reinfer_area=reinfer_area, reinfer_interval=reinfer_interval, min_side=min_side)
     tracker = TrackerOptions(min_score=min_score, max_distance=max_distance)

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
@@ -28,7 +29,7 @@ from .pipeline import run_pipeline
 from .report import write_report
 from .routing import run_routing
 from .tradeoff import run_tradeoff
-from .video import run_video
+from .video import DEMO_DETECTOR_CONFIG, run_video
 from .targets import evaluate_targets
 
 SECTIONS = ("models", "crops", "pipeline", "tradeoff", "memory", "deploy", "video", "routing")
@@ -72,7 +73,7 @@ PRESETS: Dict[str, Dict[str, dict]] = {
                        rounds={1: 1, 2: 1}, min_round_s=0.0, matmul_n=128, profile=(("v3_79", "optimized", 2),)),
         "crops": dict(box_counts=(1, 10, 100), sizes=(79,), rounds=1, min_round_s=0.0),
         "pipeline": dict(box_counts=(1, 3), variants=("v3_79",), widths=(0.0625,), image_wh=(320, 213),
-                         min_size_test=128, rounds=1, config_file="configs/d2/tiny_R18_FPN_random.yaml"),
+                         min_size_test=128, rounds=1, config_file="d2/tiny_R18_FPN_random.yaml"),
         "tradeoff": dict(width=0.0625, epochs=1, synthetic_train=2, synthetic_test=1, datasets=("synthetic",),
                          image_size=128, batch_size=8, max_train_crops=8),
         "memory": dict(num_images=20, warmup=2, sample_every=5, max_boxes=3),
@@ -83,11 +84,45 @@ PRESETS: Dict[str, Dict[str, dict]] = {
 }
 
 
-def _run_section(name: str, settings: dict, device: str, compile: bool, work_dir: Path, log) -> dict:
+@dataclass(frozen=True)
+class DataPaths:
+    """Files the sections read from outside benchmarks/ (``tools/benchmark.py`` gives the repository's).
+
+    Attributes:
+        configs: the folder the presets' relative config files are in (the repository's ``configs/``): the
+            tiny preset's detector (pipeline section) and the demo detector (video section).
+        coco128: the COCO128 folder (``annotations/instances_train2017.json``, ``images/``): the trade-off's
+            ``coco128`` dataset and the box sides of the routing section (without it: a log-normal).
+        demo_weights: the shipped demo models (``manifest.json``, ``detector.pth``, ``classifier.pth``): video.
+    """
+
+    configs: Optional[Path] = None
+    coco128: Optional[Path] = None
+    demo_weights: Optional[Path] = None
+
+    def config(self, name: str) -> str:
+        """``name`` (absolute, or relative to ``configs``) as a path."""
+        if os.path.isabs(name):
+            return name
+        if self.configs is None:
+            raise ValueError(f"{name} is relative to the configs folder, and none was given (DataPaths.configs)")
+        return str(Path(self.configs) / name)
+
+
+def _run_section(name: str, settings: dict, device: str, compile: bool, work_dir: Path, paths: DataPaths,
+                 log) -> dict:
     if name == "models":
         return run_models(device=device, compile=compile, log=log, **settings)
     if name == "tradeoff":
-        return run_tradeoff(device=device, work_dir=work_dir / "tradeoff_data", log=log, **settings)
+        return run_tradeoff(device=device, work_dir=work_dir / "tradeoff_data", coco128=paths.coco128, log=log,
+                            **settings)
+    if name == "pipeline" and settings.get("config_file"):
+        settings = {**settings, "config_file": paths.config(settings["config_file"])}
+    if name == "routing" and paths.coco128 is not None:
+        settings = {**settings, "coco_annotations": Path(paths.coco128) / "annotations" / "instances_train2017.json"}
+    if name == "video":
+        detector_config = paths.config(DEMO_DETECTOR_CONFIG) if paths.configs is not None else None
+        settings = {"weights_dir": paths.demo_weights, "detector_config": detector_config, **settings}
     runners = {"crops": run_crops, "pipeline": run_pipeline, "memory": run_memory, "deploy": run_deploy,
                "video": run_video, "routing": run_routing}
     if name not in runners:
@@ -105,9 +140,11 @@ def run_benchmark(
     overrides: Optional[Dict[str, dict]] = None,
     work_dir: Optional[os.PathLike] = None,
     command: Optional[str] = None,
+    paths: Optional[DataPaths] = None,
     log: Callable[[str], None] = print,
 ) -> Dict[str, object]:
-    """Run the sections in ``only`` (default: all) and write the outputs into ``output``."""
+    """Run the sections in ``only`` (default: all) and write the outputs into ``output``; ``paths``: where
+    the sections that read files find them (default: nowhere; the sections that need one fail, as a section)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     only = list(only or SECTIONS)
@@ -130,6 +167,7 @@ def run_benchmark(
         "preset": preset, "device": device, "sections": only, "complete": False,
         "command": command or " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
         "environment": environment(device),
+        "data_paths": {k: None if v is None else str(v) for k, v in vars(paths or DataPaths()).items()},
         "settings": {k: _jsonable(settings[k]) for k in only},
     }
     t_all = time.perf_counter()
@@ -137,7 +175,7 @@ def run_benchmark(
         log(f"[benchmark] {name} ...")
         t0 = time.perf_counter()
         try:
-            section = _run_section(name, settings[name], device, compile, work, log)
+            section = _run_section(name, settings[name], device, compile, work, paths or DataPaths(), log)
         except Exception as e:  # one failing section must not lose the others' figures
             traceback.print_exc()
             section = {"error": f"{type(e).__name__}: {e}"}

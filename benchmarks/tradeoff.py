@@ -69,7 +69,6 @@ from crop_classifier.structures import BACKGROUND_CLASS
 
 from .models import count_gmacs
 
-COCO128 = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco128"
 DATASETS = ("synthetic", "synthetic_wide", "coco128")
 #: The wide-range scenes (``generate_scenes`` arguments): 10-320 px objects need 1280 px images (objects are
 #: at most 0.3 of the image); the 4 px mark period makes the marks of objects above 60 px finer than their size.
@@ -108,8 +107,17 @@ class Upsampled(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ data
-def _coco_records(ann_file: Path, image_dir: Path):
-    """[(image path, boxes XYXY [N, 4], category ids [N])] of non-crowd boxes, and {category id: name}."""
+def coco_records(ann_file: Path, image_dir: Path):
+    """The boxed images of a COCO file, read through ``crop_classifier.coco_io``.
+
+    Args:
+        ann_file: COCO instances JSON.
+        image_dir: folder its ``file_name`` entries are relative to.
+
+    Returns:
+        ``([(image path, boxes XYXY float32 [N, 4], category ids [N])], {category id: name})``: images by id,
+        non-crowd boxes of at least 1 px a side; images without such a box are left out.
+    """
     coco = load_coco(ann_file)  # the package's one COCO reader: its id/category rules, parsed once
     if coco.errors:
         raise ValueError(coco.errors[0])
@@ -161,23 +169,38 @@ def extract_all(records, sizes: Sequence[int], label_of: Dict[int, int], *, cont
     return {s: torch.cat(v) for s, v in crops.items()}, torch.tensor(labels, dtype=torch.long), boxes_all
 
 
-def _dataset(name: str, work_dir: Path, *, synthetic_train: int, synthetic_test: int, image_size: int,
-             coco_test_fraction: float, seed: int = 0):
-    """(train records, test records, class names) of one dataset."""
+def dataset_records(name: str, work_dir: Path, *, synthetic_train: int, synthetic_test: int, image_size: int,
+                    coco_test_fraction: float, seed: int = 0, coco128: Optional[Path] = None):
+    """The training and test images of one trade-off dataset.
+
+    Args:
+        name: one of ``DATASETS``.
+        work_dir: where synthetic scenes are generated (reused when already there).
+        synthetic_train, synthetic_test, image_size: the synthetic scenes' counts and side (px).
+        coco_test_fraction: share of COCO128's boxed images held out (every k-th by id).
+        seed: synthetic scene seed.
+        coco128: the COCO128 folder (``annotations/instances_train2017.json``, ``images/``), needed by the
+            ``coco128`` dataset only.
+
+    Returns:
+        ``(train records, test records, {category id: name})``, records as ``coco_records`` gives them.
+    """
     if name in ("synthetic", "synthetic_wide"):
         wide = name == "synthetic_wide"
         scenes = dict(WIDE_SCENES) if wide else {"image_size": image_size}
         tr_dir, te_dir = work_dir / f"{name}_train_{synthetic_train}", work_dir / f"{name}_test_{synthetic_test}"
         tr_ann = generate_scenes(tr_dir, synthetic_train, seed=seed + 1, split_name="train", **scenes)
         te_ann = generate_scenes(te_dir, synthetic_test, seed=seed + 2, split_name="test", **scenes)
-        train, cats = _coco_records(Path(tr_ann), tr_dir)
-        test, _ = _coco_records(Path(te_ann), te_dir)
+        train, cats = coco_records(Path(tr_ann), tr_dir)
+        test, _ = coco_records(Path(te_ann), te_dir)
         return train, test, cats
     if name == "coco128":
-        ann = COCO128 / "annotations" / "instances_train2017.json"
+        if coco128 is None:
+            raise ValueError("the coco128 trade-off dataset needs its folder (coco128=DIR)")
+        ann = Path(coco128) / "annotations" / "instances_train2017.json"
         if not ann.is_file():
             raise FileNotFoundError(f"coco128 annotations not found at {ann}")
-        records, cats = _coco_records(ann, COCO128 / "images")
+        records, cats = coco_records(ann, Path(coco128) / "images")
         # Held-out images, not just held-out boxes: every k-th image (by id) is a test image.
         k = max(2, int(round(1 / coco_test_fraction)))
         test = [r for i, r in enumerate(records) if i % k == k - 1]
@@ -196,7 +219,18 @@ RECIPES: Dict[str, Dict[str, float]] = {
 }
 
 
-def _recipe_cfg(batch_size: int, epochs: int, base_lr: Optional[float], recipe: str = "cpu"):
+def recipe_cfg(batch_size: int, epochs: int, base_lr: Optional[float], recipe: str = "cpu"):
+    """The engine config of a trade-off training.
+
+    Args:
+        batch_size: ``SOLVER.IMS_PER_BATCH``.
+        epochs: ``SOLVER.MAX_EPOCHS``.
+        base_lr: ``SOLVER.BASE_LR``, or None for the recipe's.
+        recipe: a key of ``RECIPES`` (solver settings over the engine's defaults).
+
+    Returns:
+        A ``crop_classifier.config`` CfgNode.
+    """
     if recipe not in RECIPES:
         raise ValueError(f"unknown trade-off recipe {recipe!r}; valid: {', '.join(RECIPES)}")
     cfg = get_cfg()
@@ -227,7 +261,7 @@ class TrainSettings:
 
 
 def _trainer_cfg(settings: TrainSettings, batch_size: int, meta: Dict[str, object], output_dir: Path):
-    cfg = _recipe_cfg(batch_size, settings.epochs, settings.base_lr, settings.recipe)
+    cfg = recipe_cfg(batch_size, settings.epochs, settings.base_lr, settings.recipe)
     cfg.MODEL.ARCH, cfg.MODEL.WIDTH, cfg.MODEL.AUX_LOGITS = meta["arch"], meta["width"], False
     cfg.DATALOADER.NUM_WORKERS = 0  # the crops are in memory: workers would only copy them
     cfg.SEED, cfg.OUTPUT_DIR = settings.seed, str(output_dir)
@@ -248,7 +282,17 @@ class HeldOut:
     sizes: Optional[np.ndarray] = None
 
 
-def _probs(classifier, held: HeldOut, batch: int = 64) -> torch.Tensor:
+def held_out_probs(classifier, held: HeldOut, batch: int = 64) -> torch.Tensor:
+    """Class probabilities of the held-out crops, each crop at its route's size for a routed classifier.
+
+    Args:
+        classifier: crops in [0, 1] ``[B, 3, S, S]`` -> probabilities ``[B, C]``; ``class_names`` of length C.
+        held: the crops (uint8) and, for a routed classifier, each crop's size.
+        batch: crops per call.
+
+    Returns:
+        ``[N, C]`` float probabilities on the CPU, in the order of ``held.y``.
+    """
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([classifier(x[i:i + batch].float().div_(255)).cpu() for i in range(0, len(x), batch)])
 
@@ -298,7 +342,7 @@ def train_and_evaluate(model: nn.Module, meta: Dict[str, object], train, test, s
     update_bn(itertools.islice(trainer.train_loader, CALIBRATION_BATCHES), trainer.module, device=trainer.device)
     classifier = build_inference_classifier(trainer.module, meta, device=trainer.device)
     held = test if isinstance(test, HeldOut) else HeldOut(*test)
-    probs = _probs(classifier, held)
+    probs = held_out_probs(classifier, held)
     metrics = compute_metrics(probs, held.y, meta["class_names"])
     out = {"top1": metrics["top1"], "top5": metrics["top5"], "top5_k": metrics["top5_k"],
            "mean_class_accuracy": metrics["mean_class_accuracy"], "train_s": sum(e["time_s"] for e in epochs),
@@ -324,7 +368,7 @@ def _slug(name: str) -> str:
 
 
 def routing_goal(rows: List[Dict[str, object]]) -> Dict[str, object]:
-    """The issue's goal on one dataset's rows: the routed row >= the best fixed row in every bucket (each
+    """The routing goal on one dataset's rows: the routed row >= the best fixed row in every bucket (each
     bucket's best) and >= 2 points above the best fixed row overall. Differences in points."""
     routed = next((r for r in rows if r["arch"] == ROUTED_ARCH and "buckets" in r), None)
     fixed = [r for r in rows if r["arch"] != ROUTED_ARCH and "buckets" in r]
@@ -347,10 +391,21 @@ def routing_goal(rows: List[Dict[str, object]]) -> Dict[str, object]:
     return out
 
 
-def _row_model(arch: str, crop: Optional[int], up: Optional[int], num_classes: int, width: float,
-               class_names: List[str], init: Optional[str] = None):
-    """(trained module, module whose cost is counted, checkpoint meta) of one trade-off row; its weights are
-    ``init``'s when given (a head of another class count stays as initialised)."""
+def row_model(arch: str, crop: Optional[int], up: Optional[int], num_classes: int, width: float,
+              class_names: List[str], init: Optional[str] = None):
+    """The network of one trade-off row (an entry of ``MODELS``).
+
+    Args:
+        arch: the row's architecture (a stem name or ``auto``).
+        crop: the crop side (px) the row reads; None for the routed row.
+        up: side the crop is upsampled to before the network, or None.
+        num_classes, width, class_names: the classifier's.
+        init: a checkpoint whose weights every row starts from (a head of another class count stays as
+            initialised); None: random weights.
+
+    Returns:
+        ``(trained module, module whose cost is counted, checkpoint meta)``.
+    """
     if arch == ROUTED_ARCH:
         routes = Routes(jitter=ROUTE_JITTER)
         net = create_classifier(ROUTED_ARCH, num_classes, width=width, aux_logits=False, routes=routes.archs)
@@ -392,7 +447,7 @@ def _run_row(spec, train: _Split, test: _Split, class_names: List[str], width: f
              run_dir: Path) -> Dict[str, object]:
     name, arch, crop, up = spec
     torch.manual_seed(settings.seed)  # the same initial weights for every model of one architecture
-    model, net, meta = _row_model(arch, crop, up, len(class_names), width, class_names, init=settings.init)
+    model, net, meta = row_model(arch, crop, up, len(class_names), width, class_names, init=settings.init)
     if arch == ROUTED_ARCH:
         routes = Routes.from_meta(meta)
         sizes = routes.sizes_for(test.route_sides)
@@ -441,6 +496,7 @@ def run_tradeoff(
     max_train_crops: int = 0,
     models: Sequence[str] = tuple(m[0] for m in MODELS),
     seed: int = 0,
+    coco128: Optional[Path] = None,
     log: Callable[[str], None] = print,
 ) -> Dict[str, object]:
     unknown = [m for m in models if m not in {x[0] for x in MODELS}]
@@ -454,9 +510,9 @@ def run_tradeoff(
     data_info: Dict[str, Dict[str, object]] = {}
     goals: Dict[str, Dict[str, object]] = {}
     for ds in datasets:
-        train_rec, test_rec, cats = _dataset(ds, Path(work_dir), synthetic_train=synthetic_train,
+        train_rec, test_rec, cats = dataset_records(ds, Path(work_dir), synthetic_train=synthetic_train,
                                              synthetic_test=synthetic_test, image_size=image_size,
-                                             coco_test_fraction=coco_test_fraction, seed=seed)
+                                             coco_test_fraction=coco_test_fraction, seed=seed, coco128=coco128)
         # Classes: those with a training box (a test-only class could never be predicted).
         present = sorted({int(c) for _, _, cs in train_rec for c in cs})
         label_of = {c: i for i, c in enumerate(present)}
@@ -500,7 +556,7 @@ def run_tradeoff(
 
 
 def _recipe_text(settings: TrainSettings, width: float) -> str:
-    cfg = _recipe_cfg(settings.batch_size, settings.epochs, settings.base_lr, settings.recipe)
+    cfg = recipe_cfg(settings.batch_size, settings.epochs, settings.base_lr, settings.recipe)
     amp = f", AMP ({cfg.SOLVER.AMP_DTYPE})" if torch.device(settings.device).type == "cuda" and cfg.SOLVER.AMP else ""
     start = (f"every row starting from the weights of {settings.init} (seed {settings.seed} for a re-initialised head)"
              if settings.init else f"from scratch (random init, seed {settings.seed})")

@@ -1,4 +1,4 @@
-"""The issue's targets, checked against one run's figures (ratios from the same run and machine)."""
+"""The targets the project set itself, checked against one run's figures (ratios from the same run and machine)."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional
@@ -83,7 +83,7 @@ def _memory_targets(mem: Dict[str, object]) -> List[Dict[str, object]]:
 
 
 def _tradeoff_targets(t: Dict[str, object]) -> List[Dict[str, object]]:
-    """Issue 17: the routed row >= the best fixed row in every size bucket, and >= 2 points above it overall."""
+    """Routing: the routed row >= the best fixed row in every size bucket, and >= 2 points above it overall."""
     out = []
     for ds, goal in (t.get("routing_goal") or {}).items():
         if not goal:
@@ -99,7 +99,7 @@ def _tradeoff_targets(t: Dict[str, object]) -> List[Dict[str, object]]:
 
 
 def _routing_targets(r: Dict[str, object]) -> List[Dict[str, object]]:
-    """Issue 17: the routed classifier's crops/s at a realistic mix >= 0.9x v3_79's (full width)."""
+    """Routing cost: the routed classifier's crops/s at a realistic mix >= 0.9x v3_79's (full width)."""
     rows = [x for x in r.get("rows", []) if x["model"] == "routed (auto)"]
     if not rows:
         return []
@@ -120,7 +120,7 @@ def evaluate_targets(results: Dict[str, object]) -> List[Dict[str, object]]:
 
 
 def video_targets(v: Dict[str, object]) -> List[Dict[str, object]]:
-    """The issue's goals: classifier calls <= 1/4 of every box every frame; track-voted top-1 >= per-frame + 5."""
+    """Video: classifier calls <= 1/4 of every box every frame; track-voted top-1 >= per-frame + 5."""
     out = [_target("video: classifier calls, track policy / every box every frame", v["calls_ratio"], 0.25,
                    higher_is_better=False, unit="fraction",
                    detail=f"{v['classifier_calls']['policy']} vs {v['classifier_calls']['every_box']} calls")]

@@ -248,7 +248,15 @@ def _pipeline_md(p: Dict) -> str:
                       "detector GFLOP/s", "second stage GFLOP/s"], rows))
 
 
-def _tradeoff_md(t: Dict) -> str:
+def tradeoff_md(t: Dict) -> str:
+    """The trade-off section of benchmark.md.
+
+    Args:
+        t: the ``tradeoff`` section of benchmark.json (``run_tradeoff``'s result).
+
+    Returns:
+        Markdown: the recipe, the rows' table, and with a background class its recall table.
+    """
     rows = [[r["dataset"], r["name"], r["arch"], r["input"], f"{r['gmacs']:.3f}", f"{100 * r['top1']:.1f}",
              f"{100 * r['top5']:.1f}", r["train_crops"], r["test_crops"], f"{r['train_s']:.0f}"] for r in t["rows"]]
     maj = "; ".join(f"{k}: {100 * v:.1f} %" for k, v in (t.get("majority_top1") or {}).items())
@@ -280,7 +288,7 @@ def _pm(v: Dict) -> str:
 
 def tradeoff_buckets_md(t: Dict) -> str:
     """Per dataset: top-1 (%) ± one standard error per native object size bucket, crop counts, and the
-    routed row against the best fixed row (issue 17's goal)."""
+    routed row against the best fixed row (the routing goal, ``tradeoff.routing_goal``)."""
     labels = list(t.get("size_buckets") or []) + ["all"]
     parts = ["Top-1 (%) ± one standard error by native object size (the box's longer side, px, without context):"]
     for ds in dict.fromkeys(r["dataset"] for r in t["rows"] if r.get("buckets")):
@@ -337,7 +345,7 @@ def render_markdown(results: Dict, plots: Optional[Dict[str, str]] = None) -> st
     if results.get("targets"):
         out += ["## Targets", "", _targets_md(results["targets"]), ""]
     sections = (("models", "Classifiers", _models_md, "throughput"), ("crops", "Crops", _crops_md, "crops"),
-                ("pipeline", "Pipeline", _pipeline_md, "pipeline"), ("tradeoff", "Resolution trade-off", _tradeoff_md,
+                ("pipeline", "Pipeline", _pipeline_md, "pipeline"), ("tradeoff", "Resolution trade-off", tradeoff_md,
                                                                      "tradeoff"),
                  ("memory", "Memory", _memory_md, None), ("deploy", "Deploy: runtimes side by side", _deploy_md, None),
                  ("video", "Video tracking", video_md, None),
