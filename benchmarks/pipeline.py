@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Callable, Dict, List, Optional, Sequence
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -306,17 +308,40 @@ def _throughput_rows(det, stages, records, n, rounds, warmup, device, log) -> Li
     return rows
 
 
-def run_torchvision_pipeline(*, device: str = "cuda", detector: str = TV_DETECTOR, box_counts: Sequence[int] = (1, 20, 100),
-                             pipeline_boxes: int = 20, variants: Sequence[str] = ("v3_79",),
-                             widths: Sequence[float] = (1.0,), precisions: Sequence[str] = ("fp32",),
-                             image_wh=(640, 426), min_size: int = 800, max_size: int = 1333, batch: int = 8,
-                             rounds: int = 5, warmup: int = 1, log: Callable[[str], None] = print) -> Dict[str, object]:
+@dataclass(frozen=True)
+class TorchvisionPipeline:
+    """What ``run_torchvision_pipeline`` measures (``TV_PIPELINE_PRESETS`` holds the usual ones)."""
+
+    detector: str = TV_DETECTOR
+    box_counts: Sequence[int] = (1, 20, 100)
+    pipeline_boxes: int = 20
+    variants: Sequence[str] = ("v3_79",)
+    widths: Sequence[float] = (1.0,)
+    precisions: Sequence[str] = ("fp32",)
+    image_wh: Tuple[int, int] = (640, 426)
+    min_size: int = 800
+    max_size: int = 1333
+    batch: int = 8
+    rounds: int = 5
+    warmup: int = 1
+
+
+def run_torchvision_pipeline(device: str = "cuda", log: Callable[[str], None] = print,
+                             **settings: Any) -> Dict[str, object]:
     """torchvision ``detector`` (random weights, BN statistics calibrated, score threshold 0, top
     ``max(box_counts)``) + ``SecondStage`` around each classifier variant/width/precision, crops on ``device``.
 
-    Returns ``rows`` (one image: detector vs second-stage latency at each box count), ``throughput`` (a batch
-    of ``batch`` images: detector alone vs the whole pipeline with ``pipeline_boxes`` boxes per image, images/s)
-    and ``targets`` (second stage <= 10 % of the detector's latency, pipeline >= 90 % of its images/s)."""
+    Args:
+        settings: fields of ``TorchvisionPipeline``.
+    Returns:
+        ``rows`` (one image: detector vs second-stage latency at each box count), ``throughput`` (a batch of
+        ``batch`` images: detector alone vs the whole pipeline with ``pipeline_boxes`` boxes per image, images/s)
+        and ``targets`` (second stage <= 10 % of the detector's latency, pipeline >= 90 % of its images/s).
+    """
+    c = TorchvisionPipeline(**settings)
+    detector, box_counts, pipeline_boxes, image_wh = c.detector, c.box_counts, c.pipeline_boxes, c.image_wh
+    min_size, max_size, batch, rounds, warmup = c.min_size, c.max_size, c.batch, c.rounds, c.warmup
+    variants, widths, precisions = c.variants, c.widths, c.precisions
     W, H = image_wh
     records = [ImageRecord(f"synthetic{i}.jpg", random_image(W, H, seed=1 + i)) for i in range(max(1, batch))]
     max_boxes = max(list(box_counts) + [pipeline_boxes])

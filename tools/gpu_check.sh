@@ -109,7 +109,7 @@ run_benchmark('$OUT/benchmark', preset='$PRESET', device='$DEVICE', only='$SECTI
 # The GPU pipeline rows: torchvision's Faster R-CNN (no Detectron2 here) + v3_79, crops on the device.
 if ((PIPELINE)); then
     step "pipeline (torchvision first stage + v3_79) on $DEVICE" "$PY" -c "
-from crop_classifier.benchmark.pipeline import TV_PIPELINE_PRESETS, run_torchvision_pipeline, write_torchvision_pipeline
+from benchmarks.pipeline import TV_PIPELINE_PRESETS, run_torchvision_pipeline, write_torchvision_pipeline
 write_torchvision_pipeline(run_torchvision_pipeline(device='$DEVICE', **TV_PIPELINE_PRESETS['$PRESET']), '$OUT/pipeline')
 "
 fi
