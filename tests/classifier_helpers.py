@@ -3,6 +3,7 @@ whose outputs differ."""
 import torch
 from torch import nn
 
+from benchmarks.deploy import spread_weights  # noqa: F401  (random weights whose outputs differ)
 from crop_classifier.models.inference import build_inference_classifier
 
 COLOURS = ["red", "green", "blue"]
@@ -32,25 +33,3 @@ def inference_form(net, class_names, input_size, **meta):
     """``net`` (known answers, not fx-traceable) as an ``InferenceClassifier``: normalisation + softmax around it."""
     return build_inference_classifier(
         net, {"arch": "test", "class_names": list(class_names), "input_size": input_size, **meta}, fold_bn=False)
-
-
-def spread_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random BN statistics/affine and a larger head, so logits differ by whole units: agreement between two
-    runtimes (or BN folded and unfolded) on near-zero logits would say nothing.
-
-    Args:
-        model: an Inception-v3 classifier (``fc`` head), changed in place.
-        seed: the generator's seed.
-
-    Returns:
-        ``model`` in eval mode.
-    """
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    model.fc.weight.data.copy_(torch.randn(model.fc.weight.shape, generator=g) * 2.0)
-    return model.eval()

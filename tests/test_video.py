@@ -12,9 +12,8 @@ import torch
 
 from crop_classifier.data.synthetic_video import MovingScene, MovingSceneOptions, write_video
 from crop_classifier.errors import UsageError
-from crop_classifier.second_stage import ClassMap, FusionRule, fuse_image
-from crop_classifier.crops import valid_boxes_mask
-from crop_classifier.structures import CropSpec, ImageDetections
+from stage_helpers import ScriptedStage
+from crop_classifier.structures import ImageDetections
 from crop_classifier.video import (Frame, FrameSource, ReinferOptions, RunOptions, SourceOptions, TrackingLoop,
                                    TrackOptions, TrackerOptions, resolution_weight, run_tracking)
 from crop_classifier.video.temporal import TrackState, reinfer_reason
@@ -25,32 +24,15 @@ CLASSES = ["a", "b"]
 
 
 # ----------------------------------------------------------------------------------------------- stubs
-class StubSecondStage:
+class StubSecondStage(ScriptedStage):
     """The second stage's shape (class_map, fusion, crop, eligible, classify) with scripted probabilities:
     a box whose short side is under 30 px gets ``small_p``, a larger one ``large_p``."""
 
-    routes = None
-
     def __init__(self, small_p=(0.9, 0.1), large_p=(0.2, 0.8), fusion="replace", input_size=50, context=0.0):
-        self.class_map = ClassMap(CLASSES, CLASSES, "*=*")
-        self.fusion, self.crop = fusion, CropSpec(input_size, context)
-        self.rule = FusionRule(fusion, nms_thresh=0.0)  # these scripted scenes test voting, not NMS
+        # no NMS: these scripted scenes test voting
+        super().__init__(CLASSES, fusion, input_size, context, nms_thresh=0.0)
         self.small_p, self.large_p = torch.tensor(small_p), torch.tensor(large_p)
         self.calls = []
-
-    @property
-    def output_class_names(self):
-        return self.class_map.output_class_names
-
-    @property
-    def classifier_classes(self):
-        return self.class_map.classifier_classes
-
-    def eligible(self, boxes, det_classes, image_hw):
-        return valid_boxes_mask(boxes, image_hw)
-
-    def fuse(self, boxes, det_classes, det_scores, probs, classified):
-        return fuse_image(boxes, det_classes, det_scores, probs, classified, self.class_map, self.rule)
 
     def classify(self, images, boxes):
         out = []

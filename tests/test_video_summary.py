@@ -10,42 +10,24 @@ import numpy as np
 import pytest
 import torch
 
-from crop_classifier.crops import valid_boxes_mask
 from crop_classifier.data.synthetic_video import MovingScene, MovingSceneOptions, write_video
-from crop_classifier.second_stage import ClassMap, FusionRule, fuse_image
-from crop_classifier.structures import CropSpec, ImageDetections
+from crop_classifier.structures import ImageDetections
 from crop_classifier.utils.drawing import RELABELLED, STATUS_COLOURS, plan_boxes
 from crop_classifier.video import Frame, RunOptions, TrackingLoop, TrackOptions, TrackerOptions, run_tracking
 from crop_classifier.video.run import draw_tracks, empty_run_warnings
+
+from stage_helpers import ScriptedStage
 
 pytest.importorskip("norfair")
 
 CLASSES = ["a", "b"]
 
 
-class _Second:
+class _Second(ScriptedStage):
     """The second stage's shape with a classifier that always says class ``b``."""
 
-    routes = None
-
     def __init__(self):
-        self.class_map = ClassMap(CLASSES, CLASSES, "*=*")  # any detector class may become any class
-        self.fusion, self.crop = "replace", CropSpec(32, 0.0)
-        self.rule = FusionRule("replace")
-
-    def fuse(self, boxes, det_classes, det_scores, probs, classified):
-        return fuse_image(boxes, det_classes, det_scores, probs, classified, self.class_map, self.rule)
-
-    @property
-    def output_class_names(self):
-        return self.class_map.output_class_names
-
-    @property
-    def classifier_classes(self):
-        return self.class_map.classifier_classes
-
-    def eligible(self, boxes, det_classes, image_hw):
-        return valid_boxes_mask(boxes, image_hw)
+        super().__init__(CLASSES)
 
     def classify(self, images, boxes):
         return [torch.tensor([[0.1, 0.9]]).repeat(len(b), 1) for b in boxes]
