@@ -23,6 +23,7 @@ from crop_classifier.d2 import (  # noqa: E402
 from crop_classifier.models import build_classifier, model_meta, save_checkpoint  # noqa: E402
 
 from classifier_helpers import inference_form  # noqa: E402
+from numerics import assert_fp32_close  # noqa: E402
 from test_pipeline import MeanColourNet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -391,4 +392,4 @@ def test_predictor_takes_a_frozen_config_and_an_old_unfolded_combined_checkpoint
     from crop_classifier.models.inference import build_inference_classifier
 
     want = build_inference_classifier(old_clf, {"arch": "v3_79", "class_names": COLOURS, "input_size": 79}).logits(x)
-    assert torch.allclose(got, want, atol=1e-4)
+    assert_fp32_close(got, want, what="the old combined checkpoint's classifier")
