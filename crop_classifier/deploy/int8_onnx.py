@@ -32,6 +32,7 @@ from .accuracy import held_out_top1
 from .export import (EXPORT_VERSION, FORMAT_VERSION_KEY, INPUT_NAME, META_KEY, ExportOptions, export_form, is_routed,
                      meta_json, onnx_bytes)
 from .quantize import calibration_batches
+from .runtimes import OnnxRuntimeClassifier, OpenVinoClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +140,6 @@ def _set_meta(data: bytes, meta: Dict[str, Any]) -> bytes:
 
 def _runtime_for(fmt: str, path: Path):
     """The runtime an int8 file of ``fmt`` is meant for (both read either file)."""
-    from .runtimes import OnnxRuntimeClassifier, OpenVinoClassifier
-
     return OpenVinoClassifier(path) if fmt == "openvino" else OnnxRuntimeClassifier(path)
 
 

@@ -341,6 +341,7 @@ def write_outputs(run_: InferenceRun, tally: _Tally, bad: List[BadInput], wall: 
     summary: Dict[str, Any] = {
         "detector": o.detector, "classifier": o.classifier, "classifier_weights": str(o.classifier_weights),
         "classifier_runtime": describe(second.classifier),
+        "classifier_form": getattr(second.classifier, "form", None),  # which form ran and why (deploy.forms)
         "fusion": second.fusion, "class_map": second.class_map.describe(), "device": run_.device,
         "images": tally.images, "boxes": tally.boxes, "crops": tally.crops, "boxes_changed": tally.changed,
         "boxes_dropped": tally.dropped, "seconds": round(wall, 3),
