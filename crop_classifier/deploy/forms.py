@@ -35,7 +35,7 @@ from ..data import CropDataset
 from ..data.synthetic import render_scene
 from ..engine.data import load_datasets
 from ..models import inference as inference_mod
-from ..structures import ClassifierMeta, object_class_names
+from ..structures import ClassifierMeta
 from ..utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def guard_crops(meta: ClassifierMeta, size: int, count: int = GUARD_CROPS) -> Tu
     names, min_size = _held_out_names(meta)
     if names:
         try:
-            samples, _ = load_datasets(names, class_names=object_class_names(meta), min_size=min_size)
+            samples, _ = load_datasets(names, min_size=min_size)  # the decisions are compared, not scored: no labels
             pick = np.unique(np.linspace(0, len(samples) - 1, min(count, len(samples))).round().astype(int))
             dataset = CropDataset([samples[i] for i in pick], size, context=meta.crop.context, mode=meta.crop.mode,
                                   train=False)
