@@ -123,12 +123,19 @@ def test_compare_decisions_counts_changed_top1_on_deterministic_crops(ckpt):
     same = forms.compare_decisions(clf, clf, meta, 40)
     assert same["disagreement"] == 0.0 and same["crops"] == 40 and same["max_abs_dprob"] == 0.0
 
-    class Shifted:  # the same classifier with its classes rotated: every decision changes
+    class Colour:  # answers by the crop's mean colour: decisions that depend on the crop (a random net's do not)
         meta, device = clf.meta, clf.device
+        weights = torch.randn(3, len(CLASSES), generator=torch.Generator().manual_seed(0)) * 50
 
+        def __call__(self, x, shift=0):
+            return torch.softmax(x.mean((2, 3)) @ self.weights, 1).roll(shift, dims=1)
+
+    class Shifted(Colour):  # the same with its classes rotated: every decision changes
         def __call__(self, x):
-            return clf(x).roll(1, dims=1)
-    assert forms.compare_decisions(clf, Shifted(), meta, 40)["disagreement"] == 1.0
+            return super().__call__(x, 1)
+    assert len(set(Colour()(a).argmax(1).tolist())) > 1
+    assert forms.compare_decisions(Colour(), Colour(), meta, 40)["disagreement"] == 0.0
+    assert forms.compare_decisions(Colour(), Shifted(), meta, 40)["disagreement"] == 1.0
 
 
 def test_guard_uses_recorded_held_out_crops_when_they_load(tmp_path):

@@ -100,7 +100,16 @@ def test_infer_routes_each_box_and_counts_crops_per_route(torch_run, files):
     s = json.loads((out / "summary.json").read_text())
     assert s["routes"]["crops"] == {"v3_79": 0, "v3_151": 6, "v3_299": 0} and s["routes"]["thresholds"] == [30, 500]
     moved = _predictions(out)
-    assert any(abs(moved[k]["cls_score"] - p["cls_score"]) > 1e-3 for k, p in _predictions(torch_run).items())
+    # Each box's score is the middle route's answer on its crop (written with 5 decimals). Comparing with the
+    # default run's scores instead passed on torch 2.3 by luck: with another torch's random init these
+    # random-weight routes saturate alike, and their scores agree to 5 decimals.
+    from crop_classifier.data import read_rgb
+
+    middle = load_inference_classifier(files["routed"]).route(151)
+    for (name, (x, y, w, h)), p in moved.items():
+        image = torch.from_numpy(read_rgb(name)).permute(2, 0, 1)
+        crop = extract_crops(image, torch.tensor([[x, y, x + w, y + h]]), 151, context=CONTEXT, mode="square")
+        assert abs(p["cls_score"] - float(middle(crop)[0, CLASSES.index(p["category_name"])])) <= 2e-5, name
 
 
 def test_three_checkpoints_as_a_routed_set_match_the_routed_checkpoint(torch_run, files):
