@@ -257,7 +257,7 @@ def _load_exported(path: Path, kind: str, backend: Optional[str], precision: Opt
         raise UsageError(f"--device {req.dev}: {path} is an ONNX file, run on CPU here (ONNX Runtime/OpenVINO)")
     runtime_installed = lambda b: importlib.util.find_spec(b) is not None  # noqa: E731
     if precision in (None, "fp32", "int8") and onnx_is_int8(path):
-        # OpenVINO runs a QDQ int8 graph fastest (1.5x ONNX Runtime on the same file, docs/deploy.md)
+        # OpenVINO runs a QDQ int8 graph fastest (about 2x ONNX Runtime on the same file, docs/benchmarks.md)
         chosen = backend or ("openvino" if runtime_installed("openvino") else "onnxruntime")
         return _with_form(_runtime(chosen, path, req.options, "fp32"),
                           Form(chosen, "int8", f"an int8 model ({path.name}) runs its int8 layers on {chosen}"))
