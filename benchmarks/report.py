@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence
 
 from crop_classifier.utils.io import atomic_write_bytes, atomic_write_text
 
+from .deploy import deploy_md
 from .video import SIZE_BUCKETS, VARIANTS
 
 PLOTS = {
@@ -328,14 +329,7 @@ def _memory_md(mem: Dict) -> str:
 
 
 def _deploy_md(d: Dict) -> str:
-    if d.get("skipped"):
-        return f"Skipped: {d['skipped']}."
-    rows = [[r["name"], r["crops_per_s"], 1e3 * r["median_s"], f"{r['ratio_vs_default']:.2f}x",
-             f"{r['max_abs_dprob']:.1e}", f"{100 * r['top1_agreement']:.1f}", r["note"]] for r in d["rows"]]
-    return (f"{d['arch']} at width {d['width']:g}, {d['num_classes']} classes, batch {d['batch']}, "
-            f"{d['threads']} threads, {d['rounds']} interleaved rounds; ratio = speed vs `{d['default']}`; "
-            "agreement vs the fp32 torch form (random weights).\n\n"
-            + _table(["runtime", "crops/s", "ms/batch", "ratio", "max |Δ prob|", "top-1 agree %", "how"], rows))
+    return deploy_md(d)  # the deploy section renders its own table (CPU features, GEMM references)
 
 
 def render_markdown(results: Dict, plots: Optional[Dict[str, str]] = None) -> str:

@@ -171,3 +171,48 @@ class PeakRSS:
     @property
     def delta_mb(self) -> float:
         return (self.peak - self.baseline) / 2**20
+
+
+def int8_matmul_gops(n: int = 2048, *, warmup: int = 1, min_iters: int = 5, min_time: float = 1.0) -> Dict[str, object]:
+    """Dense ``n x n x n`` int8 matmul throughput on CPU (int32 accumulation, what int8 convolutions run on):
+    ``torch._int_mm`` where this torch has it on CPU (2.4+), else ONNX Runtime's ``MatMulInteger`` (uint8 x
+    int8, its VNNI/AMX kernels); ``{"gops": None, "how": why}`` when neither runs."""
+    a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+    b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+    fn, how = None, None
+    try:
+        torch._int_mm(a[:32, :32].contiguous(), b[:32, :32].contiguous())
+        fn, how = (lambda: torch._int_mm(a, b)), "torch._int_mm"
+    except (RuntimeError, AttributeError, NotImplementedError):
+        fn, how = _ort_matmul_integer(n)
+    if fn is None:
+        return {"n": n, "dtype": "int8", "gops": None, "how": how}
+    t = time_fn(fn, warmup=warmup, min_iters=min_iters, min_time=min_time)
+    ops = 2.0 * n**3
+    return {"n": n, "dtype": "int8", "median_s": t.median, "gops": ops / t.median / 1e9,
+            "gops_best": ops / t.best / 1e9, "how": how}
+
+
+def _ort_matmul_integer(n: int):
+    """(a call running one ``n``-cube MatMulInteger on ONNX Runtime, its name), or (None, why not)."""
+    try:
+        import numpy as np
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError as e:
+        return None, f"no int8 GEMM: torch has no CPU _int_mm and ONNX Runtime is missing ({e})"
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_gemm",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+         helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+        [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 9)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-128, 127, (n, n), dtype=np.int8)}
+    onnx.checker.check_model(model)
+    return (lambda: sess.run(["c"], feed)), "ONNX Runtime MatMulInteger"

@@ -35,3 +35,16 @@ def coco128():
     if not (COCO128 / "annotations" / "instances_train2017.json").is_file():
         pytest.skip(f"coco128 not found at {COCO128}")
     return COCO128
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """The export cache and the bf16 verdicts (deploy.loader.cache_root) in a folder of this session, never
+    the user's ~/.cache."""
+    before = os.environ.get("CROP_CLASSIFIER_CACHE")
+    os.environ["CROP_CLASSIFIER_CACHE"] = str(tmp_path_factory.mktemp("crop_classifier_cache"))
+    yield
+    if before is None:
+        os.environ.pop("CROP_CLASSIFIER_CACHE", None)
+    else:
+        os.environ["CROP_CLASSIFIER_CACHE"] = before

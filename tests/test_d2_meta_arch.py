@@ -23,6 +23,7 @@ from crop_classifier.models import build_classifier, model_meta, save_checkpoint
 
 from classifier_helpers import COLOURS, MeanColourNet, inference_form  # noqa: E402
 from d2_helpers import tiny_cfg  # noqa: E402
+from numerics import assert_fp32_close  # noqa: E402
 
 
 def colour_model(*opts):
@@ -363,6 +364,6 @@ def test_predictor_takes_a_frozen_config_and_a_combined_checkpoint(tmp_path):
     pred = CropClassifierPredictor(cfg)
     x = torch.rand(5, 3, 79, 79)
     want = model.second_stage.classifier.logits(x)
-    assert torch.allclose(pred.model.second_stage.classifier.logits(x), want, atol=1e-5)
+    assert_fp32_close(pred.model.second_stage.classifier.logits(x), want, what="the combined checkpoint's classifier")
     for k, v in model.state_dict().items():
         assert torch.equal(pred.model.state_dict()[k].cpu(), v.cpu()), k

@@ -1,6 +1,8 @@
 """Export (ONNX, TorchScript), CPU runtimes (ONNX Runtime, OpenVINO), int8, and load_classifier: parity with
 the PyTorch inference form and every bad input (missing meta, another arch, missing runtime, int8 on CUDA,
 unsupported precision/backend), nothing half-written."""
+import json
+import os
 import sys
 
 import pytest
@@ -21,6 +23,9 @@ from crop_classifier.structures import ClassifierMeta
 from crop_classifier.utils.io import atomic_torch_save
 from classifier_helpers import spread_weights
 from tool_loader import load_tool
+from numerics import assert_fp32_close, softmax_bound
+
+RUNTIMES = [b for b in ("onnxruntime", "openvino") if loader_mod.installed(b)]
 
 onnx = pytest.importorskip("onnx")
 CLASSES = list(SYNTHETIC_CLASSES)
@@ -61,8 +66,8 @@ def onnx_file(ckpt, tmp_path_factory):
 
 def assert_parity(clf, reference, crops):
     ref_clf, ref_logits = reference
-    assert (clf.logits(crops) - ref_logits).abs().max() <= 1e-4
-    assert torch.allclose(clf(crops), ref_clf(crops), atol=1e-5)
+    assert_fp32_close(clf.logits(crops), ref_logits, what=repr(clf))  # float32 rounding on both sides
+    assert (clf(crops) - ref_clf(crops)).abs().max() <= softmax_bound(ref_logits)
     assert clf.class_names == CLASSES and clf.input_size == 79
     assert clf.crop == ref_clf.crop and clf.meta.mean == ref_clf.meta.mean and clf.device.type == "cpu"
 
@@ -135,7 +140,7 @@ def strip_meta(src, dst):
 
 def test_exported_file_without_meta_is_refused(onnx_file, tmp_path):
     strip_meta(onnx_file, tmp_path / "bare.onnx")
-    for backend in ("onnxruntime", "openvino"):
+    for backend in RUNTIMES:  # those installed (a core install may have ONNX Runtime only)
         with pytest.raises(CheckpointError, match=r"bare\.onnx.*no 'crop_classifier_meta'"):
             load_classifier(tmp_path / "bare.onnx", backend)
     ts = torch.jit.trace(trained_ish(), torch.rand(1, 3, 79, 79))
@@ -154,7 +159,7 @@ def test_exported_file_of_another_arch_is_refused(onnx_file, tmp_path):
         if p.key == export_mod.META_KEY:
             p.value = export_mod.meta_json(meta)
     onnx.save(model, str(tmp_path / "liar.onnx"))
-    for backend in ("onnxruntime", "openvino"):
+    for backend in RUNTIMES:  # those installed (a core install may have ONNX Runtime only)
         with pytest.raises(CheckpointError, match=r"liar\.onnx.*exported from another model"):
             load_classifier(tmp_path / "liar.onnx", backend)
 
@@ -167,27 +172,55 @@ def test_garbage_files_are_refused_naming_them(tmp_path):
         load_classifier(tmp_path / "missing.onnx")
 
 
-def test_checkpoint_on_runtime_is_exported_once_and_cached(ckpt, reference, crops, monkeypatch):
-    for f in ckpt.parent.glob("*.onnx"):
-        f.unlink()
+def test_checkpoint_on_runtime_is_exported_once_and_cached(ckpt, reference, crops, monkeypatch, tmp_path):
+    monkeypatch.setenv("CROP_CLASSIFIER_CACHE", str(tmp_path / "cache"))
     clf = load_classifier(ckpt, "onnxruntime")
-    cached = list(ckpt.parent.glob("clf.pth.*.onnx"))
+    cached = list((tmp_path / "cache" / "onnx").glob("clf-*.onnx"))
     assert isinstance(clf, OnnxRuntimeClassifier) and len(cached) == 1 and clf.path == cached[0]
+    assert not list(ckpt.parent.glob("*.onnx"))  # nothing piles up beside the checkpoint
     assert_parity(clf, reference, crops)
     monkeypatch.setattr(loader_mod, "export_checkpoint", lambda *a, **k: pytest.fail("exported twice"))
-    assert load_classifier(ckpt, "openvino").path == cached[0]
-    assert not [f for f in ckpt.parent.iterdir() if f.name.endswith(".tmp")]
+    if "openvino" in RUNTIMES:
+        assert load_classifier(ckpt, "openvino").path == cached[0]
+    assert not [f for f in cached[0].parent.iterdir() if f.name.endswith(".tmp")]
 
 
-def test_cache_key_follows_the_checkpoint_content(tmp_path):
+def test_cache_key_follows_the_checkpoint_content_and_old_entries_go(tmp_path, monkeypatch):
+    monkeypatch.setenv("CROP_CLASSIFIER_CACHE", str(tmp_path / "cache"))
     model = trained_ish(seed=3)
-    path = tmp_path / "c.pth"
+    path, other = tmp_path / "c.pth", tmp_path / "copy" / "c.pth"
     save_checkpoint(path, model, model_meta(model, "v3_79", CLASSES))
+    other.parent.mkdir()
+    other.write_bytes(path.read_bytes())
     first = loader_mod.cached_onnx(path)
+    assert loader_mod.cached_onnx(other) == first  # same bytes elsewhere: the same entry
+    assert first.parent == tmp_path / "cache" / "onnx" and first.name.startswith("c-")
     model.fc.bias.data += 1
     save_checkpoint(path, model, model_meta(model, "v3_79", CLASSES))
     second = loader_mod.cached_onnx(path)
     assert first != second and second.is_file()
+    assert first.is_file()  # the copy still uses the old entry
+    other.write_bytes(path.read_bytes())
+    assert loader_mod.cached_onnx(other) == second
+    assert not first.exists()  # no path uses it any more: pruned
+    assert sorted(p.name for p in second.parent.iterdir()) == sorted([second.name, "index.json"])
+
+
+def test_cache_is_bounded_least_recently_used_first(tmp_path):
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    names = ["a-1-e1o17.onnx", "b-2-e1o17.v3_79.onnx", "b-2-e1o17.v3_151.onnx", "c-3-e1o17.onnx", "d-4-e1o17.onnx"]
+    for i, name in enumerate(names):
+        (folder / name).write_bytes(b"x" * 1000)
+        os.utime(folder / name, (1000 + i, 1000 + i))
+    # 5000 bytes, bound 2500: the oldest entries go whole (b's two route files together), the new one stays
+    gone = loader_mod.prune_cache(folder, "/x/c.pth", "c-3-e1o17.onnx", max_bytes=2500)
+    assert sorted(p.name for p in gone) == sorted(names[:3])
+    assert sorted(p.name for p in folder.iterdir()) == ["c-3-e1o17.onnx", "d-4-e1o17.onnx", "index.json"]
+    # the entry just used stays even alone over the bound
+    assert loader_mod.prune_cache(folder, "/x/c.pth", "c-3-e1o17.onnx", max_bytes=10) == [folder / "d-4-e1o17.onnx"]
+    assert (folder / "c-3-e1o17.onnx").is_file()
+    assert json.loads((folder / "index.json").read_text()) == {"/x/c.pth": "c-3-e1o17.onnx"}
 
 
 def hide_module(monkeypatch, name):

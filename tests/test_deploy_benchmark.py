@@ -8,7 +8,7 @@ import torch
 from crop_classifier.deploy.streams import StreamedClassifier
 from crop_classifier.errors import UsageError
 from crop_classifier.models import build_classifier
-from crop_classifier.models.inference import build_inference_classifier
+from crop_classifier.models.inference import build_inference_classifier, cpu_has_native_bf16 as native_bf16
 from crop_classifier.models.weights import model_meta
 from tool_loader import load_tool
 
@@ -23,12 +23,25 @@ def test_deploy_section_tiny(tmp_path):
     expected |= {f"{n} {layout}" for n in runtimes for layout in ("1x2", "2x1")}  # a core install has neither
     assert expected <= set(rows)
     assert rows["torch default (InferenceClassifier)"]["ratio_vs_default"] == 1.0
+    if "onnxruntime" in runtimes:  # the int8 .onnx forms (NNCF's where nncf is installed)
+        assert {"int8 ONNX QDQ on onnxruntime"} <= set(rows)
+        assert ("int8 NNCF on openvino" in rows) == bool(importlib.util.find_spec("nncf") and "openvino" in runtimes)
+    bf16 = native_bf16()
+    assert ("torch bf16 autocast" in rows) == bf16  # bf16 rows only where the CPU has it natively
     for name, r in rows.items():
         assert r["crops_per_s"] > 0 and r["median_s"] > 0
-        if name != "int8 (FX x86)":
+        if r["precision"] == "fp32":
             assert r["max_abs_dprob"] < 1e-4 and r["top1_agreement"] == 1.0, name
+        assert r["precision"] in ("fp32", "bf16", "int8"), name
+    gemm = result["deploy"]["gemm"]
+    assert gemm["fp32"]["gflops"] > 0 and ("bf16" in gemm) == bf16 and "int8" in gemm
+    assert set(result["deploy"]["cpu_features"]) == {"AVX2", "AVX-512", "BF16", "VNNI", "AMX"}
+    if result["deploy"]["gmacs_per_crop"] is not None:  # fvcore counts the cost (not in a core install)
+        default = rows["torch default (InferenceClassifier)"]
+        assert default["effective_gflops"] == pytest.approx(2 * result["deploy"]["gmacs_per_crop"] * 2 / default["median_s"])
+        assert default["pct_of_gemm"] == pytest.approx(100 * default["effective_gflops"] / gemm["fp32"]["gflops"])
     md = (tmp_path / "benchmark.md").read_text()
-    assert "## Deploy: runtimes side by side" in md
+    assert "## Deploy: runtimes side by side" in md and "features: AVX2 " in md and "% GEMM" in md
     assert ("| onnxruntime 2x1 |" in md) == ("onnxruntime" in runtimes)
 
 

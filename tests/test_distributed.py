@@ -13,11 +13,16 @@ forward pass runs on weights that differ by ~1e-7, which flips the odd ReLU or m
 that close to its kink. Under RMSProp the flip is amplified (a BN bias with a tiny gradient still gets a
 normalised, full-size step): with RMSProp (eps 1e-3) the difference was 1e-7 on some scenes and 1e-4 on
 others, a coin flip on the data. So this test trains with SGD with momentum (lr 0.125), which passes the
-flip on at its true size: measured max |diff| 2e-7 to 8e-7 over several scenes (one intra-op thread on
-both sides; the thread count changes the reduction order) after 2 steps that moved
-the weights by up to 8e-3; the tolerance is 2e-5 absolute + 1e-4 relative (25x the measured difference,
-1/400 of the movement, which the test also checks). The optimiser itself is the same code for every choice
-(tests/test_engine_training.py covers RMSProp's resume bit for bit).
+flip on at its true size: measured max |diff| 2e-7 to 8e-7 over several scenes on AVX2 (one intra-op thread
+on both sides; the thread count changes the reduction order) after 2 steps that moved the weights by up to
+8e-3, and 2e-5 on one BN bias on a CPU with AVX-512/AMX kernels, which round and block their reductions
+differently. A flipped unit is one of the batch x height x width terms its gradient sums (at least
+2 x 8 x 8 = 128 on the last grid), so what it carries over is under 1 % of the step each tensor took. The
+bound is therefore per tensor and relative to how far training moved that tensor: MOVE_FRACTION (5 %: a few
+flips) of its largest movement, plus float32 rounding of its values (FLOOR_ULPS ulps of its scale) for
+tensors training hardly moved. A DDP that did not average the gradients would be off by the size of the
+step itself. The optimiser itself is the
+same code for every choice (tests/test_engine_training.py covers RMSProp's resume bit for bit).
 """
 import json
 import os
@@ -36,7 +41,8 @@ from crop_classifier.engine.trainer import seed_everything
 from crop_classifier.engine.metrics import read_metrics
 from crop_classifier.models import build_classifier, load_checkpoint
 
-ATOL, RTOL = 2e-5, 1e-4
+MOVE_FRACTION = 0.05
+FLOOR_ULPS = 64
 
 
 def free_port() -> int:
@@ -104,11 +110,25 @@ def single_process(scenes, out, max_epochs, resume=False, opts=()):
     return t
 
 
-def assert_close_state(a, b, what):
-    assert a.keys() == b.keys()
-    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+def initial_state(scenes, class_names, opts=()):
+    """The weights every run starts from (the trainer seeds before it builds the model)."""
+    cfg = tiny_cfg(scenes, "unused", *opts)
+    seed_everything(cfg.SEED)
+    routes = cfg.MODEL.ROUTES.ARCHS if cfg.MODEL.ARCH == "auto" else None
+    return build_classifier(cfg.MODEL.ARCH, len(class_names), width=0.125, routes=routes).state_dict()
+
+
+def assert_close_state(a, b, init, what):
+    """Each tensor of ``b`` within the module doc's bound of ``a``: MOVE_FRACTION of how far training moved it
+    from ``init`` plus float32 rounding of its scale. Returns the largest |diff|."""
+    assert a.keys() == b.keys() == init.keys()
+    worst = 0.0
     for k in a:
-        torch.testing.assert_close(a[k].float(), b[k].float(), atol=ATOL, rtol=RTOL, msg=lambda m: f"{what}: {k}: {m}")
+        x, y, x0 = a[k].double(), b[k].double(), init[k].double()
+        diff, moved = float((x - y).abs().max()), float((x - x0).abs().max())
+        tol = MOVE_FRACTION * moved + FLOOR_ULPS * torch.finfo(torch.float32).eps * float(x.abs().max())
+        assert diff <= tol, f"{what}: {k}: max |diff| {diff:.3g} > {tol:.3g} (it moved {moved:.3g} in training)"
+        worst = max(worst, diff)
     return worst
 
 
@@ -134,12 +154,11 @@ def test_ddp_gloo_two_processes_match_single_process_and_resume_on_one(scenes, t
 
     ref = single_process(scenes, ref_dir, 1)
     ref_state = ref.module.state_dict()
-    worst = assert_close_state(ref_state, ranks[0]["state"], "DDP vs single process after 1 epoch")
-    # Not vacuous: training moved the weights far more than the tolerance.
-    seed_everything(0)  # what the trainer does before building the model
-    init = build_classifier("v3_79", len(ref.class_names), width=0.125).state_dict()
+    init = initial_state(scenes, ref.class_names)
+    worst = assert_close_state(ref_state, ranks[0]["state"], init, "DDP vs single process after 1 epoch")
+    # Not vacuous: training moved the weights, and DDP followed it far closer than that (measured 1e-4 of it).
     moved = max(float((init[k].float() - ref_state[k].float()).abs().max()) for k in init if k.endswith("weight"))
-    assert moved > 100 * ATOL and worst < ATOL, (moved, worst)
+    assert moved > 1e-3 and worst < MOVE_FRACTION * moved, (moved, worst)
 
     # Rank 0 alone logged and checkpointed: one train record per step, a checkpoint holding both ranks'
     # random states, the world size it was written with, and the global-batch-scaled learning rate.
@@ -154,7 +173,7 @@ def test_ddp_gloo_two_processes_match_single_process_and_resume_on_one(scenes, t
     resumed = single_process(scenes, ddp_dir, 2, resume=True)
     assert resumed.start_epoch == 1
     straight = single_process(scenes, tmp_path / "straight", 2)
-    assert_close_state(straight.module.state_dict(), resumed.module.state_dict(), "DDP(2) -> resume(1)")
+    assert_close_state(straight.module.state_dict(), resumed.module.state_dict(), init, "DDP(2) -> resume(1)")
     log = [json.loads(line) for line in (ddp_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log if r.get("kind") == "epoch"] == [1, 2]
 
@@ -178,6 +197,7 @@ def test_ddp_routed_classifier_matches_single_process(scenes, tmp_path):
         assert torch.equal(v, ranks[1]["state"][k]), k
     ref = single_process(scenes, tmp_path / "single", 1, opts=opts)
     assert ref.iters_per_epoch == ranks[0]["iters"]
-    assert_close_state(ref.module.state_dict(), ranks[0]["state"], "routed DDP vs single process")
+    assert_close_state(ref.module.state_dict(), ranks[0]["state"], initial_state(scenes, ref.class_names, opts),
+                       "routed DDP vs single process")
     meta = load_checkpoint(tmp_path / "ddp" / "model_final.pth")["meta"]
     assert meta["arch"] == "auto" and meta["routes"]["thresholds"] == [threshold]

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from crop_classifier.crops import extract_crops
-from crop_classifier.deploy import describe, load_classifier
+from crop_classifier.deploy import cache_root, describe, load_classifier
 from crop_classifier.errors import UsageError
 from crop_classifier.models import build_classifier, model_meta, save_checkpoint
 from crop_classifier.models.inference import RoutedClassifier, build_inference_classifier, load_inference_classifier
 from crop_classifier.second_stage import SecondStage
 from classifier_helpers import spread_weights
 from tool_loader import load_tool
+from numerics import assert_fp32_close
 
 CLASSES = ["red", "green", "blue"]
 CONTEXT = 0.1
@@ -99,7 +100,16 @@ def test_infer_routes_each_box_and_counts_crops_per_route(torch_run, files):
     s = json.loads((out / "summary.json").read_text())
     assert s["routes"]["crops"] == {"v3_79": 0, "v3_151": 6, "v3_299": 0} and s["routes"]["thresholds"] == [30, 500]
     moved = _predictions(out)
-    assert any(abs(moved[k]["cls_score"] - p["cls_score"]) > 1e-3 for k, p in _predictions(torch_run).items())
+    # Each box's score is the middle route's answer on its crop (written with 5 decimals). Comparing with the
+    # default run's scores instead passed on torch 2.3 by luck: with another torch's random init these
+    # random-weight routes saturate alike, and their scores agree to 5 decimals.
+    from crop_classifier.data import read_rgb
+
+    middle = load_inference_classifier(files["routed"]).route(151)
+    for (name, (x, y, w, h)), p in moved.items():
+        image = torch.from_numpy(read_rgb(name)).permute(2, 0, 1)
+        crop = extract_crops(image, torch.tensor([[x, y, x + w, y + h]]), 151, context=CONTEXT, mode="square")
+        assert abs(p["cls_score"] - float(middle(crop)[0, CLASSES.index(p["category_name"])])) <= 2e-5, name
 
 
 def test_three_checkpoints_as_a_routed_set_match_the_routed_checkpoint(torch_run, files):
@@ -116,8 +126,9 @@ def test_onnxruntime_runs_the_routed_checkpoint_per_route(torch_run, files):
                      "--backend", "onnxruntime")
     assert rc == 0
     _same(_predictions(torch_run), _predictions(out))
-    cached = sorted(p.name.split(".")[-2] for p in files["dir"].glob("routed.pth.*.onnx"))
-    assert cached == ["v3_151", "v3_299", "v3_79"]  # one export per route, beside the checkpoint
+    cached = sorted(p.name.split(".")[-2] for p in (cache_root() / "onnx").glob("routed-*.onnx"))
+    assert cached == ["v3_151", "v3_299", "v3_79"]  # one export per route, in the cache folder
+    assert not list(files["dir"].glob("*.onnx"))  # nothing beside the checkpoint
     assert "on onnxruntime" in json.loads((out / "summary.json").read_text())["classifier_runtime"]
 
 
@@ -227,7 +238,8 @@ def test_export_tool_writes_one_file_per_route_and_they_load_back_routed(files, 
     for size in (79, 151, 299):  # ONNX Runtime per route = the torch routed form per route
         x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(size))
         want = ref.route(size).logits(x)
-        assert want.std() > 0.5 and (got.route(size).logits(x) - want).abs().max() <= 1e-4
+        assert want.std() > 0.5
+        assert_fp32_close(got.route(size).logits(x), want, what=f"ONNX Runtime route {size} vs torch")
         assert got.route(size).meta.arch == {79: "v3_79", 151: "v3_151", 299: "v3_299"}[size]
     listed = load_classifier(",".join(str(tmp_path / n) for n in written), route_thresholds=[50, 60])
     assert listed.routes.thresholds == (50.0, 60.0) and listed.routes.archs == got.routes.archs
@@ -285,6 +297,7 @@ def test_d2_arch_auto_route_thresholds_and_routed_weights(files):
 
 def test_tracking_loop_counts_crops_per_route(files):
     """Video: a routed second stage in the tracking loop reports the crops each route took (as infer's summary)."""
+    pytest.importorskip("norfair")  # the tracker; the [video] extra installs it, the [test] extra does not
     from crop_classifier.video.loop import TrackingLoop, TrackOptions
     from crop_classifier.video.sources import Frame
     from crop_classifier.structures import ImageDetections

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from tool_loader import load_tool
+from numerics import assert_fp32_close
 
 from crop_classifier.config import load_config
 from crop_classifier.data import CropDataset, build_train_transform, normalize
@@ -89,8 +90,8 @@ def test_routed_checkpoint_loads_as_a_routed_classifier_matching_the_trained_vie
         x = torch.rand(3, 3, size, size)
         with torch.no_grad():
             ref = net.route(size)(normalize(x))
-        assert torch.allclose(clf.route(size).logits(x), ref, atol=1e-4)
-        assert torch.allclose(clf.logits(x), ref, atol=1e-4)  # dispatched by the crops' side
+        assert_fp32_close(clf.route(size).logits(x), ref, what=f"route {size}")
+        assert_fp32_close(clf.logits(x), ref, what="dispatched by the crops' side")
 
 
 def test_resume_refuses_other_routes_and_accepts_the_same(scenes, trained):

@@ -70,9 +70,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--score-thresh", type=float, help="detector score threshold (every first stage; default: its own, 0.25 for onnx:)")
     p.add_argument("--batch-size", type=int, default=4, help="images per detector batch")
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
-    p.add_argument("--precision", default="fp32", choices=ALL_PRECISIONS,
-                   help="classifier precision: fp32 (default), bf16 (CUDA, or a CPU with AVX-512 BF16/AMX), fp16 "
-                   "(CUDA), int8 (an int8 checkpoint from tools/quantize.py, CPU)")
+    p.add_argument("--precision", default=None, choices=ALL_PRECISIONS,
+                   help="classifier precision. Default: auto, following the hardware: bf16 on a CPU with native "
+                   "bf16 (AVX-512 BF16/AMX; OpenVINO, after a check that bf16 keeps the decisions), fp32 elsewhere; "
+                   "summary.json's classifier_form says which ran and why (docs/deploy.md). fp32: exact everywhere; "
+                   "bf16 (CUDA, or a CPU with AVX-512 BF16/AMX); fp16 (CUDA); int8 (an int8 file from "
+                   "tools/quantize.py, CPU)")
     p.add_argument("--cpu-streams", type=int, default=1, help="split each batch of crops over N parallel "
                    "single-thread streams (CPU); 1 (default): one stream on all threads, as fast as N streams for "
                    "ONNX Runtime/OpenVINO here and with the lower latency (docs/benchmarks.md, deploy)")

@@ -151,6 +151,23 @@ def read_onnx_meta(path: PathLike) -> ClassifierMeta:
     return parse_meta(props.get(META_KEY), path)
 
 
+INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
+
+
+def onnx_is_int8(path: PathLike) -> bool:
+    """An int8 (quantized) ONNX file: its meta says so (``tools/quantize.py --format onnx|openvino``), or its
+    graph holds quantization operators (a file quantized elsewhere)."""
+    onnx = import_runtime("onnx")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError and friends: a foreign or truncated file
+        raise CheckpointError(f"{path}: not a readable ONNX file ({type(e).__name__}: {e})") from e
+    props = {p.key: p.value for p in model.metadata_props}
+    if props.get(META_KEY) and parse_meta(props[META_KEY], path).extra.get("quantized"):
+        return True
+    return any(n.op_type in INT8_OPS for n in model.graph.node)
+
+
 class OnnxRuntimeClassifier(RuntimeClassifier):
     """An exported ``.onnx`` on ONNX Runtime's CPU execution provider."""
 
@@ -175,6 +192,7 @@ class OnnxRuntimeClassifier(RuntimeClassifier):
                                   f"{inp.name!r} and {sorted(outs)}: not exported by tools/export.py")
         static = check_graph(path, meta, inp.shape, outs["logits"].shape)
         super().__init__(path, meta, options, static)
+        self.precision = "int8" if meta.extra.get("quantized") else "fp32"
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(["logits"], {INPUT_NAME: x})[0]
@@ -198,13 +216,19 @@ def openvino_core(ov) -> Any:
         return _OV_CORE
 
 
+OV_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
 class OpenVinoClassifier(RuntimeClassifier):
-    """An exported ``.onnx`` on OpenVINO's CPU plugin, fp32 (``INFERENCE_PRECISION_HINT f32``: on CPUs with
-    bf16 OpenVINO would otherwise run bf16 silently)."""
+    """An exported ``.onnx`` on OpenVINO's CPU plugin at ``precision`` (``INFERENCE_PRECISION_HINT``: fp32 ->
+    f32, always asked for explicitly, since on CPUs with bf16 OpenVINO would otherwise run bf16 silently;
+    bf16 -> bf16, for CPUs with native bf16). An int8 (quantized) model runs its int8 layers either way."""
 
     backend = "openvino"
 
-    def __init__(self, path: PathLike, options: Optional[RuntimeOptions] = None):
+    def __init__(self, path: PathLike, options: Optional[RuntimeOptions] = None, precision: str = "fp32"):
+        if precision not in OV_PRECISION_HINTS:
+            raise UsageError(f"--precision {precision}: OpenVINO runs {', '.join(OV_PRECISION_HINTS)} here")
         ov = import_runtime("openvino")
         options = (options or RuntimeOptions()).check()
         meta = read_onnx_meta(path)  # OpenVINO drops ONNX metadata_props: read them with onnx
@@ -221,7 +245,8 @@ class OpenVinoClassifier(RuntimeClassifier):
         static = check_graph(path, meta, shape(model.inputs[0].get_partial_shape()),
                              shape(logits_port.get_partial_shape()))
         hint = options.hint or ("THROUGHPUT" if options.streams > 1 else "LATENCY")
-        config = {"PERFORMANCE_HINT": hint, "NUM_STREAMS": str(options.streams), "INFERENCE_PRECISION_HINT": "f32"}
+        config = {"PERFORMANCE_HINT": hint, "NUM_STREAMS": str(options.streams),
+                  "INFERENCE_PRECISION_HINT": OV_PRECISION_HINTS[precision]}
         if options.threads:
             config["INFERENCE_NUM_THREADS"] = str(options.threads * options.streams)
         self.compiled = core.compile_model(model, "CPU", config)
@@ -230,6 +255,7 @@ class OpenVinoClassifier(RuntimeClassifier):
         self._requests = [self.compiled.create_infer_request() for _ in range(options.streams)]
         self._free = list(self._requests)
         super().__init__(path, meta, options, static)
+        self.precision = "int8" if meta.extra.get("quantized") else precision
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
         request = self._free.pop()  # list.pop/append are atomic under the GIL

@@ -13,7 +13,7 @@ import torch
 
 from ..detectors import DetectionsFile, GroundTruthBoxes, build_first_stage
 from ..coco_io import load_coco
-from ..deploy import RuntimeOptions, describe, load_classifier
+from ..deploy import RuntimeOptions, describe, int8_advice, load_classifier
 from ..deploy.routed import weights_paths
 from ..errors import CheckpointError, UsageError
 from ..second_stage import SecondStage, SecondStageConfig
@@ -139,7 +139,7 @@ def build_stages(o: InferOptions, device: str):
     try:
         # Any file tools/train.py, tools/export.py or tools/quantize.py writes, on the chosen runtime; several
         # files (a comma list) make a routed set (--classifier auto).
-        classifier = load_classifier(o.classifier_weights, o.backend, device=device, precision=o.precision or "fp32",
+        classifier = load_classifier(o.classifier_weights, o.backend, device=device, precision=o.precision,
                                      expected_meta={"arch": o.classifier} if o.classifier else None,
                                      options=_runtime_options(o.cpu_streams), route_thresholds=o.route_thresholds)
         second = SecondStage(classifier, first.class_names, o.stage)
@@ -355,6 +355,8 @@ def write_outputs(run_: InferenceRun, tally: _Tally, bad: List[BadInput], wall: 
     summary: Dict[str, Any] = {
         "detector": o.detector, "classifier": o.classifier, "classifier_weights": str(o.classifier_weights),
         "classifier_runtime": describe(second.classifier),
+        "classifier_form": getattr(second.classifier, "form", None),  # which form ran and why (deploy.forms)
+        "classifier_advice": int8_advice(second.classifier),  # a faster form for this CPU, when there is one
         "fusion": second.fusion, "class_map": second.class_map.describe(), "second_stage": o.stage.flags(),
         "device": run_.device,
         "images": tally.images, "boxes": tally.boxes, "crops": tally.crops, "boxes_changed": tally.changed,
@@ -514,6 +516,8 @@ def format_summary(s: Dict[str, Any]) -> str:
         f"speed: {s['images_per_s']} images/s, {s['crops_per_s']} crops/s (second stage) on {s['device']}; "
         f"classifier {s.get('classifier_runtime')}",
     ]
+    if s.get("classifier_advice"):
+        lines.append(f"note: {s['classifier_advice']}")
     if s.get("routes"):
         lines.append(route_line(s["routes"]["crops"], s["routes"]["thresholds"]))
     if s.get("images_resumed"):

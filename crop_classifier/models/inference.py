@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Dict, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Dict, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -37,16 +37,37 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+# The instruction sets that decide which precision is fast, as /proc/cpuinfo names them.
+CPU_FEATURES = {"AVX2": ("avx2",), "AVX-512": ("avx512f",), "BF16": ("avx512_bf16", "amx_bf16"),
+                "VNNI": ("avx512_vnni", "avx_vnni"), "AMX": ("amx_tile",)}
+
+
+def cpu_flags() -> Tuple[str, ...]:
+    """The CPU's feature flags (the first processor's ``flags`` line of /proc/cpuinfo; () where unreadable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return tuple(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return ()
+
+
+def cpu_features() -> Dict[str, bool]:
+    """``{"AVX2": ..., "AVX-512": ..., "BF16": ..., "VNNI": ..., "AMX": ...}`` for this CPU (``CPU_FEATURES``)."""
+    flags = set(cpu_flags())
+    return {name: any(f in flags for f in names) for name, names in CPU_FEATURES.items()}
+
+
 def cpu_has_native_bf16() -> bool:
     """True when this CPU runs bf16 matrix maths natively (AVX-512 BF16 or AMX), where bf16 is worth it."""
     probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
     try:
         if probe is not None and bool(probe()):
             # oneDNN also "supports" bf16 by emulation on plain AVX-512; only the native flags make it fast.
-            with open("/proc/cpuinfo") as f:
-                flags = f.read()
-            return "avx512_bf16" in flags or "amx_bf16" in flags
-    except (OSError, RuntimeError):
+            return cpu_features()["BF16"]
+    except RuntimeError:
         pass
     return False
 
