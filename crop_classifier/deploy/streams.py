@@ -1,8 +1,8 @@
 """CPU thread layout for the torch form: N parallel single-thread streams instead of 1 stream x N threads.
 
 Inception's many small convolutions keep N intra-op threads only partly busy; splitting a batch into N parts
-run at the same time, one thread each, can fill the cores better (OpenVINO gained about 10 % that way,
-issue 14). ``StreamedClassifier`` wraps any classifier with ``InferenceClassifier``'s call: during a call
+run at the same time, one thread each, can fill the cores better (OpenVINO gained about 10 % that way:
+docs/benchmarks.md, deploy). ``StreamedClassifier`` wraps any classifier with ``InferenceClassifier``'s call: during a call
 torch's intra-op pool is set to ``threads_per_stream`` (torch's thread count is process-wide) and the parts
 run on Python threads (torch kernels release the GIL); the previous thread count is restored after.
 """
