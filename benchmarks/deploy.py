@@ -154,46 +154,64 @@ def _gmacs(model, input_size: int) -> Optional[float]:
         return None
 
 
-def run_deploy(*, device: str = "cpu", arch: str = "v3_79", width: float = 1.0, num_classes: int = 80,
-               batch: int = 32, rounds: int = 7, warmup: int = 1, int8: bool = True, calib_batches: int = 2,
-               gemm_n: int = 2048, log=print) -> Dict[str, object]:
-    """The deploy table (module doc): every form timed interleaved on one batch, with the CPU's features and
-    its own GEMM rates. Returns the JSON the report renders (``deploy_md``)."""
-    if torch.device(device).type != "cpu":
-        return {"skipped": "the deploy table is a CPU comparison (ONNX Runtime/OpenVINO CPU, int8 x86)"}
+def _timed_forms(model, meta: ClassifierMeta, x: torch.Tensor, opts: dict, rounds: int, warmup: int, log):
+    """Every form of ``model`` built, timed interleaved on ``x`` and compared with the default form.
 
+    Returns:
+        ``{name: (note, precision)}``, ``{name: Timing}``, ``{name: agreement dict}``.
+    """
     threads = torch.get_num_threads()
-    bf16 = cpu_has_native_bf16()
-    model = spread_weights(build_classifier(arch, num_classes, width=width, aux_logits=False))
-    meta = ClassifierMeta.from_dict(model_meta(model, arch, [f"c{i}" for i in range(num_classes)]))
-    x = torch.rand(batch, 3, meta.input_size, meta.input_size, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = None
         if importlib.util.find_spec("onnx") is not None:
             onnx_path = export_model(model, meta, Path(tmp) / "model.onnx")
-        rows = build_rows(model, meta, onnx_path, threads,
-                          {"int8": int8, "calib_batches": calib_batches, "batch": batch, "bf16": bf16})
+        rows = build_rows(model, meta, onnx_path, threads, opts)
         ref = rows[DEFAULT][0](x)
-        log(f"[deploy] {arch} x{width:g}, batch {batch}, {threads} threads: {', '.join(rows)}")
+        log(f"[deploy] {meta.arch} x{meta.width:g}, batch {len(x)}, {threads} threads: {', '.join(rows)}")
         timings = time_interleaved({k: (lambda f=f: f(x)) for k, (f, _, _) in rows.items()}, rounds=rounds,
                                    warmup=warmup)
         agreement = {k: _agreement(f, x, ref) for k, (f, _, _) in rows.items()}
+    return {k: (note, precision) for k, (_, note, precision) in rows.items()}, timings, agreement
+
+
+def _table_row(name: str, note: str, precision: str, timings, agreement, batch: int, gmacs, gemm) -> dict:
+    t = timings[name]
+    row = {"name": name, "note": note, "precision": precision, "median_s": t.median,
+           "crops_per_s": batch / t.median, "ratio_vs_default": paired_ratio(timings[DEFAULT], t),
+           **agreement[name]}
+    peak = (gemm.get(precision) or {}).get("gflops")
+    if gmacs is not None:
+        row["effective_gflops"] = 2.0 * gmacs * batch / t.median
+        row["pct_of_gemm"] = 100.0 * row["effective_gflops"] / peak if peak else None
+    return row
+
+
+def run_deploy(*, device: str = "cpu", arch: str = "v3_79", width: float = 1.0, num_classes: int = 80,
+               batch: int = 32, rounds: int = 7, warmup: int = 1, calib_batches: int = 2,
+               gemm_n: int = 2048, log=print) -> Dict[str, object]:
+    """The deploy table (module doc): every form timed interleaved on one batch, with the CPU's features and
+    its own GEMM rates.
+
+    Args:
+        calib_batches: calibration batches of the int8 forms; 0 leaves the int8 rows out.
+    Returns:
+        The JSON the report renders (``deploy_md``).
+    """
+    if torch.device(device).type != "cpu":
+        return {"skipped": "the deploy table is a CPU comparison (ONNX Runtime/OpenVINO CPU, int8 x86)"}
+    bf16 = cpu_has_native_bf16()
+    model = spread_weights(build_classifier(arch, num_classes, width=width, aux_logits=False))
+    meta = ClassifierMeta.from_dict(model_meta(model, arch, [f"c{i}" for i in range(num_classes)]))
+    x = torch.rand(batch, 3, meta.input_size, meta.input_size, generator=torch.Generator().manual_seed(0))
+    opts = {"int8": calib_batches > 0, "calib_batches": calib_batches, "batch": batch, "bf16": bf16}
+    forms, timings, agreement = _timed_forms(model, meta, x, opts, rounds, warmup, log)
     gemm = gemm_reference(gemm_n, bf16)
     gmacs = _gmacs(model, meta.input_size)
-    out: List[Dict[str, object]] = []
-    for name, (_, note, precision) in rows.items():
-        t = timings[name]
-        row = {"name": name, "note": note, "precision": precision, "median_s": t.median,
-               "crops_per_s": batch / t.median, "ratio_vs_default": paired_ratio(timings[DEFAULT], t),
-               **agreement[name]}
-        peak = (gemm.get(precision) or {}).get("gflops")
-        if gmacs is not None:
-            row["effective_gflops"] = 2.0 * gmacs * batch / t.median
-            row["pct_of_gemm"] = 100.0 * row["effective_gflops"] / peak if peak else None
-        out.append(row)
+    out = [_table_row(name, note, precision, timings, agreement, batch, gmacs, gemm)
+           for name, (note, precision) in forms.items()]
     return {"arch": arch, "width": width, "num_classes": num_classes, "batch": batch, "rounds": rounds,
-            "threads": threads, "default": DEFAULT, "cpu": cpu_model(), "cpu_features": cpu_features(),
-            "gmacs_per_crop": gmacs, "gemm": gemm, "rows": out}
+            "threads": torch.get_num_threads(), "default": DEFAULT, "cpu": cpu_model(),
+            "cpu_features": cpu_features(), "gmacs_per_crop": gmacs, "gemm": gemm, "rows": out}
 
 
 def deploy_md(d: Dict) -> str:

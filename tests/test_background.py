@@ -182,8 +182,8 @@ def test_stage_with_a_background_classifier(fusion):
         assert sorted(by_src) == [0, 1]  # the blue (background) box is dropped
         if fusion == "replace":
             assert [stage.output_class_names[r.classes[by_src[i]]] for i in (0, 1)] == ["red", "green"]
-    kept = _rgb_stage(fusion="replace", background_drop=1.0)(
-        [img], [boxes], [torch.zeros(3, dtype=torch.long)], [torch.tensor([0.9, 0.8, 0.7])])[0]
+    kept = _rgb_stage(fusion="replace", background_drop=1.0).run(
+        [img], [boxes], [torch.zeros(3, dtype=torch.long)], [torch.tensor([0.9, 0.8, 0.7])]).detections[0]
     assert len(kept) == 3 and float(kept.scores.min()) < 0.01
 
 
