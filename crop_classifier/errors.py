@@ -5,7 +5,7 @@ Modules and callers import them from here only (``from crop_classifier.errors im
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import Mapping, Optional, Union
 
 
 class CropClassifierError(Exception):
@@ -27,6 +27,15 @@ class ParameterError(UsageError):
 
     def __reduce__(self):
         return type(self), (self.param, self.detail)
+
+    def as_flag(self, flags: Optional[Mapping[str, str]] = None) -> str:
+        """The message with a command-line flag for the parameter: ``flags[param]``, else ``--param-name``."""
+        return f"{(flags or {}).get(self.param) or '--' + self.param.replace('_', '-')}: {self.detail}"
+
+
+def error_line(e: BaseException) -> str:
+    """One line for a tool's stderr: a ``ParameterError`` in flag words (``ParameterError.as_flag``)."""
+    return e.as_flag() if isinstance(e, ParameterError) else str(e)
 
 
 class ConfigError(UsageError):

@@ -99,10 +99,10 @@ def test_explicit_precisions_and_backends_on_a_bf16_cpu(ckpt, cache, monkeypatch
     if HAVE_ORT:  # ONNX Runtime has no bf16 convolutions: its auto form is fp32
         ort = load_classifier(ckpt, "onnxruntime")
         assert ort.form["precision"] == "fp32" and "ONNX Runtime" in ort.form["reason"]
-        with pytest.raises(UsageError, match="onnxruntime backend runs fp32"):
+        with pytest.raises(UsageError, match="^precision: bf16: the onnxruntime backend runs .* in fp32"):
             load_classifier(ckpt, "onnxruntime", precision="bf16")
     exact = load_classifier(ckpt, "torch", precision="fp32")
-    assert exact.form == {"backend": "torch", "precision": "fp32", "reason": "--precision fp32 asked for"}
+    assert exact.form == {"backend": "torch", "precision": "fp32", "reason": "precision fp32 asked for"}
     torch_bf16 = load_classifier(ckpt, "torch", precision="bf16")
     assert isinstance(torch_bf16, InferenceClassifier) and torch_bf16.precision == "bf16"
     x = torch.rand(3, 3, 79, 79, generator=torch.Generator().manual_seed(1))

@@ -15,7 +15,9 @@ from crop_classifier.deploy import export as export_mod
 from crop_classifier.deploy import loader as loader_mod
 from crop_classifier.deploy.quantize import (CalibrationOptions, encode_state, int8_meta, quantize_model,
                                              rebuild_int8)
-from crop_classifier.errors import BackendUnavailableError, CheckpointError, UsageError
+from crop_classifier.errors import BackendUnavailableError, CheckpointError, ParameterError, UsageError
+from crop_classifier.inference.runner import LOADER_FLAGS
+from crop_classifier.second_stage import d2_error, flag_error
 from crop_classifier.models.inference import InferenceClassifier, load_inference_classifier
 from crop_classifier.models import build_classifier
 from crop_classifier.models.weights import model_meta, save_checkpoint
@@ -245,23 +247,28 @@ def test_default_backend_falls_back_to_torch_only_when_not_asked(ckpt, monkeypat
         load_classifier(ckpt, "onnxruntime")
 
 
-def test_bad_flags_name_the_flag(ckpt, onnx_file):
-    with pytest.raises(UsageError, match="--backend 'tensorrt'"):
-        load_classifier(ckpt, "tensorrt")
-    with pytest.raises(UsageError, match="--precision 'fp64'"):
-        load_classifier(ckpt, precision="fp64")
-    with pytest.raises(UsageError, match="--precision fp16"):
-        load_classifier(ckpt, precision="fp16")  # CPU
-    with pytest.raises(UsageError, match="--precision bf16.*onnxruntime"):
-        load_classifier(onnx_file, "onnxruntime", precision="bf16")
-    with pytest.raises(UsageError, match="--precision int8.*tools/quantize.py"):
-        load_classifier(ckpt, precision="int8")
-    with pytest.raises(UsageError, match="--backend torch.*ONNX file"):
-        load_classifier(onnx_file, "torch")
-    with pytest.raises(UsageError, match="--backend openvino runs on CPU"):
-        load_classifier(ckpt, "openvino", device="cuda")
-    with pytest.raises(UsageError, match="--streams 0"):
-        load_classifier(onnx_file, options=RuntimeOptions(streams=0))
+def test_bad_arguments_name_the_parameter(ckpt, onnx_file):
+    """The library names its own parameter; a front end reads it in its words (flag_error, d2_error)."""
+    cases = [
+        ("backend", "expected one of .*got 'tensorrt'", lambda: load_classifier(ckpt, "tensorrt")),
+        ("precision", "expected one of .*got 'fp64'", lambda: load_classifier(ckpt, precision="fp64")),
+        ("precision", "fp16: CPUs", lambda: load_classifier(ckpt, precision="fp16")),  # CPU
+        ("precision", "bf16: the onnxruntime backend", lambda: load_classifier(onnx_file, "onnxruntime",
+                                                                              precision="bf16")),
+        ("precision", "int8: .*tools/quantize.py", lambda: load_classifier(ckpt, precision="int8")),
+        ("backend", "torch: .*ONNX file", lambda: load_classifier(onnx_file, "torch")),
+        ("backend", "openvino runs on CPU", lambda: load_classifier(ckpt, "openvino", device="cuda")),
+        ("streams", "expected a positive integer, got 0",
+         lambda: load_classifier(onnx_file, options=RuntimeOptions(streams=0))),
+        ("path", "',': no file named", lambda: load_classifier(",")),
+    ]
+    for param, detail, call in cases:
+        with pytest.raises(ParameterError, match=f"^{param}: {detail}") as e:
+            call()
+        assert e.value.param == param and not str(e.value).startswith("--")
+    assert flag_error(e.value, LOADER_FLAGS) == f"--classifier-weights: {e.value.detail}"
+    keys = {"path": "MODEL.CROP_CLASSIFIER.WEIGHTS"}  # as the Detectron2 plugin names it (d2.meta_arch)
+    assert d2_error(e.value, keys=keys) == f"MODEL.CROP_CLASSIFIER.WEIGHTS: {e.value.detail}"
 
 
 # ------------------------------------------------------------------------------------------------ int8
@@ -298,11 +305,11 @@ def test_int8_checkpoint_loads_and_agrees_with_fp32(int8_ckpt):
 
 def test_int8_bad_inputs(int8_ckpt, tmp_path):
     _, int8_path, _ = int8_ckpt
-    with pytest.raises(UsageError, match="--device cuda.*int8 checkpoint.*CPU only"):
+    with pytest.raises(ParameterError, match="^device: cuda.*int8 checkpoint.*CPU only"):
         load_classifier(int8_path, device="cuda")
-    with pytest.raises(UsageError, match="--precision bf16.*int8 checkpoint"):
+    with pytest.raises(ParameterError, match="^precision: bf16.*int8 checkpoint"):
         load_classifier(int8_path, precision="bf16")
-    with pytest.raises(UsageError, match="--backend onnxruntime.*int8 checkpoint"):
+    with pytest.raises(ParameterError, match="^backend: onnxruntime.*int8 checkpoint"):
         load_classifier(int8_path, "onnxruntime")
     with pytest.raises(UsageError, match="int8"):
         export_checkpoint(int8_path, tmp_path / "q.onnx")

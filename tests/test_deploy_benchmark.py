@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from crop_classifier.deploy.streams import StreamedClassifier
-from crop_classifier.errors import UsageError
+from crop_classifier.errors import ParameterError, UsageError
 from crop_classifier.models import build_classifier
 from crop_classifier.models.inference import build_inference_classifier, cpu_has_native_bf16 as native_bf16
 from crop_classifier.models.weights import model_meta
@@ -54,5 +54,5 @@ def test_streamed_classifier_matches_and_restores_threads():
     assert torch.allclose(streamed(x), clf(x), atol=1e-6) and streamed(x[:1]).shape == (1, 4)
     assert torch.get_num_threads() == before
     assert streamed.class_names == list("abcd") and streamed.input_size == 79
-    with pytest.raises(UsageError, match="--streams 0"):
+    with pytest.raises(ParameterError, match="^streams: expected a positive integer, got 0"):
         StreamedClassifier(clf, streams=0)

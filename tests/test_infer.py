@@ -169,6 +169,13 @@ def test_classifier_errors(tmp_path, images, classifier, capsys):
     assert infer.main(base + ["--classifier-weights", str(classifier), "--classifier", "v3_151"]) == 2
     err = capsys.readouterr().err
     assert "v3_151" in err and "v3_79" in err
+    # the loader names its parameters (precision, path); the tool says them as its flags, on one line
+    assert infer.main(base + ["--classifier-weights", str(classifier), "--precision", "fp16", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --precision: fp16: CPUs have no fast fp16 convolutions; use fp32 (or bf16 on a CPU with AVX-512 "
+        "BF16/AMX, or int8 via tools/quantize.py)"]
+    assert infer.main(base + ["--classifier-weights", ","]) == 2
+    assert capsys.readouterr().err.strip() == "error: --classifier-weights: ',': no file named"
     assert not (tmp_path / "o" / "predictions.json").exists()
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crop_classifier.errors import UsageError
+from crop_classifier.errors import ParameterError, UsageError
 from crop_classifier.models import build_classifier, classifier_from_checkpoint, model_meta
 from crop_classifier.models import inference as inf
 from crop_classifier.structures import IMAGENET_MEAN, IMAGENET_STD
@@ -85,9 +85,9 @@ def test_demo_classifier_top1_identical_folded_and_unfolded_on_held_out_crops(tm
 
 def test_precision_rules(monkeypatch):
     assert inf.check_precision("fp32", "cpu") == "fp32"
-    with pytest.raises(UsageError, match="--precision fp16"):
+    with pytest.raises(ParameterError, match="^precision: fp16"):
         inf.check_precision("fp16", "cpu")
-    with pytest.raises(UsageError, match="valid choices"):
+    with pytest.raises(ParameterError, match="expected one of"):
         inf.check_precision("int4", "cpu")
     monkeypatch.setattr(inf, "cpu_has_native_bf16", lambda: False)
     with pytest.raises(UsageError, match="no native bf16"):

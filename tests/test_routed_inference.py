@@ -11,7 +11,7 @@ import torch
 
 from crop_classifier.crops import extract_crops
 from crop_classifier.deploy import cache_root, describe, load_classifier
-from crop_classifier.errors import UsageError
+from crop_classifier.errors import ParameterError, UsageError
 from crop_classifier.models import build_classifier, model_meta, save_checkpoint
 from crop_classifier.models.inference import RoutedClassifier, build_inference_classifier, load_inference_classifier
 from crop_classifier.second_stage import SecondStage
@@ -151,7 +151,7 @@ def test_bad_routed_sets_are_usage_errors(files, tmp_path, capsys):
     other = build_classifier("v3_79", 2, width=0.125, aux_logits=False)
     odd = save_checkpoint(tmp_path / "odd.pth", other, model_meta(other, "v3_79", ["a", "b"], context=CONTEXT))
     for extra, needle in (
-        (["--classifier-weights", ",".join(stems)], "--classifier auto"),  # the default --classifier v3_79
+        (["--classifier-weights", ",".join(stems)], "--classifier: 3 files make a routed set (auto), not v3_79"),
         (["--classifier", "auto", "--classifier-weights", f"{stems[0]},{stems[0]}"], "each stem at most once"),
         (["--classifier", "auto", "--classifier-weights", f"{stems[0]},{odd}"], "share their classes"),
         (["--classifier", "auto", "--classifier-weights", f"{stems[0]},{files['routed']}"], "single-stem files"),
@@ -245,7 +245,7 @@ def test_export_tool_writes_one_file_per_route_and_they_load_back_routed(files, 
     assert listed.routes.thresholds == (50.0, 60.0) and listed.routes.archs == got.routes.archs
     single = tmp_path / "clf.v3_79.onnx"
     assert load_classifier(single).meta.arch == "v3_79"  # each file alone is a plain single-stem classifier
-    with pytest.raises(UsageError, match="--route-thresholds"):
+    with pytest.raises(ParameterError, match="^route_thresholds: .*single-stem"):
         load_classifier(single, route_thresholds=[100, 200])
 
 
@@ -289,10 +289,11 @@ def test_d2_arch_auto_route_thresholds_and_routed_weights(files):
     for bad, needle in (([109.0], "ROUTE_THRESHOLDS"), ([-1.0, 2.0], "ROUTE_THRESHOLDS: got")):
         with pytest.raises(ConfigError, match=needle):
             build_model(tiny_cfg(*weights, "MODEL.CROP_CLASSIFIER.ROUTE_THRESHOLDS", bad))
-    with pytest.raises(ConfigError, match="ROUTE_THRESHOLDS: .*single-stem"):
-        build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.WEIGHTS", str(files["stems"][1]),
-                             "MODEL.CROP_CLASSIFIER.WIDTH", None,
-                             "MODEL.CROP_CLASSIFIER.ROUTE_THRESHOLDS", [100.0, 200.0]))
+    # the loader's errors name its parameters; the plugin says which config key
+    for key, value, needle in (("ROUTE_THRESHOLDS", [100.0, 200.0], "single-stem"), ("PRECISION", "fp16", "CPUs")):
+        with pytest.raises(ConfigError, match=f"^MODEL.CROP_CLASSIFIER.{key}: .*{needle}"):
+            build_model(tiny_cfg("MODEL.CROP_CLASSIFIER.WEIGHTS", str(files["stems"][1]),
+                                 "MODEL.CROP_CLASSIFIER.WIDTH", None, "MODEL.CROP_CLASSIFIER." + key, value))
 
 
 def test_tracking_loop_counts_crops_per_route(files):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from crop_classifier.data.sampler import RoutedBatchSampler
-from crop_classifier.errors import CheckpointError, UsageError
+from crop_classifier.errors import CheckpointError, ParameterError, UsageError
 from crop_classifier.models import (ALL_ARCHITECTURES, STEMS, RoutedInceptionV3, Routes, build_classifier,
                                     create_classifier, model_meta, native_sides, save_checkpoint)
 from crop_classifier.models.inference import (RoutedClassifier, build_inference_classifier,
@@ -144,7 +144,7 @@ def test_inference_form_folds_once_and_matches_each_stem(tmp_path):
         assert form.route(spec.input_size).meta.arch == arch
     other = load_inference_classifier(path, route_thresholds=(90, 300))
     assert other.routes.thresholds == (90.0, 300.0) and other.meta.extra["routes"]["thresholds"] == [90.0, 300.0]
-    with pytest.raises(UsageError, match="--route-thresholds"):
+    with pytest.raises(ParameterError, match="^route_thresholds: "):
         load_inference_classifier(path, route_thresholds=(300, 90))
 
 

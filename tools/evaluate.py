@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     from crop_classifier.config import load_tool_config
     from crop_classifier.engine import evaluate_checkpoint
     from crop_classifier.engine.evaluation import format_size_buckets
-    from crop_classifier.errors import CheckpointError
+    from crop_classifier.errors import CheckpointError, ParameterError, error_line
     from crop_classifier.models.routing import parse_thresholds
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
@@ -61,7 +61,8 @@ def main(argv=None) -> int:
         result = evaluate_checkpoint(cfg, args.weights, output_dir=args.output_dir, progress=not args.no_progress,
                                      route_thresholds=thresholds)
     except (KeyError, ValueError, FileNotFoundError, CheckpointError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        line = error_line(e) if isinstance(e, ParameterError) else e.args[0] if e.args else e  # KeyError: unquoted
+        print(f"error: {line}", file=sys.stderr)
         return 2
     if result.get("size_buckets"):
         print("top-1 per box size (longer side, px):\n" + format_size_buckets(result["size_buckets"]), file=sys.stderr)

@@ -21,7 +21,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from crop_classifier.errors import CheckpointError, ParameterError, UsageError, WeightsUnavailableError  # noqa: E402
+from crop_classifier.errors import (CheckpointError, ParameterError, UsageError, WeightsUnavailableError,  # noqa: E402
+                                    error_line)
 from crop_classifier.inference.fit import Evaluator, collect, fit, fitted_for, split_records  # noqa: E402
 from crop_classifier.inference.runner import InferOptions, _device, build_stages  # noqa: E402
 from crop_classifier.second_stage import add_arguments, flag_error  # noqa: E402
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
         print("\ninterrupted: nothing written", file=sys.stderr)
         return 130
     except (UsageError, WeightsUnavailableError, CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
     fused.fitted_for = fitted_for(second, args.detector, args.classifier_weights)
     fused.validation = report

@@ -35,7 +35,7 @@ from crop_classifier.inference import InferenceRun, InferOptions, format_summary
 from crop_classifier.inference.inputs import INPUT_HELP  # noqa: E402
 from crop_classifier.deploy.loader import ALL_PRECISIONS, BACKENDS  # noqa: E402
 from crop_classifier.models.routing import parse_thresholds  # noqa: E402
-from crop_classifier.errors import ParameterError  # noqa: E402
+from crop_classifier.errors import ParameterError, error_line  # noqa: E402
 from crop_classifier.second_stage import add_arguments, flag_error  # noqa: E402
 from crop_classifier.utils.cli import HelpFormatter  # noqa: E402
 from crop_classifier.video import VOTE_MODES, ReinferOptions, TrackerOptions, TrackOptions  # noqa: E402
@@ -130,7 +130,7 @@ def _run_tracked(opts: InferOptions, args) -> int:
         print("\ninterrupted before the first frame: nothing written", file=sys.stderr)
         return 130
     except (UsageError, WeightsUnavailableError, CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
     t = s["totals"]
     print(f"frames: {t['frames']}  boxes: {t['boxes']}  tracks: {t['tracks']}  classifier calls: "
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
             raise ValueError(f"--route-thresholds {args.route_thresholds!r}: expected comma-separated sizes in px, "
                              "e.g. 109,212")
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
     try:
         opts = InferOptions.from_namespace(args, route_thresholds=thresholds, track=None)
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     try:
         opts.track = _track_options(args) if args.track else None
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
     if opts.track is not None:
         return _run_tracked(opts, args)
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
         return _interrupted(run, argv)
     except (UsageError, WeightsUnavailableError, CheckpointError, ValueError, FileNotFoundError) as e:
         # first-stage problems (offline weights, bad files) deserve one clear line too
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
     if summary.get("merged") is False:  # a shard whose part is written; another process merges
         print(f"shard {summary['shard']} of {summary['num_shards']}: {summary['images']} images written to "

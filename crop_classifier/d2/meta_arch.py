@@ -25,7 +25,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Instances
 
 from ..detectors.detectron2_model import detector_class_names
-from ..errors import CheckpointError, ConfigError, ParameterError, UsageError
+from ..errors import CheckpointError, ConfigError, ParameterError
 from ..models import ALL_ARCHITECTURES, build_classifier, load_checkpoint
 from ..models.inference import build_inference_classifier
 from ..deploy import is_quantized, load_classifier
@@ -37,6 +37,8 @@ from ..structures import FusedDetections
 logger = logging.getLogger(__name__)
 
 KEY = "MODEL.CROP_CLASSIFIER."
+# load_classifier's parameters whose key is not KEY + the name in capitals (``d2_error``)
+LOADER_KEYS = {"path": KEY + "WEIGHTS", "expected_meta": KEY + "ARCH", "device": "MODEL.DEVICE"}
 
 
 @dataclass(frozen=True)
@@ -103,10 +105,8 @@ def build_second_stage(cfg) -> SecondStage:
     try:
         classifier = _load_classifier(s) if s.weights else _random_classifier(s)
         classifier = only_routed(classifier, s.route_thresholds, s.weights or f"{KEY}ARCH {s.arch}")
-    except UsageError as e:  # the library names the command-line flag; here it is the config key
-        if "--route-thresholds" not in str(e):
-            raise
-        raise ConfigError(str(e).replace("--route-thresholds", f"{KEY}ROUTE_THRESHOLDS")) from None
+    except ParameterError as e:  # the library names its parameter; a config's user reads the key
+        raise ConfigError(d2_error(e, KEY, LOADER_KEYS)) from None
     return SecondStage(classifier, s.detector_class_names, s.stage)
 
 

@@ -30,7 +30,7 @@ from typing import Any, List, Optional, Sequence, Union
 
 import torch
 
-from ..errors import CheckpointError, UsageError
+from ..errors import CheckpointError, ParameterError, UsageError
 from ..models.inference import PRECISIONS, check_precision, load_inference_classifier
 from ..models.weights import check_meta, load_checkpoint
 from ..structures import ClassifierMeta
@@ -84,15 +84,15 @@ def _check_args(backend: Optional[str], device: Any, precision: Optional[str]) -
     if device is None:  # as tools/infer.py: the GPU when there is one, else the CPU
         device = "cuda" if torch.cuda.is_available() and backend in (None, "torch") else "cpu"
     if backend is not None and backend not in BACKENDS:
-        raise UsageError(f"--backend {backend!r}: valid choices are {', '.join(BACKENDS)}")
+        raise ParameterError("backend", f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
     if precision is not None and precision not in ALL_PRECISIONS:
-        raise UsageError(f"--precision {precision!r}: valid choices are {', '.join(ALL_PRECISIONS)}")
+        raise ParameterError("precision", f"expected one of {', '.join(ALL_PRECISIONS)}, got {precision!r}")
     try:
         dev = torch.device(device)
     except RuntimeError as e:
-        raise UsageError(f"--device {device!r}: {e}") from e
+        raise ParameterError("device", f"{device!r}: {e}") from e
     if backend in RUNTIME_CLASSES and dev.type != "cpu":
-        raise UsageError(f"--backend {backend} runs on CPU here; use --backend torch for --device {device}")
+        raise ParameterError("backend", f"{backend} runs on CPU here; the torch backend runs on {device}")
     return dev
 
 
@@ -238,25 +238,23 @@ def _check_runtime_precision(backend: str, precision: str, dev: torch.device, pa
         check_precision("bf16", dev)  # no native bf16: the usage error saying so
         return
     if precision not in ("fp32", "int8"):
-        raise UsageError(f"--precision {precision}: the {backend} backend runs fp32 exported models here (and bf16 "
-                         f"with --backend openvino on a CPU with native bf16); {path}: use --precision fp32 (int8: "
-                         "tools/quantize.py)")
+        raise ParameterError("precision", f"{precision}: the {backend} backend runs {path} in fp32 (OpenVINO also "
+                             "in bf16 on a CPU with native bf16); use fp32 (int8: tools/quantize.py)")
 
 
 def _load_exported(path: Path, kind: str, backend: Optional[str], precision: Optional[str], req: _Request):
     if kind == "torchscript":
         if backend not in (None, "torch"):
-            raise UsageError(f"--backend {backend}: {path} is a TorchScript file; use --backend torch "
-                             "(or export --format onnx for ONNX Runtime/OpenVINO)")
+            raise ParameterError("backend", f"{backend}: {path} is a TorchScript file, which runs on torch (export "
+                                 "--format onnx for ONNX Runtime/OpenVINO)")
         if precision not in (None, "fp32"):
-            raise UsageError(f"--precision {precision}: {path} is a TorchScript file, which runs fp32; use "
-                             "--precision fp32")
+            raise ParameterError("precision", f"{precision}: {path} is a TorchScript file, which runs fp32")
         clf = TorchScriptClassifier(path, device=req.dev, options=req.options)
         return _with_form(clf, Form("torchscript", "fp32", "a TorchScript file runs as exported (fp32)"))
     if backend == "torch":
-        raise UsageError(f"--backend torch: {path} is an ONNX file; use --backend onnxruntime or openvino")
+        raise ParameterError("backend", f"torch: {path} is an ONNX file, which runs on onnxruntime or openvino")
     if req.dev.type != "cpu":
-        raise UsageError(f"--device {req.dev}: {path} is an ONNX file, run on CPU here (ONNX Runtime/OpenVINO)")
+        raise ParameterError("device", f"{req.dev}: {path} is an ONNX file, run on CPU here (ONNX Runtime/OpenVINO)")
     runtime_installed = lambda b: importlib.util.find_spec(b) is not None  # noqa: E731
     if precision in (None, "fp32", "int8") and onnx_is_int8(path):
         # OpenVINO runs a QDQ int8 graph fastest (about 2x ONNX Runtime on the same file, docs/benchmarks.md)
@@ -271,14 +269,14 @@ def _load_exported(path: Path, kind: str, backend: Optional[str], precision: Opt
                          next((b for b in RUNTIME_CLASSES if runtime_installed(b)), "onnxruntime"))
     _check_runtime_precision(chosen, precision, req.dev, path)
     if precision == "int8":
-        raise UsageError(f"--precision int8: {path} is an fp32 ONNX file; make an int8 one with tools/quantize.py "
-                         "--format onnx (or openvino) and load that")
+        raise ParameterError("precision", f"int8: {path} is an fp32 ONNX file; make an int8 one with "
+                             "tools/quantize.py --format onnx (or openvino) and load that")
     clf = _runtime(chosen, path, req.options, precision)
     return _with_form(clf, Form(chosen, clf.precision, _asked(precision)))
 
 
 def _asked(precision: str) -> str:
-    return f"--precision {precision} asked for"
+    return f"precision {precision} asked for"
 
 
 def _with_form(clf: Any, form: Form) -> Any:
@@ -334,8 +332,9 @@ def load_classifier(
         The classifier: crops ``[N, 3, S, S]`` in [0, 1] -> probabilities ``[N, K]``, with ``.form``
         (``{"backend", "precision", "reason"}``: which form runs and why).
 
-    Errors: ``UsageError`` naming the flag, ``BackendUnavailableError`` naming the extra, ``CheckpointError``
-    naming the file.
+    Errors: ``ParameterError`` naming the parameter (``precision``, ``backend``, ``device``, ``path``,
+    ``route_thresholds``, ``streams``, ...; front ends put it in their own words, ``flag_error``/``d2_error``),
+    ``BackendUnavailableError`` naming the extra, ``CheckpointError`` naming the file.
     """
     dev = _check_args(backend, device, precision)
     req = _Request(dev, expected_meta, (options or RuntimeOptions()).check(),
@@ -359,19 +358,19 @@ def _load_one(path: Path, backend: Optional[str], precision: Optional[str], req:
     meta = load_checkpoint(path, req.expected_meta)["meta"]
     if is_quantized(meta):
         if backend not in (None, "torch"):
-            raise UsageError(f"--backend {backend}: {path} is an int8 checkpoint, which runs with --backend torch "
-                             "only (export the fp32 checkpoint for ONNX Runtime/OpenVINO)")
+            raise ParameterError("backend", f"{backend}: {path} is an int8 checkpoint, which runs on torch only "
+                                 "(export the fp32 checkpoint for ONNX Runtime/OpenVINO)")
         if precision not in (None, "fp32", "int8"):
-            raise UsageError(f"--precision {precision}: {path} is an int8 checkpoint; use --precision int8")
+            raise ParameterError("precision", f"{precision}: {path} is an int8 checkpoint, which runs int8")
         return _with_form(load_int8(path, device=req.dev, expected_meta=req.expected_meta),
                           Form("torch", "int8", "an int8 checkpoint (FX, x86 kernels)"))
     if precision == "int8" and is_routed(meta):
-        raise UsageError(f"--precision int8: {path} is an fp32 routed (auto) checkpoint; tools/quantize.py --weights "
-                         "CKPT --output INT8.pth writes one int8 checkpoint per route (INT8.v3_79.pth, ...): run "
-                         "those with --classifier-weights INT8.pth --precision int8")
+        raise ParameterError("precision", f"int8: {path} is an fp32 routed (auto) checkpoint; tools/quantize.py "
+                             "--weights CKPT --output INT8.pth writes one int8 checkpoint per route "
+                             "(INT8.v3_79.pth, ...): load INT8.pth (that set) in int8")
     if precision == "int8":
-        raise UsageError(f"--precision int8: {path} is an fp32 checkpoint; make an int8 one with "
-                         "tools/quantize.py --weights CKPT --output INT8.pth (or INT8.onnx) and load that")
+        raise ParameterError("precision", f"int8: {path} is an fp32 checkpoint; make an int8 one with "
+                             "tools/quantize.py --weights CKPT --output INT8.pth (or INT8.onnx) and load that")
     build = lambda b, p: _build(path, meta, b, p, req)  # noqa: E731
     if precision is None:
         plan = auto_plan(backend, req.dev, DEFAULT_CPU_BACKEND, installed)

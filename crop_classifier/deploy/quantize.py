@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..data import CropDataset
 from ..engine.data import load_datasets
-from ..errors import CheckpointError, UsageError
+from ..errors import CheckpointError, ParameterError, UsageError
 from ..models.inception_v3 import STEMS
 from ..models.inference import InferenceClassifier, route_meta, build_inference_classifier
 from ..models.routing import Routes
@@ -311,8 +311,8 @@ def rebuild_int8(state_dict: Mapping[str, Any], meta: ClassifierMeta, path: Path
 def load_int8(path: PathLike, *, device: Any = "cpu", expected_meta: Optional[dict] = None):
     """An int8 checkpoint as an ``InferenceClassifier`` (CPU only)."""
     if torch.device(device).type != "cpu":
-        raise UsageError(f"--device {device}: {path} is an int8 checkpoint (x86 quantized kernels), which runs "
-                         "on CPU only; use --device cpu, or the fp32 checkpoint on the GPU")
+        raise ParameterError("device", f"{device}: {path} is an int8 checkpoint (x86 quantized kernels), which "
+                             "runs on CPU only; run it on cpu, or the fp32 checkpoint on the GPU")
     ckpt = load_checkpoint(path, expected_meta)
     meta = ClassifierMeta.from_dict(ckpt["meta"])
     net = rebuild_int8(ckpt["model"], meta, path)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
-from ..errors import UsageError
+from ..errors import ParameterError
 from ..models.inception_v3 import STEMS
 from ..models.inference import RoutedClassifier, routed_classifier
 from ..models.routing import ROUTED_ARCH, Routes
@@ -29,12 +29,12 @@ def route_files(path: PathLike) -> List[Path]:
 
 
 def weights_paths(spec: Spec) -> List[Path]:
-    """The file(s) a ``--classifier-weights`` value names: a comma list (or a sequence) of files, one file, or
+    """The file(s) a ``path`` (``--classifier-weights``) names: a comma list (or a sequence) of files, one file, or
     the export name of a routed checkpoint whose per-route files exist (``out.onnx`` -> its route files)."""
     items = [str(s) for s in spec] if isinstance(spec, (list, tuple)) else str(os.fspath(spec)).split(",")
     paths = [Path(s.strip()) for s in items if s.strip()]
     if not paths:
-        raise UsageError(f"--classifier-weights {spec!r}: no file named")
+        raise ParameterError("path", f"{spec!r}: no file named")
     if len(paths) == 1 and not paths[0].exists():
         return route_files(paths[0]) or paths
     return paths
@@ -52,38 +52,39 @@ def _set_thresholds(classifiers: Sequence[Any]) -> Optional[Tuple[float, ...]]:
 
 
 def check_thresholds(archs: Sequence[str], thresholds: Optional[Sequence[float]]) -> None:
-    """``UsageError`` naming ``--route-thresholds`` when ``thresholds`` do not fit routes ``archs``."""
+    """``ParameterError`` naming ``route_thresholds`` when ``thresholds`` do not fit routes ``archs``."""
     if thresholds is None:
         return
     try:
         Routes(tuple(archs), tuple(thresholds))
     except ValueError as e:
-        raise UsageError(f"--route-thresholds {','.join(f'{t:g}' for t in thresholds)}: {e}") from None
+        raise ParameterError("route_thresholds", f"{','.join(f'{t:g}' for t in thresholds)}: {e}") from None
 
 
 def assemble(classifiers: Sequence[Any], paths: Sequence[Path], thresholds: Optional[Sequence[float]] = None,
              expected_arch: Optional[str] = None) -> RoutedClassifier:
     """Loaded single-stem classifiers (one per file of ``paths``) as one routed set. ``thresholds``: the
-    user's, else those the files record, else the defaults. Errors name the flag and file."""
+    user's, else those the files record, else the defaults. Errors name the parameter and file."""
     if expected_arch not in (None, ROUTED_ARCH):
-        raise UsageError(f"--classifier-weights: {len(paths)} files make a routed set; use --classifier "
-                         f"{ROUTED_ARCH} (got --classifier {expected_arch})")
+        raise ParameterError("expected_meta", f"{len(paths)} files make a routed set ({ROUTED_ARCH}), not "
+                             f"{expected_arch}")
     for p, c in zip(paths, classifiers):
         if getattr(c, "routes", None) is not None or c.meta.arch not in STEMS:
-            raise UsageError(f"--classifier-weights {p}: a {c.meta.arch} classifier; a routed set is made of "
-                             f"single-stem files ({', '.join(STEMS)}), one per stem")
+            raise ParameterError("path", f"{p}: a {c.meta.arch} classifier; a routed set is made of "
+                                 f"single-stem files ({', '.join(STEMS)}), one per stem")
     archs = sorted((str(c.meta.arch) for c in classifiers), key=lambda a: STEMS[a].input_size)
     if len(set(archs)) != len(archs):
-        raise UsageError(f"--classifier-weights: the routed set has stems {archs}; each stem at most once")
+        raise ParameterError("path", f"the routed set has stems {archs}; each stem at most once")
     check_thresholds(archs, thresholds)
     return routed_classifier(classifiers, thresholds if thresholds is not None else _set_thresholds(classifiers))
 
 
 def only_routed(clf: Any, thresholds: Optional[Sequence[float]], where: PathLike) -> Any:
-    """``clf``; ``UsageError`` when ``thresholds`` were given for a single-stem classifier."""
+    """``clf``; ``ParameterError`` (``route_thresholds``) when ``thresholds`` were given for a single-stem
+    classifier."""
     if thresholds is not None and getattr(clf, "routes", None) is None:
-        raise UsageError(f"--route-thresholds: {where} is a single-stem ({clf.meta.arch}) classifier; thresholds "
-                         f"route crops between the stems of a routed one (--classifier {ROUTED_ARCH})")
+        raise ParameterError("route_thresholds", f"{where} is a single-stem ({clf.meta.arch}) classifier; "
+                             f"thresholds route crops between the stems of a routed ({ROUTED_ARCH}) one")
     return clf
 
 

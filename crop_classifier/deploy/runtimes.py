@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import BackendUnavailableError, CheckpointError, UsageError
+from ..errors import BackendUnavailableError, CheckpointError, ParameterError
 from ..structures import ClassifierMeta
 from .export import INPUT_NAME, META_KEY, OUTPUT_NAMES, TORCHSCRIPT_META_FILE, parse_meta
 
@@ -49,11 +49,11 @@ class RuntimeOptions:
 
     def check(self) -> "RuntimeOptions":
         if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
-            raise UsageError(f"--threads {self.threads!r}: must be a positive integer")
+            raise ParameterError("threads", f"expected a positive integer, got {self.threads!r}")
         if isinstance(self.streams, bool) or int(self.streams) < 1:
-            raise UsageError(f"--streams {self.streams!r}: must be a positive integer")
+            raise ParameterError("streams", f"expected a positive integer, got {self.streams!r}")
         if self.hint not in (None, "LATENCY", "THROUGHPUT"):
-            raise UsageError(f"--hint {self.hint!r}: valid choices are LATENCY, THROUGHPUT")
+            raise ParameterError("hint", f"expected LATENCY or THROUGHPUT, got {self.hint!r}")
         return self
 
 
@@ -228,7 +228,7 @@ class OpenVinoClassifier(RuntimeClassifier):
 
     def __init__(self, path: PathLike, options: Optional[RuntimeOptions] = None, precision: str = "fp32"):
         if precision not in OV_PRECISION_HINTS:
-            raise UsageError(f"--precision {precision}: OpenVINO runs {', '.join(OV_PRECISION_HINTS)} here")
+            raise ParameterError("precision", f"{precision}: OpenVINO runs {', '.join(OV_PRECISION_HINTS)} here")
         ov = import_runtime("openvino")
         options = (options or RuntimeOptions()).check()
         meta = read_onnx_meta(path)  # OpenVINO drops ONNX metadata_props: read them with onnx

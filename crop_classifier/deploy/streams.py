@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import UsageError
+from ..errors import ParameterError
 from .runtimes import split_batch
 
 _LOCK = threading.Lock()  # one streamed call at a time changes torch's thread count
@@ -28,11 +28,11 @@ class StreamedClassifier:
 
     def __init__(self, clf: Any, streams: int, threads_per_stream: int = 1):
         if isinstance(streams, bool) or int(streams) < 1:
-            raise UsageError(f"--streams {streams!r}: must be a positive integer")
+            raise ParameterError("streams", f"expected a positive integer, got {streams!r}")
         if isinstance(threads_per_stream, bool) or int(threads_per_stream) < 1:
-            raise UsageError(f"--threads {threads_per_stream!r}: must be a positive integer")
+            raise ParameterError("threads_per_stream", f"expected a positive integer, got {threads_per_stream!r}")
         if torch.device(clf.device).type != "cpu":
-            raise UsageError(f"--streams: parallel CPU streams need --device cpu (got {clf.device})")
+            raise ParameterError("streams", f"parallel CPU streams need a classifier on cpu (got {clf.device})")
         self.clf = clf
         self.streams = int(streams)
         self.threads_per_stream = int(threads_per_stream)

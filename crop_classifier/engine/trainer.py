@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..config import config_routes, crop_spec
 from ..models import Routes, build_classifier, classifier_from_checkpoint, load_imagenet_weights, model_meta
 from ..models.weights import check_meta
-from ..errors import CheckpointError, NonFiniteLossError, UsageError
+from ..errors import CheckpointError, NonFiniteLossError, ParameterError
 from ..structures import BACKGROUND_CLASS, CropSpec, object_class_names
 from ..utils.io import atomic_write_text
 from . import distributed as du
@@ -416,10 +416,10 @@ def _evaluation_routes(meta: Dict[str, Any], thresholds: Optional[Sequence[float
     routes = Routes.from_meta(meta)
     if routes is None:
         if thresholds is not None:
-            raise UsageError(f"--route-thresholds: the checkpoint is a single-stem {meta['arch']} classifier, "
-                             "not a routed one (arch auto)")
+            raise ParameterError("route_thresholds", f"the checkpoint is a single-stem {meta['arch']} classifier, "
+                                 "not a routed one (arch auto)")
         return None
     try:
         return routes.with_thresholds(thresholds)
     except ValueError as e:
-        raise UsageError(f"--route-thresholds: {e}") from None
+        raise ParameterError("route_thresholds", str(e)) from None

@@ -15,8 +15,8 @@ from ..detectors import DetectionsFile, GroundTruthBoxes, build_first_stage
 from ..coco_io import load_coco
 from ..deploy import RuntimeOptions, describe, int8_advice, load_classifier
 from ..deploy.routed import weights_paths
-from ..errors import CheckpointError, UsageError
-from ..second_stage import SecondStage, SecondStageConfig
+from ..errors import CheckpointError, ParameterError, UsageError
+from ..second_stage import SecondStage, SecondStageConfig, flag_error
 from ..structures import ImageRecord
 from ..video import RunOptions, SourceOptions, TrackOptions, run_tracking
 from ..utils.io import atomic_save_json, atomic_write_bytes
@@ -118,8 +118,19 @@ def _runtime_options(streams: int) -> RuntimeOptions:
                           streams=streams)
 
 
+# load_classifier's parameters whose flag is not "--" + the name (``flag_error``)
+LOADER_FLAGS = {"path": "--classifier-weights", "expected_meta": "--classifier", "streams": "--cpu-streams"}
+
+
 def build_stages(o: InferOptions, device: str):
     """(first stage, second stage, reference categories or None)."""
+    try:
+        return _build_stages(o, device)
+    except ParameterError as e:  # the library names its parameter; a user of this tool reads the flag
+        raise UsageError(flag_error(e, LOADER_FLAGS)) from None
+
+
+def _build_stages(o: InferOptions, device: str):
     if not o.classifier_weights:
         raise UsageError("--classifier-weights is required: a crop_classifier checkpoint (tools/train.py writes "
                          "OUTPUT_DIR/model_final.pth); inference never runs a randomly initialised classifier")

@@ -26,7 +26,7 @@ from typing import Any, Dict, Optional, Protocol, Sequence, Tuple, runtime_check
 import torch
 from torch import Tensor, nn
 
-from ..errors import UsageError
+from ..errors import ParameterError, UsageError
 from ..structures import ClassifierMeta, CropSpec
 from .fuse import optimize_for_inference
 from .inception_v3 import STEMS, RoutedInceptionV3
@@ -73,16 +73,16 @@ def cpu_has_native_bf16() -> bool:
 
 
 def check_precision(precision: str, device: Any) -> str:
-    """Validates ``precision`` for ``device``; returns it. Raises ``UsageError`` naming the flag."""
+    """Validates ``precision`` for ``device``; returns it. Raises ``ParameterError`` (``precision``)."""
     if precision not in PRECISIONS:
-        raise UsageError(f"--precision {precision!r}: valid choices are {', '.join(PRECISIONS)}")
+        raise ParameterError("precision", f"expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     kind = torch.device(device).type
     if precision == "fp16" and kind == "cpu":
-        raise UsageError("--precision fp16: CPUs have no fast fp16 convolutions; use fp32 (or bf16 on a CPU with "
-                         "AVX-512 BF16/AMX, or int8 via tools/quantize.py)")
+        raise ParameterError("precision", "fp16: CPUs have no fast fp16 convolutions; use fp32 (or bf16 on a CPU "
+                             "with AVX-512 BF16/AMX, or int8 via tools/quantize.py)")
     if precision == "bf16" and kind == "cpu" and not cpu_has_native_bf16():
-        raise UsageError("--precision bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), where bf16 runs "
-                         "slower than fp32; use fp32 (the CPU default) or int8 via tools/quantize.py")
+        raise ParameterError("precision", "bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), where bf16 "
+                             "runs slower than fp32; use fp32 (the CPU default) or int8 via tools/quantize.py")
     return precision
 
 
@@ -274,7 +274,7 @@ def _build_routed(model: nn.Module, meta: ClassifierMeta, routes: Optional[Route
     try:
         routes = routes.with_thresholds(thresholds)
     except ValueError as e:
-        raise UsageError(f"--route-thresholds: {e}") from None
+        raise ParameterError("route_thresholds", str(e)) from None
     # Fold BN once on the smallest route's plain view; the other routes are views of the folded copy.
     base = optimize_for_inference(model.route(routes.input_sizes[0]), fuse=fold_bn, channels_last=channels_last)
     base = base.to(device)

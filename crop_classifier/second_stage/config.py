@@ -294,16 +294,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         group.add_argument(k.flag, **kwargs)
 
 
-def flag_error(e: ParameterError) -> str:
-    """A ``ParameterError`` in command-line words: ``--min-box-size: expected ...``."""
+def flag_error(e: ParameterError, flags: Optional[Mapping[str, str]] = None) -> str:
+    """A ``ParameterError`` in command-line words: ``--min-box-size: expected ...``.
+
+    Args:
+        e: the error.
+        flags: a front end's own flag for parameters outside ``KNOBS`` (``{"path": "--classifier-weights"}``);
+            any other parameter reads as ``--param-name``.
+    """
     k = KNOB.get(e.param)
-    return f"{k.flag if k else e.param}: {e.detail}"
+    return f"{k.flag}: {e.detail}" if k else e.as_flag(flags)
 
 
-def d2_error(e: ParameterError, prefix: str = "MODEL.CROP_CLASSIFIER.") -> str:
-    """A ``ParameterError`` in Detectron2 config words: ``MODEL.CROP_CLASSIFIER.MIN_BOX_SIZE: expected ...``."""
+def d2_error(e: ParameterError, prefix: str = "MODEL.CROP_CLASSIFIER.",
+             keys: Optional[Mapping[str, str]] = None) -> str:
+    """A ``ParameterError`` in Detectron2 config words: ``MODEL.CROP_CLASSIFIER.MIN_BOX_SIZE: expected ...``.
+
+    Args:
+        e: the error.
+        prefix: the second stage's config node.
+        keys: full config keys of parameters outside ``KNOBS`` (``{"device": "MODEL.DEVICE"}``); any other
+            parameter reads as ``prefix + PARAM``.
+    """
     k = KNOB.get(e.param)
-    return f"{prefix}{k.d2_key if k else e.param.upper()}: {e.detail}"
+    key = prefix + k.d2_key if k else (keys or {}).get(e.param) or prefix + e.param.upper()
+    return f"{key}: {e.detail}"
 
 
 __all__ = ["SecondStageConfig", "CropOverrides", "Selection", "FusionSettings", "Batching", "KNOBS", "Knob",

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Callable
 
-from ..errors import CropClassifierError
+from ..errors import CropClassifierError, error_line
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -32,6 +32,6 @@ def run_tool(step: Callable[[], str]) -> int:
         print("interrupted: nothing was written (outputs are written atomically)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (CropClassifierError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
