@@ -9,6 +9,8 @@ import torch
 from classifier_helpers import spread_weights
 from crop_classifier.data.synthetic import SYNTHETIC_CLASSES
 from crop_classifier.deploy import describe, load_classifier
+from crop_classifier.deploy import loader as loader_mod
+from crop_classifier.deploy.int8_onnx import with_meta, saturation_risk
 from crop_classifier.deploy.runtimes import OnnxRuntimeClassifier, OpenVinoClassifier, onnx_is_int8, read_onnx_meta
 from crop_classifier.errors import UsageError
 from crop_classifier.models import build_classifier, model_meta, save_checkpoint
@@ -56,6 +58,26 @@ def test_onnx_qdq_int8_file_loads_as_int8_and_matches_fp32_decisions(setup, caps
         p = c(x)
         assert p.shape == (8, len(CLASSES)) and torch.allclose(p.sum(1), torch.ones(8), atol=1e-4)
         assert (p - ref).abs().max() < 0.25 and (p.argmax(1) == ref.argmax(1)).float().mean() >= 0.5
+
+
+def test_qdq_weights_are_7_bit_and_older_files_say_why_to_requantize(setup, tmp_path, monkeypatch):
+    """Without VNNI, x86 int8 kernels sum u8 x s8 pairs in int16: full-range weights saturate there. The QDQ file
+    is written with 7-bit weights; a file without them runs, and says on such a CPU why to re-quantize it."""
+    rc, out = quantize(setup, "q7.onnx")
+    meta = read_onnx_meta(out)
+    assert rc == 0 and meta.extra["quantization"]["reduce_range"] is True
+    no_vnni = {"AVX2": True, "AVX-512": False, "BF16": False, "VNNI": False, "AMX": False}
+    assert saturation_risk(meta, no_vnni) is None
+    old = meta.to_dict()
+    old["quantization"] = {k: v for k, v in old["quantization"].items() if k != "reduce_range"}
+    older = tmp_path / "older.onnx"
+    older.write_bytes(with_meta(out.read_bytes(), old))
+    risk = saturation_risk(read_onnx_meta(older), no_vnni)
+    assert risk and "tools/quantize.py --format onnx" in risk
+    assert saturation_risk(read_onnx_meta(older), {**no_vnni, "VNNI": True}) is None
+    monkeypatch.setattr(loader_mod, "cpu_features", lambda: no_vnni)
+    assert risk in load_classifier(older, "onnxruntime").form["reason"]
+    assert "saturate" not in load_classifier(out, "onnxruntime").form["reason"]
 
 
 @pytest.mark.skipif(not (HAVE_OV and importlib.util.find_spec("nncf")), reason="needs openvino and nncf")

@@ -5,8 +5,11 @@ gathers for FX int8 (``quantize.calibration_batches``), both writing a QDQ ``.on
 DequantizeLinear around each quantized op: per-channel int8 weights, uint8 activations) with the
 checkpoint's meta inside (``export.META_KEY``, ``"quantized"`` set):
 
-* ``onnx``: ONNX Runtime's ``quantize_static`` (QDQ, per-channel, MinMax calibration); ONNX Runtime runs it
-  with its int8 (VNNI/AMX where present) kernels, OpenVINO reads the QDQ pairs as its own int8.
+* ``onnx``: ONNX Runtime's ``quantize_static`` (QDQ, per-channel, MinMax calibration, 7-bit weights); ONNX
+  Runtime runs it with its int8 (VNNI/AMX where present) kernels, OpenVINO reads the QDQ pairs as its own int8.
+  Without VNNI, x86 int8 kernels sum pairs of uint8 x int8 products in int16 (``vpmaddubsw``), which
+  saturates with full-range weights: ``reduce_range`` keeps the sums in range on every x86 CPU (measured on
+  an AVX2-only CPU, docs/deploy.md: 63.1 % top-1 with 8-bit weights, 68.6 % with 7-bit, fp32 67.6 %).
 * ``openvino``: NNCF's post-training quantization of the same ONNX graph (its default preset: symmetric
   weights, bias correction, NNCF's range estimators), meant for OpenVINO (``--backend openvino``).
 
@@ -75,7 +78,7 @@ def _ort_qdq(fp32: Path, out: Path, crops: List[np.ndarray]) -> None:
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     op_types_to_quantize=["Conv", "MatMul", "Gemm", "Add", "Mul", "MaxPool", "AveragePool",
                                           "GlobalAveragePool", "Concat", "Relu"],
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                    reduce_range=True, extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
 
 
 def _nncf_qdq(fp32: Path, out: Path, crops: List[np.ndarray]) -> None:
@@ -111,9 +114,11 @@ def quantize_onnx_bytes(fp32_onnx: bytes, meta: ClassifierMeta, batches: Iterato
         (_ort_qdq if fmt == "onnx" else _nncf_qdq)(fp32, out, crops)
         model = onnx.load(str(out))
     out_meta = meta.to_dict()
-    method = ("onnxruntime.quantization.quantize_static QDQ, per-channel, MinMax" if fmt == "onnx"
+    method = ("onnxruntime.quantization.quantize_static QDQ, per-channel, MinMax, 7-bit weights" if fmt == "onnx"
               else "NNCF post-training quantization (ONNX QDQ)")
-    out_meta.update(quantized=QUANTIZED_TAG[fmt], quantization={"method": method, **info})
+    # reduce_range: the file's int8 sums cannot saturate on a CPU without VNNI (module doc)
+    out_meta.update(quantized=QUANTIZED_TAG[fmt],
+                    quantization={"method": method, "reduce_range": fmt == "onnx", **info})
     props = {p.key: p.value for p in model.metadata_props}
     props[META_KEY] = meta_json(ClassifierMeta.from_dict(out_meta))
     props.setdefault(FORMAT_VERSION_KEY, EXPORT_VERSION)
@@ -124,12 +129,27 @@ def quantize_onnx_bytes(fp32_onnx: bytes, meta: ClassifierMeta, batches: Iterato
     return model.SerializeToString()
 
 
+def saturation_risk(meta: ClassifierMeta, features: Dict[str, bool]) -> Optional[str]:
+    """Why an int8 ``.onnx`` may lose accuracy on a CPU with ``features`` (``models.inference.cpu_features``),
+    or None: an ONNX Runtime QDQ file with full-range (8-bit) weights on a CPU without VNNI (module doc)."""
+    q = meta.extra.get("quantization") or {}
+    if meta.extra.get("quantized") != QUANTIZED_TAG["onnx"] or q.get("reduce_range") or features.get("VNNI"):
+        return None
+    return ("its 8-bit weights can saturate this CPU's int8 sums (no VNNI: measured 63.1 % top-1 against 68.6 % "
+            "with 7-bit weights); re-quantize it with tools/quantize.py --format onnx, which writes 7-bit weights")
+
+
 def write_int8_onnx(output: PathLike, data: bytes) -> Path:
     """Writes the int8 file atomically."""
     return atomic_write_bytes(output, data)
 
 
-def _set_meta(data: bytes, meta: Dict[str, Any]) -> bytes:
+def with_meta(data: bytes, meta: Dict[str, Any]) -> bytes:
+    """An exported ``.onnx`` (its bytes) with the classifier meta inside replaced by ``meta`` (a meta dict).
+
+    Returns:
+        The new file's bytes.
+    """
     onnx = _need("onnx", "onnx")
     model = onnx.load_from_string(data)
     for p in model.metadata_props:
@@ -177,5 +197,5 @@ def quantize_checkpoint_onnx(weights: PathLike, output: PathLike, calib: Any, fm
                     result["crops"], result["top1"]["fp32"], result["top1"]["int8"], result["agreement"]["int8"])
         full = forms["int8"].meta.to_dict()
         full["quantization"] = {**full.get("quantization", {}), "eval": result}
-        path = write_int8_onnx(output, _set_meta(data, full))
+        path = write_int8_onnx(output, with_meta(data, full))
     return path

@@ -31,7 +31,7 @@ from typing import Any, List, Optional, Sequence, Union
 import torch
 
 from ..errors import CheckpointError, ParameterError, UsageError
-from ..models.inference import PRECISIONS, check_precision, load_inference_classifier
+from ..models.inference import PRECISIONS, check_precision, cpu_features, load_inference_classifier
 from ..models.weights import check_meta, load_checkpoint
 from ..structures import ClassifierMeta
 from ..utils.io import atomic_write_text
@@ -39,6 +39,7 @@ from ..models.inception_v3 import STEMS
 from ..models.inference import RoutedClassifier
 from .export import (EXPORT_VERSION, MIN_OPSET, ExportOptions, export_checkpoint, export_checkpoint_files, is_routed,
                      route_file)
+from .int8_onnx import saturation_risk
 from .forms import Form, auto_plan, bf16_verdict, compare_decisions, form_of, guard_reason
 from .routed import assemble, check_thresholds, only_routed, weights_paths
 from .quantize import is_quantized, load_int8
@@ -259,8 +260,13 @@ def _load_exported(path: Path, kind: str, backend: Optional[str], precision: Opt
     if precision in (None, "fp32", "int8") and onnx_is_int8(path):
         # OpenVINO runs a QDQ int8 graph fastest (about 2x ONNX Runtime on the same file, docs/benchmarks.md)
         chosen = backend or ("openvino" if runtime_installed("openvino") else "onnxruntime")
-        return _with_form(_runtime(chosen, path, req.options, "fp32"),
-                          Form(chosen, "int8", f"an int8 model ({path.name}) runs its int8 layers on {chosen}"))
+        clf = _runtime(chosen, path, req.options, "fp32")
+        reason = f"an int8 model ({path.name}) runs its int8 layers on {chosen}"
+        risk = saturation_risk(clf.meta, cpu_features())
+        if risk:  # it runs (a documented fallback, not an error): the summary and the log say why to redo it
+            logger.warning("%s: %s", path, risk)
+            reason += f"; {risk}"
+        return _with_form(clf, Form(chosen, "int8", reason))
     if precision is None:
         plan = auto_plan(backend, req.dev, next((b for b in RUNTIME_CLASSES if runtime_installed(b)), "onnxruntime"),
                          runtime_installed)
