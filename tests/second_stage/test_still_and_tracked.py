@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from crop_classifier.detectors import DetectionsFile, FirstStage
+from crop_classifier.inference.inputs import iter_records
 from crop_classifier.second_stage import SecondStage
 from crop_classifier.structures import ImageDetections, ImageRecord
 from crop_classifier.video import Frame, ReinferOptions, TrackerOptions, TrackingLoop, TrackOptions
@@ -60,6 +61,7 @@ def test_frame_zero_of_a_track_equals_the_still_image(fusion):
 
 
 def test_frames_are_named_alike_with_and_without_tracking(tmp_path):
+    pytest.importorskip("norfair")  # the tracking loop's tracker (the [video] extra)
     img, dets = _scene()
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -77,8 +79,13 @@ def test_frames_are_named_alike_with_and_without_tracking(tmp_path):
     loop = TrackingLoop(first, stage, TrackOptions(), source_name="clip", source_path=str(tmp_path / "clip.mp4"))
     loop.detect(Frame(12, hwc, 0.5))
     assert first.keys == ["clip.mp4#000012"]  # a video's frame, as tools/infer.py names it without --track
-    from crop_classifier.inference.inputs import iter_records
 
+
+def test_still_video_frames_are_named_as_tracked_ones(tmp_path):
+    """Without --track a video's frames are ``clip.mp4#000000``, the name the tracking loop uses (above), so one
+    detections file serves both runs."""
+    img, _ = _scene()
+    hwc = img.permute(1, 2, 0).numpy()
     path = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5, (160, 120))
     for _ in range(2):
@@ -86,7 +93,6 @@ def test_frames_are_named_alike_with_and_without_tracking(tmp_path):
     writer.release()
     keys = [r.key for r in iter_records([str(path)], [])]
     assert keys == ["clip.mp4#000000", "clip.mp4#000001"]
-    # so one detections file serves both runs
     dfile = tmp_path / "dets.json"
     dfile.write_text('[{"file_name": "clip.mp4#000001", "bbox": [10, 10, 20, 20], "category_id": 1, '
                      '"category_name": "thing", "score": 0.9}]')
