@@ -8,6 +8,7 @@ import torch
 
 from crop_classifier.data.synthetic import generate_scenes
 from crop_classifier.detectors.noisy import noisy_detections
+from crop_classifier.inference.fit import MIN_GAIN, choose
 from crop_classifier.models import build_classifier, model_meta, save_checkpoint
 from tool_loader import load_tool
 
@@ -45,7 +46,9 @@ def test_fitted_fusion_is_never_below_the_detector_and_infer_applies_it(tmp_path
     saved = json.loads(fusion.read_text())
     v = saved["validation"]
     assert v["fitted"]["AP"] >= v["detector_only"]["AP"]
-    assert v["candidates"][0]["rule"] == "detector alone"
+    assert v["candidates"][0]["rule"] == "detector alone" and v["min_gain"] == MIN_GAIN
+    if v["fitted"]["rule"] != "detector alone":
+        assert v["fitted"]["AP"] > v["detector_only"]["AP"] + MIN_GAIN
     assert saved["fitted_for"]["detector_classes"] and len(saved["fitted_for"]["classifier_probe"]) == 6
     code, s = _infer(tmp_path, d, ann, f"detections:{dets}", "--fusion-file", str(fusion))
     assert code == 0
@@ -60,6 +63,14 @@ def test_fitted_fusion_is_never_below_the_detector_and_infer_applies_it(tmp_path
                        str(d / "images"), "--output", str(tmp_path / "o2"), "--categories", str(ann),
                        "--fusion-file", str(fusion), "--no-progress"])
     assert code == 2
+
+
+def test_a_rule_must_add_more_than_the_minimum_gain_to_be_chosen():
+    ap = lambda *v: [(f"r{i}", i, {"AP": a}) for i, a in enumerate(v)]  # noqa: E731  (simplest first)
+    assert choose(ap(0.40, 0.40 + MIN_GAIN / 2))[0] == "r0"  # within the split's noise: the simpler rule
+    assert choose(ap(0.40, 0.40 + MIN_GAIN / 2, 0.43, 0.43 + MIN_GAIN / 2))[0] == "r2"
+    assert choose(ap(0.40, 0.39, 0.40 + 2 * MIN_GAIN))[0] == "r2"  # measured against the choice so far
+    assert choose(ap(0.40, 0.30))[0] == "r0"
 
 
 def test_ground_truth_as_first_stage_keeps_ap_one_with_the_default_options(tmp_path, split):
