@@ -38,6 +38,12 @@ def import_runtime(module: str):
             f"install it with: pip install crop_classifier[{extra}]") from e
 
 
+def check_positive(param: str, value: Any) -> None:
+    """``ParameterError`` naming ``param`` unless ``value`` is an integer >= 1 (a bool is not one)."""
+    if isinstance(value, bool) or int(value) < 1:
+        raise ParameterError(param, f"expected a positive integer, got {value!r}")
+
+
 @dataclass
 class RuntimeOptions:
     """``threads``: threads per stream (None: the runtime's default, all cores); ``streams``: parallel
@@ -48,10 +54,9 @@ class RuntimeOptions:
     hint: Optional[str] = None
 
     def check(self) -> "RuntimeOptions":
-        if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
-            raise ParameterError("threads", f"expected a positive integer, got {self.threads!r}")
-        if isinstance(self.streams, bool) or int(self.streams) < 1:
-            raise ParameterError("streams", f"expected a positive integer, got {self.streams!r}")
+        if self.threads is not None:
+            check_positive("threads", self.threads)
+        check_positive("streams", self.streams)
         if self.hint not in (None, "LATENCY", "THROUGHPUT"):
             raise ParameterError("hint", f"expected LATENCY or THROUGHPUT, got {self.hint!r}")
         return self

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ParameterError
-from .runtimes import split_batch
+from .runtimes import check_positive, split_batch
 
 _LOCK = threading.Lock()  # one streamed call at a time changes torch's thread count
 
@@ -27,10 +27,8 @@ class StreamedClassifier:
     routes = None  # a single input size (a routed set wraps these: models.inference.RoutedClassifier)
 
     def __init__(self, clf: Any, streams: int, threads_per_stream: int = 1):
-        if isinstance(streams, bool) or int(streams) < 1:
-            raise ParameterError("streams", f"expected a positive integer, got {streams!r}")
-        if isinstance(threads_per_stream, bool) or int(threads_per_stream) < 1:
-            raise ParameterError("threads_per_stream", f"expected a positive integer, got {threads_per_stream!r}")
+        check_positive("streams", streams)
+        check_positive("threads_per_stream", threads_per_stream)
         if torch.device(clf.device).type != "cpu":
             raise ParameterError("streams", f"parallel CPU streams need a classifier on cpu (got {clf.device})")
         self.clf = clf

@@ -145,9 +145,9 @@ def fit(ev: Evaluator) -> Tuple[FittedFusion, Dict[str, Any]]:
     candidates.append(("per class", FittedFusion(per_class, shared),
                        ev.score(ev.fitted(per_class, shared))))
     if bool((ev.second.class_map.sets.sum(dim=1) > 1).any()):  # a class can change: fit the re-label margin
-        base = choose(candidates)[1]
+        base_name, base, _ = choose(candidates)
         for m in MARGINS:
-            candidates.append((f"{'per class' if base.alpha == per_class else 'shared'} + margin {m:g}",
+            candidates.append((f"{base_name} + margin {m:g}",
                                FittedFusion(dict(base.alpha), base.shared_alpha, m),
                                ev.score(ev.fitted(base.alpha, base.shared_alpha, m))))
     name, chosen, score = choose(candidates)
